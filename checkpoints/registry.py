@@ -1,0 +1,224 @@
+"""The run registry: SQLite (via sqlite-utils) as the durable log of runs, seeds, samples and
+skipped inputs, plus the full-text index of every seed's passages used to retrieve distractors.
+
+A seed's outcome and its samples are written in one transaction, so after any kill a seed is
+either finished with all its samples or still pending. Never stores API keys."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import sqlite_utils
+
+from teachgraph.seeds import Chunk, Skipped, split_passages
+
+TERMINAL = ("accepted", "rejected")          # a failed seed is retried by `graph resume`
+STOPWORDS = frozenset("""a an and are as at be but by for from has have how if in into is it its of on or
+that the their then there these this to was were what when where which while who why will with you your
+not can does do did than also may such other more most some any each""".split())
+
+
+def fts_query(text: str, max_terms: int = 12) -> str:
+    """A safe FTS5 OR-query of the distinctive words in `text` (user text never reaches FTS syntax)."""
+    words: list[str] = []
+    for word in re.findall(r"[A-Za-z][A-Za-z0-9_]{2,}", text.lower()):
+        if word not in STOPWORDS and word not in words:
+            words.append(word)
+        if len(words) >= max_terms:
+            break
+    return " OR ".join(f'"{w}"' for w in words)
+
+
+class Registry:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite_utils.Database(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        db = self.db
+        if "runs" not in db.table_names():
+            db["runs"].create({"id": str, "skill": str, "status": str, "created": float, "updated": float,
+                               "settings": str, "wall_seconds": float, "seeds_total": int}, pk="id")
+        if "seeds" not in db.table_names():
+            db["seeds"].create({"run_id": str, "id": str, "ordinal": int, "source": str, "chunk": int,
+                                "title": str, "kind": str, "text": str, "task_type": str, "status": str,
+                                "reason": str, "node": str, "error": str, "llm_calls": int, "tokens": int,
+                                "samples": int, "updated": float}, pk=("run_id", "id"))
+            db["seeds"].create_index(["run_id", "status", "ordinal"])
+            db["seeds"].create_index(["run_id", "ordinal"])
+        if "samples" not in db.table_names():
+            db["samples"].create({"id": str, "run_id": str, "seed_id": str, "seq": int, "body": str}, pk="id")
+            db["samples"].create_index(["run_id", "seq"])
+        if "skipped" not in db.table_names():
+            db["skipped"].create({"run_id": str, "source": str, "reason": str})
+            db["skipped"].create_index(["run_id"])
+        if "passages" not in db.table_names():
+            db["passages"].create({"run_id": str, "seed_id": str, "idx": int, "title": str, "text": str})
+            db["passages"].create_index(["run_id", "seed_id"])
+            db["passages"].enable_fts(["title", "text"], tokenize="porter", create_triggers=True)
+
+    # ---- runs ----
+    def create_run(self, run_id: str, skill: str, settings: dict[str, Any]) -> None:
+        now = time.time()
+        self.db["runs"].insert({"id": run_id, "skill": skill, "status": "collecting", "created": now,
+                                "updated": now, "settings": json.dumps(settings), "wall_seconds": 0.0,
+                                "seeds_total": 0})
+
+    def run(self, run_id: str) -> dict | None:
+        rows = list(self.db.query("select * from runs where id = ?", [run_id]))
+        if not rows:
+            return None
+        row = rows[0]
+        row["settings"] = json.loads(row["settings"])
+        return row
+
+    def runs(self) -> list[dict]:
+        return list(self.db.query("select * from runs order by created desc"))
+
+    def set_run(self, run_id: str, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        self.db["runs"].update(run_id, fields)
+
+    def add_wall_time(self, run_id: str, seconds: float) -> None:
+        self.db.execute("update runs set wall_seconds = wall_seconds + ?, updated = ? where id = ?",
+                        [seconds, time.time(), run_id])
+        self.db.conn.commit()
+
+    # ---- corpus ----
+    def add_corpus(self, run_id: str, items: Iterable[Chunk | Skipped], *, limit: int | None,
+                   task_for, passage_chars: int, on_skip=None) -> int:
+        """Store chunks as the run's seeds (and their passages), and skipped inputs with reasons."""
+        count = 0
+        seen: set[str] = set()
+        seed_rows: list[dict] = []
+        passage_rows: list[dict] = []
+
+        def flush() -> None:
+            with self.db.conn:
+                self.db["seeds"].insert_all(seed_rows, ignore=True)
+                self.db["passages"].insert_all(passage_rows)
+            seed_rows.clear()
+            passage_rows.clear()
+
+        for item in items:
+            if isinstance(item, Skipped):
+                self.db["skipped"].insert({"run_id": run_id, "source": item.source, "reason": item.reason})
+                if on_skip:
+                    on_skip(item)
+                continue
+            if limit is not None and count >= limit:
+                break
+            if item.id in seen:
+                continue
+            seen.add(item.id)
+            seed_rows.append({"run_id": run_id, "id": item.id, "ordinal": count, "source": item.source,
+                              "chunk": item.index, "title": item.title, "kind": item.kind, "text": item.text,
+                              "task_type": task_for(count), "status": "pending", "reason": None,
+                              "node": None, "error": None, "llm_calls": 0, "tokens": 0, "samples": 0,
+                              "updated": time.time()})
+            for idx, passage in enumerate(split_passages(item.text, passage_chars)):
+                passage_rows.append({"run_id": run_id, "seed_id": item.id, "idx": idx,
+                                     "title": item.title, "text": passage})
+            count += 1
+            if len(seed_rows) >= 500:
+                flush()
+        flush()
+        self.set_run(run_id, seeds_total=count, status="running")
+        return count
+
+    def seed(self, run_id: str, seed_id: str) -> dict:
+        rows = list(self.db.query("select * from seeds where run_id = ? and id = ?", [run_id, seed_id]))
+        if not rows:
+            raise KeyError(f"seed {seed_id} not in run {run_id}")
+        seed = rows[0]
+        seed["passages"] = [r["text"] for r in self.db.query(
+            "select text from passages where run_id = ? and seed_id = ? order by idx", [run_id, seed_id])]
+        return seed
+
+    def search(self, run_id: str, query: str, *, exclude_seed: str, limit: int,
+               exclude_texts: Iterable[str] = ()) -> list[dict]:
+        match = fts_query(query)
+        if not match or limit <= 0:
+            return []
+        skip = set(exclude_texts)
+        rows = self.db.query(
+            """select p.seed_id, p.title, p.text from passages_fts f join passages p on p.rowid = f.rowid
+               where passages_fts match ? and p.run_id = ? and p.seed_id != ?
+               order by bm25(passages_fts) limit ?""",
+            [match, run_id, exclude_seed, limit + len(skip) + 8])
+        out: list[dict] = []
+        for row in rows:
+            if row["text"] in skip:
+                continue
+            skip.add(row["text"])
+            out.append(row)
+            if len(out) >= limit:
+                break
+        return out
+
+    def skipped(self, run_id: str) -> list[dict]:
+        return list(self.db.query("select source, reason from skipped where run_id = ?", [run_id]))
+
+    # ---- seeds ----
+    def unfinished_seeds(self, run_id: str, batch: int = 256) -> Iterator[dict]:
+        """Pending and failed seeds in order, streamed in batches (never the whole corpus at once)."""
+        last = -1
+        while True:
+            rows = list(self.db.query(
+                """select id, ordinal, task_type, status from seeds where run_id = ? and ordinal > ?
+                   and status not in ('accepted', 'rejected') order by ordinal limit ?""",
+                [run_id, last, batch]))
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1]["ordinal"]
+
+    def finish_seed(self, run_id: str, seed_id: str, *, status: str, samples: list[dict] = (),
+                    reason: str | None = None, node: str | None = None, error: str | None = None,
+                    llm_calls: int = 0, tokens: int = 0) -> None:
+        """The seed's outcome and its samples, atomically."""
+        with self.db.conn:
+            next_seq = self.db.execute("select coalesce(max(seq), 0) from samples where run_id = ?",
+                                       [run_id]).fetchone()[0]
+            for offset, sample in enumerate(samples, start=1):
+                self.db.execute("insert or ignore into samples (id, run_id, seed_id, seq, body) values (?,?,?,?,?)",
+                                [sample["id"], run_id, seed_id, next_seq + offset,
+                                 json.dumps(sample, ensure_ascii=False)])
+            self.db.execute(
+                """update seeds set status = ?, reason = ?, node = ?, error = ?, llm_calls = ?, tokens = ?,
+                   samples = ?, updated = ? where run_id = ? and id = ?""",
+                [status, reason, node, error, llm_calls, tokens, len(samples), time.time(), run_id, seed_id])
+
+    def counts(self, run_id: str) -> dict[str, Any]:
+        row = next(self.db.query(
+            """select count(*) as total,
+                      sum(status = 'accepted') as accepted, sum(status = 'rejected') as rejected,
+                      sum(status = 'failed') as failed, sum(status = 'pending') as pending,
+                      coalesce(sum(llm_calls), 0) as llm_calls, coalesce(sum(tokens), 0) as tokens,
+                      coalesce(sum(samples), 0) as samples
+               from seeds where run_id = ?""", [run_id]))
+        return {k: (v or 0) for k, v in row.items()}
+
+    def outcomes(self, run_id: str, status: str) -> list[dict]:
+        return list(self.db.query(
+            """select coalesce(node, '') as node, coalesce(reason, error, '') as reason, count(*) as seeds
+               from seeds where run_id = ? and status = ? group by 1, 2 order by 3 desc""", [run_id, status]))
+
+    def task_types(self, run_id: str) -> list[dict]:
+        return list(self.db.query(
+            """select task_type, count(*) as seeds, sum(status = 'accepted') as accepted from seeds
+               where run_id = ? group by task_type order by task_type""", [run_id]))
+
+    def samples(self, run_id: str) -> Iterator[tuple[str, str]]:
+        """(sample id, JSON body) in the order they were finished."""
+        for row in self.db.query("select id, body from samples where run_id = ? order by seq", [run_id]):
+            yield row["id"], row["body"]

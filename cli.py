@@ -1,0 +1,309 @@
+"""teachgraph's command line: `python cli.py graph run rag`, `graph resume RUN_ID`, `graph show rag`,
+`runs list`, `runs show RUN_ID`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import skills
+from checkpoints.registry import Registry
+from teachgraph import embedded
+from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, make_llm, new_run_id,
+                               run_status)
+from teachgraph.seeds import collect
+
+SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
+
+app = typer.Typer(help="Synthetic fine-tuning data from raw documents and code (AgentInstruct flows as LangGraph graphs).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+graph_app = typer.Typer(help="List, run, resume and draw skill graphs.", no_args_is_help=True)
+runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
+app.add_typer(graph_app, name="graph")
+app.add_typer(runs_app, name="runs")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def load_skill(name: str) -> skills.Skill:
+    try:
+        return skills.load(name)
+    except skills.SkillError as exc:
+        fail(str(exc))
+
+
+# ---------------------------------------------------------------- graph
+
+@graph_app.command("list")
+def graph_list() -> None:
+    """One skill per line: name, then what it makes."""
+    for name in skills.available():
+        skill = skills.load(name)
+        print(f"{skill.name}\t{len(skill.taxonomy)} task types\t{skill.description}")
+
+
+@graph_app.command("show")
+def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL"),
+               format: str = typer.Option("mermaid", "--format", "-f", help="mermaid | ascii | png"),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout")) -> None:
+    """Draw a skill's graph, offline."""
+    graph = load_skill(skill_name).build_graph().compile().get_graph()
+    if format == "mermaid":
+        text = graph.draw_mermaid()
+    elif format == "ascii":
+        text = graph.draw_ascii()
+    elif format == "png":
+        out = out or Path(f"{skill_name}.png")
+        try:
+            graph.draw_png(str(out))  # Graphviz via pygraphviz: no web service involved
+        except ImportError:
+            fail("--format png needs Graphviz: apt-get install graphviz libgraphviz-dev && pip install pygraphviz")
+        console.print(f"wrote {out}")
+        return
+    else:
+        fail(f"unknown format {format!r} (mermaid, ascii or png)")
+    if out:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+    else:
+        print(text)
+
+
+def _endpoint(settings: Settings) -> tuple[Optional[str], str]:
+    return settings.base_url, os.environ.get("OPENAI_API_KEY") or "not-needed"
+
+
+def _preflight(base_url: str, api_key: str) -> None:
+    """Fail in one clear line if the endpoint cannot be reached at all."""
+    try:
+        httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=15)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the endpoint {base_url}: {type(exc).__name__}: {exc}")
+
+
+class ProgressReporter:
+    def __init__(self, progress: Progress, task, counts: dict):
+        self.progress, self.task, self.samples = progress, task, counts["samples"]
+        self.done = {"accepted": counts["accepted"], "rejected": counts["rejected"], "failed": counts["failed"]}
+
+    def seed_done(self, status: str, samples: int) -> None:
+        self.done[status] += 1
+        self.samples += samples
+        self.progress.advance(self.task)
+
+
+@contextmanager
+def endpoint_for(settings: Settings, home: Home) -> Iterator[tuple[str, str, bool]]:
+    base_url, api_key = _endpoint(settings)
+    if base_url:
+        _preflight(base_url, api_key)
+        yield base_url, api_key, False
+        return
+    try:
+        with embedded.embedded_server(home.root, log=lambda m: err.print(m, highlight=False)) as url:
+            yield url, api_key, True
+    except embedded.EmbeddedError as exc:
+        fail(str(exc))
+
+
+def execute(home: Home, registry: Registry, run_id: str) -> None:
+    run = registry.run(run_id)
+    settings = Settings(**run["settings"])
+    skill = load_skill(settings.skill)
+    counts = registry.counts(run_id)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(RunLock(home, run_id))
+        except FatalRunError as exc:
+            fail(str(exc))
+        base_url, api_key, is_embedded = stack.enter_context(endpoint_for(settings, home))
+        llm = make_llm(settings, base_url, api_key, is_embedded)
+        registry.set_run(run_id, status="running")
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("seeds | {task.fields[stats]}"), TimeElapsedColumn(),
+                            console=err, transient=False)
+        task = progress.add_task(settings.skill, total=counts["total"],
+                                 completed=counts["total"] - counts["pending"] - counts["failed"], stats="")
+        reporter = ProgressReporter(progress, task, counts)
+        calls0, tokens0 = counts["llm_calls"], counts["tokens"]
+
+        async def main() -> None:
+            async def tick() -> None:
+                while True:
+                    d = reporter.done
+                    progress.update(task, stats=(
+                        f"{reporter.samples} samples | {d['accepted']} ok {d['rejected']} rejected {d['failed']} failed | "
+                        f"{calls0 + llm.usage.calls} LLM calls | {tokens0 + llm.usage.tokens} tokens"))
+                    await asyncio.sleep(0.5)
+            ticker = asyncio.create_task(tick())
+            try:
+                await Execution(registry, home, run_id, skill, llm, settings, reporter).run()
+            finally:
+                ticker.cancel()
+
+        interrupted = False
+        try:
+            with progress:
+                asyncio.run(main())
+        except KeyboardInterrupt:
+            interrupted = True
+        except FatalRunError as exc:
+            registry.set_run(run_id, status="interrupted")
+            fail(f"{exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {run_id}")
+        counts = registry.counts(run_id)
+        status = run_status(counts)
+        registry.set_run(run_id, status=status)
+    _print_summary(registry, run_id, settings)
+    if interrupted:
+        err.print(f"interrupted. Resume with: python cli.py graph resume {run_id}")
+        raise typer.Exit(130)
+    if counts["failed"]:
+        err.print(f"{counts['failed']} seed(s) failed (see: python cli.py runs show {run_id}); "
+                  f"`graph resume {run_id}` retries them.")
+        raise typer.Exit(1)
+
+
+@graph_app.command("run")
+def graph_run(
+    skill_name: str = typer.Argument(..., metavar="SKILL"),
+    seeds: List[Path] = typer.Option([], "--seeds", "-s", help="files or folders of seed documents (repeatable); default: the bundled sample corpus"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="use at most N seed chunks"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=0, help="refinement rounds (default: the skill's, 2 for rag)"),
+    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="seeds (and LLM calls) in flight"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON Lines output (default: TEACHGRAPH_HOME/runs/RUN_ID/samples.jsonl)"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="name the run (default: generated)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
+    model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
+    structured: str = typer.Option("auto", "--structured", help="how to ask for JSON: auto | json_schema | json_object | prompt"),
+    max_tokens: int = typer.Option(384, "--max-tokens", min=16, help="cap on every model reply"),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0),
+) -> None:
+    """Run SKILL's graph over seed documents and write (prompt, response) samples."""
+    skill = load_skill(skill_name)
+    if structured not in ("auto", "json_schema", "json_object", "prompt"):
+        fail(f"unknown --structured {structured!r}")
+    paths = [p for p in seeds] or [SAMPLE_CORPUS]
+    for path in paths:
+        if not path.exists():
+            fail(f"seed path not found: {path}")
+    home = Home.from_env()
+    registry = Registry(home.registry_path)
+    run_id = run_id or new_run_id(skill.name)
+    if registry.run(run_id):
+        fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
+    settings = Settings(
+        skill=skill.name, seeds=[str(p.resolve()) for p in paths],
+        out=str((out or home.default_out(run_id)).resolve()), limit=limit,
+        rounds=skill.settings.get("refinement", {}).get("rounds", 2) if rounds is None else rounds,
+        concurrency=concurrency, base_url=base_url, model=model or embedded.MODEL_NAME,
+        structured=structured, max_tokens=max_tokens, temperature=temperature)
+    if base_url and not model:
+        fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
+    err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)
+    registry.create_run(run_id, skill.name, settings.to_json())
+    passage_chars = skill.settings.get("context", {}).get("passage_chars", 420)
+    total = registry.add_corpus(run_id, collect(paths), limit=limit,
+                                task_for=lambda i: skill.task_for(i).name, passage_chars=passage_chars,
+                                on_skip=lambda s: err.print(f"skipped {s.source}: {s.reason}", highlight=False))
+    if total == 0:
+        registry.set_run(run_id, status="empty")
+        fail("no usable seed text in " + ", ".join(map(str, paths)))
+    err.print(f"{total} seeds from {', '.join(map(str, paths))}; output: {settings.out}", highlight=False)
+    execute(home, registry, run_id)
+
+
+@graph_app.command("resume")
+def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID")) -> None:
+    """Finish an interrupted run: unfinished seeds continue from their last checkpoint."""
+    home = Home.from_env()
+    registry = Registry(home.registry_path)
+    run = registry.run(run_id)
+    if run is None:
+        fail(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
+    counts = registry.counts(run_id)
+    if counts["total"] and not counts["pending"] and not counts["failed"]:
+        console.print(f"run {run_id} is already complete: nothing to do.")
+        _print_summary(registry, run_id, Settings(**run["settings"]))
+        return
+    err.print(f"resuming {run_id}: {counts['pending']} pending, {counts['failed']} failed seeds", highlight=False)
+    execute(home, registry, run_id)
+
+
+# ---------------------------------------------------------------- runs
+
+@runs_app.command("list")
+def runs_list() -> None:
+    """Every run in TEACHGRAPH_HOME, newest first."""
+    registry = Registry(Home.from_env().registry_path)
+    for run in registry.runs():
+        c = registry.counts(run["id"])
+        print(f"{run['id']}\t{run['skill']}\t{run['status']}\t{c['total']} seeds\t{c['accepted']} accepted\t"
+              f"{c['rejected']} rejected\t{c['failed']} failed\t{c['samples']} samples\t"
+              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run['created']))}")
+
+
+def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
+    run = registry.run(run_id)
+    c = registry.counts(run_id)
+    table = Table(show_header=False, box=None)
+    for key, value in [
+        ("run", run_id), ("skill", run["skill"]), ("status", run["status"]),
+        ("seeds", f"{c['total']} total: {c['accepted']} accepted, {c['rejected']} rejected, "
+                  f"{c['failed']} failed, {c['pending']} pending"),
+        ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("tokens", c["tokens"]),
+        ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
+        ("endpoint", settings.base_url or "embedded llama.cpp"), ("output", settings.out),
+    ]:
+        table.add_row(f"[bold]{key}[/bold]", str(value))
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
+              as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
+    """Counts, LLM usage and wall time of a run, with rejection and failure reasons."""
+    registry = Registry(Home.from_env().registry_path)
+    run = registry.run(run_id)
+    if run is None:
+        fail(f"no run {run_id!r} (see: python cli.py runs list)")
+    if as_json:
+        print(json.dumps({"run": run, "counts": registry.counts(run_id),
+                          "rejected": registry.outcomes(run_id, "rejected"),
+                          "failed": registry.outcomes(run_id, "failed"),
+                          "task_types": registry.task_types(run_id),
+                          "skipped": registry.skipped(run_id)}, indent=2))
+        return
+    _print_summary(registry, run_id, Settings(**run["settings"]))
+    for status in ("rejected", "failed"):
+        rows = registry.outcomes(run_id, status)
+        if rows:
+            console.print(f"\n[bold]{status}[/bold] (seeds, node: reason)")
+            for row in rows:
+                console.print(f"  {row['seeds']:>4}  {row['node'] or '-'}: {row['reason']}", highlight=False)
+    skipped = registry.skipped(run_id)
+    if skipped:
+        console.print(f"\n[bold]skipped inputs[/bold] ({len(skipped)})")
+        for row in skipped:
+            console.print(f"  {row['source']}: {row['reason']}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,297 @@
+"""The RAG skill graph.
+
+transform -> generate -> [suggest <-> edit]* -> answer
+
+- transform (content transformation): the agent titles the seed chunk and writes a search query;
+  the seed's own passages plus distractors retrieved from other seeds (SQLite FTS) become the context.
+- generate (seed instruction generation): a query of the seed's task type from taxonomy.toml.
+- suggest/edit (refinement): make the item harder; passage edits are applied here, in code.
+- answer: answers the seed item and the refined item, citing passage ids; each becomes a sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field
+
+from graphs.refinement import add_refinement_loop
+from nodes.agent import SeedState, agent_node, ask, stop_refining, unless_rejected, usage_update
+from nodes.context import RunContext
+from nodes.llm import UnusableOutput, Usage
+from skills import Skill
+
+Operation = Literal["rewrite_query", "add_near_miss", "drop_key_passages", "add_conflicting_passage"]
+
+
+# ---- agent reply schemas (flat: grammar-constrained decoding handles flat schemas best) ----
+
+class Transformed(BaseModel):
+    title: str = Field(min_length=3, max_length=150, description="short specific title of the document")
+    search_query: str = Field(max_length=200, description="2-6 keywords to find related documents")
+
+
+class Query(BaseModel):
+    query: str = Field(min_length=10, max_length=400, description="the user's query")
+
+
+class QueryWithConflict(Query):
+    new_passage: str = Field(min_length=20, max_length=800,
+                             description="a short passage contradicting a fact the query asks about")
+
+
+class Suggestion(BaseModel):
+    operation: Literal["rewrite_query", "add_near_miss", "drop_key_passages",
+                       "add_conflicting_passage", "none"] = Field(description="one operation, or none")
+    suggestion: str = Field(max_length=600, description="what to change and why, in one or two sentences")
+
+
+class Edited(BaseModel):
+    query: str = Field(min_length=10, max_length=400, description="the new query")
+    new_passage: str = Field(default="", max_length=800,
+                             description="only for add_conflicting_passage: the contradicting passage")
+
+
+class EditedWithConflict(Edited):
+    new_passage: str = Field(min_length=20, max_length=800,
+                             description="a short passage (2-3 sentences) contradicting a fact the query asks about")
+
+
+class Answer(BaseModel):
+    answer: str = Field(min_length=1, max_length=2000, description="the answer, from the passages only")
+    relevant_passages: list[int] = Field(description="Document Ids of the passages used")
+
+
+class RagState(SeedState, total=False):
+    title: str
+    transform_note: str
+    search_query: str
+    pool: list[dict]          # every passage ever in this item's context: {pid, kind, seed_id, title, text}
+    item: dict                # current item: {query, pids, round}
+    original: dict            # the seed instruction before refinement
+    operation: str
+    suggestion: str
+    history: list[dict]       # one entry per refinement round
+
+
+# ---- rendering ----
+
+def render_passages(state: dict, pids: list[int]) -> str:
+    by_id = {p["pid"]: p for p in state["pool"]}
+    return "\n\n".join(
+        f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {by_id[pid]['text']}" for pid in pids)
+
+
+def _rng(state: dict, salt: str) -> random.Random:
+    return random.Random(hashlib.sha256(f"{state['seed_id']}:{salt}".encode()).hexdigest())
+
+
+def _add_passages(state: dict, new: list[dict], kind: str) -> tuple[list[dict], list[int]]:
+    pool = list(state.get("pool", []))
+    next_pid = max((p["pid"] for p in pool), default=0) + 1
+    added = []
+    for passage in new:
+        pool.append({"pid": next_pid, "kind": kind, "seed_id": passage.get("seed_id"),
+                     "title": passage["title"], "text": passage["text"]})
+        added.append(next_pid)
+        next_pid += 1
+    return pool, added
+
+
+# ---- nodes ----
+
+def transform_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    seed = ctx.corpus.seed(state["seed_id"])
+    return {"source": seed["source"], "text": seed["text"]}
+
+
+def transform_fallback(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
+    """No usable title/query from the model: the document's own title and words still make a context."""
+    seed = ctx.corpus.seed(state["seed_id"])
+    update = transform_apply(state, Transformed(title=seed["title"][:150] or "Untitled", search_query=""), ctx)
+    return {**update, "transform_note": f"model output unusable ({exc}); used the document title"}
+
+
+def transform_apply(state: dict, out: Transformed, ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.skill.settings.get("context", {})
+    seed = ctx.corpus.seed(state["seed_id"])
+    own = [{"seed_id": seed["id"], "title": out.title.strip(), "text": text}
+           for text in seed["passages"][: cfg.get("own_passages_max", 4)]]
+    query = out.search_query.strip() or seed["text"]
+    distractors = ctx.corpus.search(query, exclude_seed=seed["id"], limit=cfg.get("distractors", 4))
+    if len(distractors) < cfg.get("distractors", 4):  # a vague query: fall back to the seed's words
+        distractors += ctx.corpus.search(seed["text"], exclude_seed=seed["id"],
+                                         limit=cfg.get("distractors", 4) - len(distractors),
+                                         exclude_texts={d["text"] for d in distractors})
+    entries = [("own", p) for p in own] + [("distractor", d) for d in distractors]
+    _rng(state, "order").shuffle(entries)  # own passages must not always come first
+    pool = [{"pid": i, "kind": kind, "seed_id": p.get("seed_id"), "title": p["title"], "text": p["text"]}
+            for i, (kind, p) in enumerate(entries, start=1)]
+    return {"title": out.title.strip(), "search_query": out.search_query.strip(), "pool": pool}
+
+
+def generate_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+    task = ctx.skill.task_type(state["task_type"])
+    return QueryWithConflict if task.context_op == "add_conflicting_passage" else Query
+
+
+def generate_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    task = ctx.skill.task_type(state["task_type"])
+    return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
+            "passages": render_passages(state, [p["pid"] for p in state["pool"]])}
+
+
+def apply_operation(state: dict, item: dict, operation: str, query: str, new_passage: str,
+                    ctx: RunContext) -> tuple[dict, list[dict], str]:
+    """Apply an editing operation to an item; returns (new item, new pool, note)."""
+    pool, pids, note = state["pool"], list(item["pids"]), ""
+    if operation == "drop_key_passages":
+        own = {p["pid"] for p in pool if p["kind"] == "own"}
+        pids = [pid for pid in pids if pid not in own]
+        note = f"removed passages {sorted(own & set(item['pids']))}"
+    elif operation == "add_near_miss":
+        present = {p["text"] for p in pool}
+        found = ctx.corpus.search(query, exclude_seed=state["seed_id"], limit=2, exclude_texts=present)
+        pool, added = _add_passages(state, found, "near_miss")
+        pids += added
+        note = f"added near-miss passages {added}" if added else "no near-miss passage found"
+    elif operation == "add_conflicting_passage" and new_passage.strip():
+        pool, added = _add_passages(state, [{"title": state["title"], "text": new_passage.strip(),
+                                             "seed_id": None}], "conflict")
+        pids += added
+        _rng(state, f"conflict{item['round']}").shuffle(pids)
+        note = f"added conflicting passage {added}"
+    return {"query": query.strip(), "pids": pids, "round": item["round"]}, pool, note
+
+
+def generate_apply(state: dict, out: Query, ctx: RunContext) -> dict[str, Any]:
+    task = ctx.skill.task_type(state["task_type"])
+    item = {"query": out.query.strip(), "pids": [p["pid"] for p in state["pool"]], "round": 0}
+    update: dict[str, Any] = {}
+    if task.context_op:
+        item, pool, note = apply_operation({**state}, item, task.context_op, out.query,
+                                           getattr(out, "new_passage", ""), ctx)
+        update = {"pool": pool}
+        item["note"] = note
+    return {**update, "item": item, "original": item, "round": 0, "history": []}
+
+
+def suggest_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
+    return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"]),
+            "history": "; ".join(history)}
+
+
+def suggest_apply(state: dict, out: Suggestion, ctx: RunContext) -> dict[str, Any]:
+    if out.operation == "none":
+        return {"refine_done": True, "operation": "none", "suggestion": out.suggestion.strip()}
+    return {"operation": out.operation, "suggestion": out.suggestion.strip()}
+
+
+def edit_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    return {**suggest_inputs(state, ctx), "operation": state["operation"], "suggestion": state["suggestion"]}
+
+
+def edit_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+    return EditedWithConflict if state.get("operation") == "add_conflicting_passage" else Edited
+
+
+def edit_apply(state: dict, out: Edited, ctx: RunContext) -> dict[str, Any]:
+    current = {**state["item"], "round": state["item"]["round"] + 1}
+    item, pool, note = apply_operation(state, current, state["operation"], out.query, out.new_passage, ctx)
+    entry = {"round": item["round"], "operation": state["operation"], "suggestion": state["suggestion"],
+             "query": item["query"], "note": note}
+    return {"item": item, "pool": pool, "round": item["round"],
+            "history": [*state.get("history", []), entry]}
+
+
+def _answer_check(item: dict):
+    allowed = set(item["pids"])
+
+    def check(state: dict, out: Answer) -> None:
+        unknown = sorted(set(out.relevant_passages) - allowed)
+        if unknown:
+            raise ValueError(f"relevant_passages {unknown} are not Document Ids in the context; "
+                             f"use only {sorted(allowed)} or []")
+        if not out.answer.strip():
+            raise ValueError("answer is empty")
+
+    return check
+
+
+async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Answer the seed item and, if refinement changed it, the refined item (its child)."""
+    ctx = runtime.context
+    items = [state["original"]]
+    final = state["item"]
+    if (final["query"], final["pids"]) != (state["original"]["query"], state["original"]["pids"]):
+        items.append(final)
+    used = Usage()
+    samples = []
+    for item in items:
+        user = sample_prompt(ctx.skill, state, item)
+        try:
+            out, call = await ask(ctx, "answer", {"sample": user}, Answer,
+                                  state, _answer_check(item))
+        except UnusableOutput as exc:
+            used.add(exc.usage)
+            if samples:  # the refined item failed; the seed item's sample still stands
+                break
+            return {"rejected": f"answer: {exc}", **usage_update(used)}
+        used.add(call)
+        samples.append(make_sample(ctx, state, item, user, out,
+                                   parent=samples[0]["id"] if samples else None))
+    return {"samples": samples, **usage_update(used)}
+
+
+def sample_prompt(skill: Skill, state: dict, item: dict) -> str:
+    _, user = skill.prompt("sample").render(query=item["query"], passages=render_passages(state, item["pids"]))
+    return user
+
+
+def make_sample(ctx: RunContext, state: dict, item: dict, user: str, out: Answer, parent: str | None) -> dict:
+    seed = ctx.corpus.seed(state["seed_id"])
+    response = json.dumps({"answer": out.answer.strip(), "relevant_passages": sorted(set(out.relevant_passages))},
+                          ensure_ascii=False)
+    system, _ = ctx.skill.prompt("sample").render()
+    return {
+        "id": f"{ctx.run_id}:{state['seed_id']}:r{item['round']}",
+        "skill": ctx.skill.name,
+        "messages": [{"role": "system", "content": system},
+                     {"role": "user", "content": user},
+                     {"role": "assistant", "content": response}],
+        "metadata": {
+            "seed_id": state["seed_id"], "seed_source": seed["source"],
+            "transformation": {"agent": "transform", "title": state["title"],
+                               "note": state.get("transform_note"),
+                               "search_query": state["search_query"],
+                               "passages": [{k: p[k] for k in ("pid", "kind", "seed_id")} for p in state["pool"]]},
+            "task_type": state["task_type"],
+            "refinement_round": item["round"],
+            "parent_sample_id": parent,
+            "original_query": state["original"]["query"],
+            "refinements": state.get("history", []),
+            "model": ctx.llm.model_name,
+        },
+    }
+
+
+def build(skill: Skill) -> StateGraph:
+    builder = StateGraph(RagState, context_schema=RunContext)
+    builder.add_node("transform", agent_node("transform", Transformed, transform_inputs, transform_apply,
+                                             on_unusable=transform_fallback))
+    builder.add_node("generate", agent_node("generate", generate_schema, generate_inputs, generate_apply))
+    builder.add_node("suggest", agent_node("suggest", Suggestion, suggest_inputs, suggest_apply,
+                                           on_unusable=stop_refining))
+    builder.add_node("edit", agent_node("edit", edit_schema, edit_inputs, edit_apply, on_unusable=stop_refining))
+    builder.add_node("answer", answer)
+    builder.add_edge(START, "transform")
+    builder.add_conditional_edges("transform", unless_rejected("generate"), ["generate", END])
+    add_refinement_loop(builder, entry="generate", exit="answer")
+    builder.add_edge("answer", END)
+    return builder

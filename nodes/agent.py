@@ -1,0 +1,103 @@
+"""The one agent node type: render the skill's prompt for `agent`, ask the model for a pydantic
+schema, turn the reply into a state update. Transformation, generation, suggester, editor and
+answer agents are all this, with different prompts, schemas and update functions."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Callable, TypedDict
+
+from langgraph.graph import END
+from langgraph.runtime import Runtime
+from pydantic import BaseModel
+
+from nodes.context import RunContext
+from nodes.llm import UnusableOutput, Usage
+
+
+class NodeFailed(RuntimeError):
+    """A node could not finish for a reason outside the model's output (endpoint down, bug).
+    The seed is recorded as failed with the node and error; resume runs the node again."""
+
+    def __init__(self, node: str, error: BaseException):
+        self.node = node
+        self.error = error
+        super().__init__(f"{node}: {type(error).__name__}: {error}")
+
+
+class SeedState(TypedDict, total=False):
+    """Keys every skill's state has. Keep state small: it is checkpointed after every step."""
+
+    seed_id: str
+    task_type: str
+    max_rounds: int
+    round: int
+    refine_done: bool
+    rejected: str                                    # set => the seed ends rejected, with this reason
+    samples: list[dict]                              # finished (prompt, response) samples
+    llm_calls: Annotated[int, operator.add]
+    tokens: Annotated[int, operator.add]
+
+
+def usage_update(used: Usage) -> dict[str, int]:
+    return {"llm_calls": used.calls, "tokens": used.tokens}
+
+
+Inputs = Callable[[dict, RunContext], dict[str, Any]]
+Apply = Callable[[dict, Any, RunContext], dict[str, Any]]
+Check = Callable[[dict, Any], None]
+
+
+async def ask(ctx: RunContext, agent: str, values: dict[str, Any], schema: type[BaseModel],
+              state: dict, check: Check | None = None, prompt_agent: str | None = None,
+              max_tokens: int | None = None) -> tuple[Any, Usage]:
+    """One structured call for `agent`; endpoint errors become NodeFailed(agent)."""
+    system, user = ctx.skill.prompt(prompt_agent or agent).render(**values)
+    try:
+        return await ctx.llm.structured(
+            system, user, schema, max_tokens=max_tokens,
+            check=(lambda value: check(state, value)) if check else None)
+    except UnusableOutput:
+        raise
+    except Exception as exc:  # endpoint, network, or our bug: the seed fails at this node
+        raise NodeFailed(agent, exc) from exc
+
+
+def reject(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
+    return {"rejected": f"{agent}: {exc}"}
+
+
+def stop_refining(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
+    """A refinement agent that cannot produce usable output ends refinement; the item as it
+    stood after the last good round is kept, and the history says why refinement stopped."""
+    note = {"round": state.get("round", 0) + 1, "operation": state.get("operation", ""),
+            "note": f"refinement stopped, {agent} output unusable: {exc}"}
+    return {"refine_done": True, "history": [*state.get("history", []), note]}
+
+
+def agent_node(agent: str, schema: type[BaseModel] | Callable[[dict, RunContext], type[BaseModel]],
+               inputs: Inputs, apply: Apply, *, check: Check | None = None,
+               on_unusable: Callable[[str, dict, UnusableOutput, RunContext], dict] = reject,
+               max_tokens: int | None = None):
+    async def node(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        ctx = runtime.context
+        chosen = schema if isinstance(schema, type) else schema(state, ctx)
+        try:
+            result, used = await ask(ctx, agent, inputs(state, ctx), chosen, state, check,
+                                     max_tokens=max_tokens)
+        except UnusableOutput as exc:
+            return {**on_unusable(agent, state, exc, ctx), **usage_update(exc.usage)}
+        return {**apply(state, result, ctx), **usage_update(used)}
+
+    node.__name__ = agent
+    return node
+
+
+def unless_rejected(next_node: str):
+    """Edge condition used after every agent: a rejected seed goes straight to END."""
+
+    def route(state: dict) -> str:
+        return END if state.get("rejected") else next_node
+
+    route.__name__ = f"to_{next_node}"
+    return route

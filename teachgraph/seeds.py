@@ -1,0 +1,215 @@
+"""Seed collection: files and folders -> documents -> chunks -> passages.
+
+Anything that cannot be read as text is skipped with a reason, never silently dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Iterable, Iterator
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst", ".text"}
+HTML_SUFFIXES = {".html", ".htm"}
+CODE_SUFFIXES = {".py", ".js", ".ts", ".jsx", ".tsx", ".java", ".c", ".h", ".cc", ".cpp", ".hpp", ".go",
+                 ".rs", ".rb", ".php", ".sh", ".sql", ".kt", ".scala", ".swift", ".cs", ".lua", ".r",
+                 ".toml", ".yaml", ".yml", ".ini", ".cfg"}
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+SUPPORTED = TEXT_SUFFIXES | HTML_SUFFIXES | CODE_SUFFIXES | JSONL_SUFFIXES
+MAX_FILE_BYTES = 50 * 1024 * 1024
+CHUNK_CHARS = 1200
+MIN_CHUNK_CHARS = 80
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    source: str        # path, plus "#line N" for .jsonl records
+    index: int         # chunk number within the source
+    title: str
+    text: str
+    kind: str          # "text" or "code"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: str
+    reason: str
+
+
+class _HTMLText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.title = ""
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag == "title":
+            self._in_title = True
+        elif tag in ("p", "div", "br", "li", "h1", "h2", "h3", "h4", "tr", "pre", "section"):
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+        elif tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+        elif not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> tuple[str, str]:
+    parser = _HTMLText()
+    parser.feed(markup)
+    text = re.sub(r"[ \t]+", " ", "".join(parser.parts))
+    return parser.title.strip(), re.sub(r"\n\s*\n+", "\n\n", text).strip()
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path | Skipped]:
+    for path in paths:
+        if not path.exists():
+            yield Skipped(str(path), "no such file or directory")
+        elif path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    yield child
+        else:
+            yield path
+
+
+def _read_text(path: Path) -> str:
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"too large ({size} bytes, limit {MAX_FILE_BYTES})")
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise ValueError("binary file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start})") from None
+    if not text.strip():
+        raise ValueError("empty file")
+    return text
+
+
+def _title_from(path: Path, text: str) -> str:
+    for line in text.splitlines()[:5]:
+        heading = line.strip().lstrip("#").strip()
+        if heading and len(heading) <= 100 and not line.startswith(("import ", "from ", "\"\"\"", "'''")):
+            return heading
+    return path.stem.replace("_", " ")
+
+
+def read_documents(path: Path) -> Iterator[tuple[str, str, str, str] | Skipped]:
+    """(source, title, text, kind) per document in `path`, or Skipped entries."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED:
+        yield Skipped(str(path), f"unsupported file type {suffix or '(none)'}")
+        return
+    try:
+        text = _read_text(path)
+    except (OSError, ValueError) as exc:
+        yield Skipped(str(path), getattr(exc, "strerror", None) or str(exc))
+        return
+    if suffix in JSONL_SUFFIXES:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            source = f"{path}#line{number}"
+            try:
+                record = json.loads(line)
+                body = record.get("text") or record.get("content") if isinstance(record, dict) else None
+            except json.JSONDecodeError as exc:
+                yield Skipped(source, f"malformed JSON: {exc.msg}")
+                continue
+            if not isinstance(body, str) or not body.strip():
+                yield Skipped(source, "no non-empty 'text' field")
+                continue
+            title = str(record.get("title") or record.get("id") or path.stem)
+            yield source, title, body, "text"
+    elif suffix in HTML_SUFFIXES:
+        title, body = html_to_text(text)
+        if not body:
+            yield Skipped(str(path), "no text in HTML")
+            return
+        yield str(path), title or path.stem, body, "text"
+    else:
+        kind = "code" if suffix in CODE_SUFFIXES else "text"
+        title = f"{path.name}" if kind == "code" else _title_from(path, text)
+        yield str(path), title, text, kind
+
+
+def _split(text: str, limit: int) -> list[str]:
+    """Greedy packing of paragraphs (then lines, then sentences) into pieces of <= limit chars."""
+    blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
+    pieces: list[str] = []
+    for block in blocks:
+        if len(block) <= limit:
+            pieces.append(block)
+            continue
+        units = block.splitlines() if "\n" in block else re.split(r"(?<=[.!?])\s+", block)
+        current = ""
+        for unit in units:
+            while len(unit) > limit:  # one enormous line: hard cut
+                pieces.append(unit[:limit])
+                unit = unit[limit:]
+            if current and len(current) + len(unit) + 1 > limit:
+                pieces.append(current)
+                current = ""
+            current = f"{current}\n{unit}" if current else unit
+        if current:
+            pieces.append(current)
+    packed: list[str] = []
+    for piece in pieces:
+        if packed and len(packed[-1]) + len(piece) + 2 <= limit:
+            packed[-1] = f"{packed[-1]}\n\n{piece}"
+        else:
+            packed.append(piece)
+    return packed
+
+
+def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
+    chunks = _split(text, limit)
+    # A short tail is merged into the previous chunk rather than becoming a thin seed.
+    if len(chunks) > 1 and len(chunks[-1]) < MIN_CHUNK_CHARS:
+        tail = chunks.pop()
+        chunks[-1] = f"{chunks[-1]}\n\n{tail}"
+    return chunks
+
+
+def split_passages(text: str, target: int) -> list[str]:
+    return _split(text, target)
+
+
+def seed_id(source: str, index: int, text: str) -> str:
+    return hashlib.sha256(f"{source}\0{index}\0{text}".encode()).hexdigest()[:16]
+
+
+def collect(paths: Iterable[Path], chunk_chars: int = CHUNK_CHARS) -> Iterator[Chunk | Skipped]:
+    for entry in iter_files(paths):
+        if isinstance(entry, Skipped):
+            yield entry
+            continue
+        for doc in read_documents(entry):
+            if isinstance(doc, Skipped):
+                yield doc
+                continue
+            source, title, text, kind = doc
+            pieces = chunk_text(text, chunk_chars)
+            if not pieces or sum(len(p) for p in pieces) < 20:
+                yield Skipped(source, "too little text to use as a seed")
+                continue
+            for index, piece in enumerate(pieces):
+                yield Chunk(seed_id(source, index, piece), source, index, title, piece, kind)
