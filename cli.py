@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -160,6 +161,9 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
                 ticker.cancel()
 
         interrupted = False
+        # SIGTERM (a scheduler, `timeout`, `kill`) stops the run like Ctrl-C: checkpoints are kept,
+        # the embedded server is stopped, and the run can be resumed.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             with progress:
                 asyncio.run(main())

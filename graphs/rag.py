@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from graphs.refinement import add_refinement_loop
 from nodes.agent import SeedState, agent_node, ask, stop_refining, unless_rejected, usage_update
@@ -210,18 +210,17 @@ def edit_apply(state: dict, out: Edited, ctx: RunContext) -> dict[str, Any]:
             "history": [*state.get("history", []), entry]}
 
 
-def _answer_check(item: dict):
-    allowed = set(item["pids"])
+def answer_schema(item: dict) -> type[Answer]:
+    """Answer, with relevant_passages limited to this item's ids: a grammar-constrained endpoint
+    then cannot cite a passage that is not in the context, and pydantic checks it everywhere."""
+    ids = tuple(sorted(item["pids"]))
+    return create_model("Answer", __base__=Answer, relevant_passages=(
+        list[Literal[ids]], Field(description=f"Document Ids of the passages used, from {list(ids)}")))
 
-    def check(state: dict, out: Answer) -> None:
-        unknown = sorted(set(out.relevant_passages) - allowed)
-        if unknown:
-            raise ValueError(f"relevant_passages {unknown} are not Document Ids in the context; "
-                             f"use only {sorted(allowed)} or []")
-        if not out.answer.strip():
-            raise ValueError("answer is empty")
 
-    return check
+def _answer_check(state: dict, out: Answer) -> None:
+    if not out.answer.strip():
+        raise ValueError("answer is empty")
 
 
 async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -236,8 +235,7 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
     for item in items:
         user = sample_prompt(ctx.skill, state, item)
         try:
-            out, call = await ask(ctx, "answer", {"sample": user}, Answer,
-                                  state, _answer_check(item))
+            out, call = await ask(ctx, "answer", {"sample": user}, answer_schema(item), state, _answer_check)
         except UnusableOutput as exc:
             used.add(exc.usage)
             if samples:  # the refined item failed; the seed item's sample still stands

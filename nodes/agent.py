@@ -52,10 +52,11 @@ async def ask(ctx: RunContext, agent: str, values: dict[str, Any], schema: type[
               state: dict, check: Check | None = None, prompt_agent: str | None = None,
               max_tokens: int | None = None) -> tuple[Any, Usage]:
     """One structured call for `agent`; endpoint errors become NodeFailed(agent)."""
-    system, user = ctx.skill.prompt(prompt_agent or agent).render(**values)
+    prompt = ctx.skill.prompt(prompt_agent or agent)
+    system, user = prompt.render(**values)
     try:
         return await ctx.llm.structured(
-            system, user, schema, max_tokens=max_tokens,
+            system, user, schema, max_tokens=max_tokens or prompt.max_tokens,
             check=(lambda value: check(state, value)) if check else None)
     except UnusableOutput:
         raise

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
@@ -36,15 +37,18 @@ class Usage:
         self.tokens += other.tokens
 
 
-# Length bounds stay in pydantic validation but are not sent: llama.cpp turns maxLength=400 into a
-# grammar with 400 nested repetitions, refuses it, and llama-cpp-python's server then dies (measured).
-_WIRE_DROPPED = {"maxLength", "minLength", "maxItems", "minItems", "title"}
+# Large length bounds stay in pydantic validation but are not sent: llama.cpp turns maxLength=400
+# into a grammar with 400 nested repetitions, refuses it, and llama-cpp-python's server then dies
+# (measured). Small bounds are cheap and useful ("answer" must not be empty), so they stay.
+_BOUNDS = {"maxLength", "minLength", "maxItems", "minItems"}
+_LARGEST_WIRE_BOUND = 32
 
 
 def wire_schema(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: wire_schema(v) for k, v in node.items()
-                if not (k in _WIRE_DROPPED and not isinstance(v, dict))}
+                if not (k == "title" and isinstance(v, str))
+                and not (k in _BOUNDS and isinstance(v, int) and v > _LARGEST_WIRE_BOUND)}
     if isinstance(node, list):
         return [wire_schema(v) for v in node]
     return node
@@ -85,6 +89,7 @@ class LLM:
     structured_mode: StructuredMode = "json_schema"
     max_concurrency: int = 4
     max_tokens: int = 384
+    token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     fix_attempts: int = 2
     usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar
 
@@ -100,7 +105,13 @@ class LLM:
 
     async def _call(self, messages: list[BaseMessage], max_tokens: int | None,
                     fmt: dict | None, used: Usage) -> AIMessage:
-        kwargs: dict[str, Any] = {"max_tokens": max_tokens or self.max_tokens}
+        limit = max_tokens or self.max_tokens
+        if self.token_param == "max_tokens":
+            # langchain-openai renames max_tokens to max_completion_tokens, which llama-cpp-python
+            # ignores: replies then run to the context limit (measured: minutes per call).
+            kwargs: dict[str, Any] = {"extra_body": {"max_tokens": limit}}
+        else:
+            kwargs = {"max_tokens": limit}  # sent as max_completion_tokens (OpenAI reasoning models)
         if fmt is not None:
             kwargs["response_format"] = fmt
         async with self.slots:
@@ -131,7 +142,15 @@ class LLM:
         messages: list[BaseMessage] = [SystemMessage(f"{system}\n\n{schema_hint(schema)}"), HumanMessage(user)]
         problem = ""
         for _ in range(self.fix_attempts + 1):
-            reply = await self._call(messages, max_tokens, fmt, used)
+            try:
+                reply = await self._call(messages, max_tokens, fmt, used)
+            except openai.LengthFinishReasonError as exc:
+                # langchain-openai raises this (instead of returning) when a response_format is set
+                tokens = getattr(getattr(exc.completion, "usage", None), "total_tokens", 0) or 0
+                call = Usage(1, tokens)
+                used.add(call)
+                self.usage.add(call)
+                reply = AIMessage("", response_metadata={"finish_reason": "length"})
             content = str(reply.content)
             if _finish_reason(reply) == "length":
                 problem = f"output truncated at max_tokens={max_tokens or self.max_tokens}"

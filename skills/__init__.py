@@ -29,6 +29,7 @@ class TaskType:
 class Prompt:
     system: str
     user: str = ""
+    max_tokens: int | None = None   # this agent's reply cap; small caps stop runaway output early
 
     def render(self, **values: Any) -> tuple[str, str]:
         # safe_substitute: seed text may legitimately contain "$" and must never break a prompt.
@@ -110,7 +111,8 @@ def load(name: str) -> Skill:
         known = ", ".join(available()) or "none"
         raise SkillError(f"unknown skill {name!r} (known: {known})")
     definition = _read_toml(folder / "skill.toml")
-    prompts = {agent: Prompt(system=spec.get("system", ""), user=spec.get("user", ""))
+    prompts = {agent: Prompt(system=spec.get("system", ""), user=spec.get("user", ""),
+                             max_tokens=spec.get("max_tokens"))
                for agent, spec in _read_toml(folder / "prompts.toml").items()}
     settings = {k: v for k, v in definition.items()
                 if k not in {"name", "title", "description", "split", "graph"}}

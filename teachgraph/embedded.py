@@ -77,6 +77,14 @@ def _recorded(state_file: Path) -> str | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends it SIGTERM when the CLI dies, SIGKILL included,
+    so a killed run never leaves an orphaned model server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess.Popen, str]:
     _check_server_installed()
     path = model_path()
@@ -87,7 +95,8 @@ def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
            "--n_threads", str(threads or max(1, os.cpu_count() or 1))]
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)  # Ctrl-C goes to us; we stop it in order
+                            start_new_session=True,  # Ctrl-C goes to us; we stop it in order
+                            preexec_fn=_die_with_parent)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -105,7 +114,7 @@ def stop(proc: subprocess.Popen, home: Path) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
+            proc.wait(timeout=5)  # uvicorn finishes an in-flight generation first; don't wait for it
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -124,8 +124,10 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool) ->
     chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.model,
                       temperature=settings.temperature, timeout=settings.timeout,
                       max_retries=5)  # the openai SDK retries 408/409/429/5xx/connection errors, honouring Retry-After
+    # llama-cpp-python's server generates one reply at a time: more requests in flight only queue
+    # there, each burning its own client timeout. Seeds still interleave; model calls take turns.
     return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
-               max_concurrency=settings.concurrency, max_tokens=settings.max_tokens)
+               max_concurrency=1 if embedded else settings.concurrency, max_tokens=settings.max_tokens)
 
 
 class RunCorpus:
@@ -210,10 +212,14 @@ class Execution:
         thread = thread_id(self.run_id, seed["id"])
         config = {"configurable": {"thread_id": thread}, "recursion_limit": 200}
         snapshot = await graph.aget_state(config)
-        if snapshot.values and not snapshot.next:
+        started = snapshot.metadata is not None  # the thread has a checkpoint
+        # get_state leaves out of `next` the tasks whose writes are already saved, so "no next" alone
+        # does not mean finished: a kill between a node's writes and the next checkpoint looks the
+        # same. Finished means no next node and no task at all.
+        if started and not snapshot.next and not snapshot.tasks:
             final = snapshot.values          # finished before a kill, outcome not yet recorded
         else:
-            start = None if snapshot.next else {
+            start = None if started else {
                 "seed_id": seed["id"], "task_type": seed["task_type"], "max_rounds": self.settings.rounds,
                 "round": 0, "llm_calls": 0, "tokens": 0}
             try:

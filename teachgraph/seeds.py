@@ -162,9 +162,14 @@ def _split(text: str, limit: int) -> list[str]:
         units = block.splitlines() if "\n" in block else re.split(r"(?<=[.!?])\s+", block)
         current = ""
         for unit in units:
-            while len(unit) > limit:  # one enormous line: hard cut
-                pieces.append(unit[:limit])
-                unit = unit[limit:]
+            if len(unit) > limit and current:  # keep the text in order: flush before cutting
+                pieces.append(current)
+                current = ""
+            while len(unit) > limit:  # one enormous line or sentence: cut at a space if there is one
+                cut = unit.rfind(" ", limit // 2, limit)
+                cut = cut if cut > 0 else limit
+                pieces.append(unit[:cut])
+                unit = unit[cut:].lstrip(" ")
             if current and len(current) + len(unit) + 1 > limit:
                 pieces.append(current)
                 current = ""

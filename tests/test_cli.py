@@ -1,0 +1,111 @@
+"""The CLI as a user runs it: subprocesses against a local fake OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.conftest import SAMPLE, run_cli
+from tests.fake_openai import FakeOpenAI
+from tests.rag_script import RagScript
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI(responder=RagScript().http_responder) as server:
+        yield server
+
+
+def endpoint(fake) -> list[str]:
+    return ["--base-url", fake.base_url, "--model", "fake-model"]
+
+
+def run_id_of(result) -> str:
+    return re.search(r"run id: (\S+)", result.stderr).group(1)
+
+
+def test_graph_list_names_rag_first_on_its_line(tmp_path):
+    result = run_cli("graph", "list", home=tmp_path)
+    assert result.returncode == 0
+    assert any(line.split("\t")[0] == "rag" for line in result.stdout.splitlines())
+
+
+def test_graph_show_draws_offline(tmp_path):
+    mermaid = run_cli("graph", "show", "rag", home=tmp_path)
+    assert mermaid.returncode == 0 and "suggest -.-> edit" in mermaid.stdout and "edit -.-> suggest" in mermaid.stdout
+    ascii_art = run_cli("graph", "show", "rag", "--format", "ascii", home=tmp_path)
+    assert ascii_art.returncode == 0 and "| suggest |" in ascii_art.stdout
+    pytest.importorskip("pygraphviz")
+    png = tmp_path / "rag.png"
+    result = run_cli("graph", "show", "rag", "--format", "png", "--out", str(png), home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_writes_samples_and_runs_show_adds_up(tmp_path, fake):
+    out = tmp_path / "out.jsonl"
+    result = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "5", "--rounds", "2",
+                     "--out", str(out), "--run-id", "demo", *endpoint(fake), home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == "run id: demo"
+    samples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(samples) == 10 and len({s["id"] for s in samples}) == 10
+    assert all(s["skill"] == "rag" and [m["role"] for m in s["messages"]] == ["system", "user", "assistant"]
+               for s in samples)
+    shown = json.loads(run_cli("runs", "show", "demo", "--json", home=tmp_path / "home").stdout)
+    counts = shown["counts"]
+    assert counts["total"] == 5 == counts["accepted"] + counts["rejected"] + counts["failed"]
+    assert counts["samples"] == 10 and counts["llm_calls"] == fake.request_count
+    # every request caps the reply length under the name every server knows (not only OpenAI's new name)
+    caps = {body.get("max_tokens") for body in fake.requests}
+    assert None not in caps and max(caps) <= 384 and len(caps) > 1   # per-agent caps from prompts.toml
+    assert shown["run"]["status"] == "complete" and "OPENAI_API_KEY" not in json.dumps(shown)
+    listed = run_cli("runs", "list", home=tmp_path / "home").stdout
+    assert listed.startswith("demo\trag\tcomplete")
+    # resuming a finished run changes nothing and says so
+    before = out.read_text()
+    again = run_cli("graph", "resume", "demo", home=tmp_path / "home")
+    assert again.returncode == 0 and "already complete" in again.stdout
+    assert out.read_text() == before and fake.request_count == counts["llm_calls"]
+
+
+def test_api_key_never_reaches_the_databases_or_output(tmp_path, fake):
+    secret = "sk-test-SECRET-123456"
+    result = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "2", "--rounds", "1",
+                     *endpoint(fake), home=tmp_path, env={"OPENAI_API_KEY": secret})
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["graph", "run", "nope"], "unknown skill 'nope'"),
+    (["graph", "run", "rag", "--seeds", "/no/such/dir"], "seed path not found"),
+    (["graph", "resume", "no-such-run"], "no run 'no-such-run'"),
+    (["runs", "show", "no-such-run"], "no run 'no-such-run'"),
+    (["graph", "show", "rag", "--format", "svg"], "unknown format"),
+])
+def test_bad_arguments_give_one_clear_line(tmp_path, args, message):
+    result = run_cli(*args, home=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_endpoint_is_a_clear_fatal_error(tmp_path):
+    result = run_cli("graph", "run", "rag", "--limit", "1", "--base-url", "http://127.0.0.1:9/v1",
+                     "--model", "m", home=tmp_path)
+    assert result.returncode == 2 and "cannot reach the endpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_corpus_with_no_usable_text_is_an_error(tmp_path, fake):
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "blank.txt").write_text("\n\n")
+    result = run_cli("graph", "run", "rag", "--seeds", str(tmp_path / "seeds"), *endpoint(fake), home=tmp_path / "h")
+    assert result.returncode == 2
+    assert "skipped" in result.stderr and "empty file" in result.stderr and "no usable seed text" in result.stderr

@@ -1,0 +1,87 @@
+"""Seed collection, the taxonomy data, and the output file's crash safety."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import skills
+from teachgraph.output import SampleWriter
+from teachgraph.seeds import Chunk, Skipped, chunk_text, collect
+from tests.conftest import SAMPLE
+
+
+def test_sample_corpus_has_text_and_code_seeds():
+    items = list(collect([SAMPLE]))
+    chunks = [i for i in items if isinstance(i, Chunk)]
+    assert not [i for i in items if isinstance(i, Skipped)]
+    assert {c.kind for c in chunks} == {"text", "code"}
+    assert {c.source.rsplit(".", 1)[-1].split("#")[0] for c in chunks} >= {"txt", "md", "rst", "py", "jsonl"}
+    assert len({c.id for c in chunks}) == len(chunks)
+    assert all(len(c.text) <= 1200 + 200 for c in chunks)
+
+
+def test_bad_files_are_skipped_with_a_reason(tmp_path):
+    (tmp_path / "good.txt").write_text("A perfectly fine paragraph about sorting lists in Python. " * 5)
+    (tmp_path / "empty.md").write_text("   \n")
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02PNG")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / "records.jsonl").write_text('{"text": "A record with enough words to be a seed of its own."}\n'
+                                            '{"text": \n' '{"title": "no text"}\n')
+    (tmp_path / "page.html").write_text("<html><title>T</title><script>x()</script><p>Hello from HTML, "
+                                        "with a paragraph of text.</p></html>")
+    items = list(collect([tmp_path, tmp_path / "missing.txt"]))
+    skipped = {i.source.split("/")[-1]: i.reason for i in items if isinstance(i, Skipped)}
+    assert skipped["empty.md"] == "empty file"
+    assert skipped["binary.txt"] == "binary file"
+    assert skipped["latin1.txt"].startswith("not UTF-8")
+    assert skipped["image.png"].startswith("unsupported file type")
+    assert skipped["records.jsonl#line2"].startswith("malformed JSON")
+    assert skipped["records.jsonl#line3"] == "no non-empty 'text' field"
+    assert skipped["missing.txt"] == "no such file or directory"
+    chunks = [i for i in items if isinstance(i, Chunk)]
+    assert {c.source.split("/")[-1] for c in chunks} == {"good.txt", "records.jsonl#line1", "page.html"}
+    html = next(c for c in chunks if c.source.endswith("page.html"))
+    assert "x()" not in html.text and "Hello from HTML" in html.text
+
+
+def test_chunking_respects_the_limit_and_keeps_all_text():
+    text = "\n\n".join(f"Paragraph {i}. " + "word " * (i * 40) for i in range(1, 8))
+    chunks = chunk_text(text, 600)
+    assert all(len(c) <= 600 for c in chunks)
+    assert "".join(chunks).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
+
+
+def test_rag_taxonomy_loads_and_covers_types_evenly():
+    skill = skills.load("rag")
+    names = [t.name for t in skill.taxonomy]
+    assert len(names) == len(set(names)) >= 7
+    assert all(t.description for t in skill.taxonomy)
+    dealt = [skill.task_for(i).name for i in range(len(names) * 3)]
+    assert all(dealt.count(n) == 3 for n in names)
+    for agent in ("transform", "generate", "suggest", "edit", "answer", "sample"):
+        assert skill.prompt(agent).system or skill.prompt(agent).user
+
+
+def test_taxonomy_validation_rejects_duplicates(tmp_path):
+    (tmp_path / "taxonomy.toml").write_text('[[types]]\nname="a"\ndescription="x"\n[[types]]\nname="a"\ndescription="y"\n')
+    with pytest.raises(skills.SkillError, match="duplicate"):
+        skills._load_taxonomy(tmp_path / "taxonomy.toml")
+    with pytest.raises(skills.SkillError, match="unknown skill"):
+        skills.load("no_such_skill")
+
+
+def test_reconcile_cuts_a_half_line_and_adds_missing_samples_once(tmp_path):
+    out = tmp_path / "samples.jsonl"
+    committed = [(f"s{i}", json.dumps({"id": f"s{i}", "n": i})) for i in range(4)]
+    out.write_text(committed[0][1] + "\n" + committed[1][1] + "\n" + '{"id": "s2", "n"')   # killed mid-write
+    writer = SampleWriter(out)
+    assert writer.reconcile(committed) == 2
+    writer.close()
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["s0", "s1", "s2", "s3"]
+    writer = SampleWriter(out)
+    assert writer.reconcile(committed) == 0       # idempotent
+    writer.close()
+    assert len(out.read_text().splitlines()) == 4
