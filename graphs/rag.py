@@ -26,9 +26,6 @@ from nodes.context import RunContext
 from nodes.llm import UnusableOutput, Usage
 from skills import Skill
 
-Operation = Literal["rewrite_query", "add_near_miss", "drop_key_passages", "add_conflicting_passage"]
-
-
 # ---- agent reply schemas (flat: grammar-constrained decoding handles flat schemas best) ----
 
 class Transformed(BaseModel):
@@ -81,10 +78,16 @@ class RagState(SeedState, total=False):
 
 # ---- rendering ----
 
-def render_passages(state: dict, pids: list[int]) -> str:
+def render_passages(state: dict, pids: list[int], snippet_chars: int | None = None) -> str:
+    """The context block. `snippet_chars` abbreviates passages for agents that only need their
+    gist (suggester, editor): shorter prompts, and prompt evaluation dominates on a CPU."""
     by_id = {p["pid"]: p for p in state["pool"]}
+
+    def snippet(text: str) -> str:
+        return text if snippet_chars is None or len(text) <= snippet_chars else text[:snippet_chars] + " ..."
+
     return "\n\n".join(
-        f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {by_id[pid]['text']}" for pid in pids)
+        f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {snippet(by_id[pid]['text'])}" for pid in pids)
 
 
 def _rng(state: dict, salt: str) -> random.Random:
@@ -119,14 +122,14 @@ def transform_fallback(agent: str, state: dict, exc: UnusableOutput, ctx: RunCon
 
 def transform_apply(state: dict, out: Transformed, ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.skill.settings.get("context", {})
+    wanted = cfg.get("distractors", 3)
     seed = ctx.corpus.seed(state["seed_id"])
     own = [{"seed_id": seed["id"], "title": out.title.strip(), "text": text}
-           for text in seed["passages"][: cfg.get("own_passages_max", 4)]]
+           for text in seed["passages"][: cfg.get("own_passages_max", 3)]]
     query = out.search_query.strip() or seed["text"]
-    distractors = ctx.corpus.search(query, exclude_seed=seed["id"], limit=cfg.get("distractors", 4))
-    if len(distractors) < cfg.get("distractors", 4):  # a vague query: fall back to the seed's words
-        distractors += ctx.corpus.search(seed["text"], exclude_seed=seed["id"],
-                                         limit=cfg.get("distractors", 4) - len(distractors),
+    distractors = ctx.corpus.search(query, exclude_seed=seed["id"], limit=wanted)
+    if len(distractors) < wanted:  # a vague query: fall back to the seed's own words
+        distractors += ctx.corpus.search(seed["text"], exclude_seed=seed["id"], limit=wanted - len(distractors),
                                          exclude_texts={d["text"] for d in distractors})
     entries = [("own", p) for p in own] + [("distractor", d) for d in distractors]
     _rng(state, "order").shuffle(entries)  # own passages must not always come first
@@ -174,7 +177,7 @@ def generate_apply(state: dict, out: Query, ctx: RunContext) -> dict[str, Any]:
     item = {"query": out.query.strip(), "pids": [p["pid"] for p in state["pool"]], "round": 0}
     update: dict[str, Any] = {}
     if task.context_op:
-        item, pool, note = apply_operation({**state}, item, task.context_op, out.query,
+        item, pool, note = apply_operation(state, item, task.context_op, out.query,
                                            getattr(out, "new_passage", ""), ctx)
         update = {"pool": pool}
         item["note"] = note
@@ -183,7 +186,8 @@ def generate_apply(state: dict, out: Query, ctx: RunContext) -> dict[str, Any]:
 
 def suggest_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
     history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
-    return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"]),
+    gist = ctx.skill.settings.get("refinement", {}).get("snippet_chars", 200)
+    return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"], gist),
             "history": "; ".join(history)}
 
 
@@ -240,7 +244,7 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
             used.add(exc.usage)
             if samples:  # the refined item failed; the seed item's sample still stands
                 break
-            return {"rejected": f"answer: {exc}", **usage_update(used)}
+            return {"rejected": str(exc), "rejected_by": "answer", **usage_update(used)}
         used.add(call)
         samples.append(make_sample(ctx, state, item, user, out,
                                    parent=samples[0]["id"] if samples else None))

@@ -34,6 +34,7 @@ class SeedState(TypedDict, total=False):
     round: int
     refine_done: bool
     rejected: str                                    # set => the seed ends rejected, with this reason
+    rejected_by: str                                 # the node that rejected it
     samples: list[dict]                              # finished (prompt, response) samples
     llm_calls: Annotated[int, operator.add]
     tokens: Annotated[int, operator.add]
@@ -65,7 +66,7 @@ async def ask(ctx: RunContext, agent: str, values: dict[str, Any], schema: type[
 
 
 def reject(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
-    return {"rejected": f"{agent}: {exc}"}
+    return {"rejected": str(exc), "rejected_by": agent}
 
 
 def stop_refining(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import openai
 from langchain_openai import ChatOpenAI
@@ -171,7 +171,7 @@ class Execution:
         self.writer.reconcile(self.registry.samples(self.run_id))
         ctx = RunContext(run_id=self.run_id, skill=self.skill, llm=self.llm,
                          corpus=RunCorpus(self.registry, self.run_id))
-        started = last = time.monotonic()
+        last = time.monotonic()
         try:
             async with open_saver(self.home.checkpoints_path) as saver:
                 graph = self.skill.build_graph().compile(checkpointer=saver)
@@ -206,7 +206,6 @@ class Execution:
         finally:
             self.registry.add_wall_time(self.run_id, time.monotonic() - last)
             self.writer.close()
-            del started
 
     async def _run_seed(self, graph, saver, ctx: RunContext, seed: dict) -> None:
         thread = thread_id(self.run_id, seed["id"])
@@ -237,6 +236,7 @@ class Execution:
         calls, tokens = final.get("llm_calls", 0), final.get("tokens", 0)
         if final.get("rejected") or not samples:
             self.registry.finish_seed(self.run_id, seed["id"], status="rejected",
+                                      node=final.get("rejected_by"),
                                       reason=final.get("rejected") or "no sample produced",
                                       llm_calls=calls, tokens=tokens)
             self.reporter.seed_done("rejected", 0)
@@ -260,5 +260,3 @@ def run_status(counts: dict[str, int]) -> str:
         return "interrupted"
     return "finished with failures" if counts["failed"] else "complete"
 
-
-Log = Callable[[str], None]

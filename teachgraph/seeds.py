@@ -21,7 +21,7 @@ JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 SUPPORTED = TEXT_SUFFIXES | HTML_SUFFIXES | CODE_SUFFIXES | JSONL_SUFFIXES
 MAX_FILE_BYTES = 50 * 1024 * 1024
 CHUNK_CHARS = 1200
-MIN_CHUNK_CHARS = 80
+MIN_CHUNK_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -186,11 +186,22 @@ def _split(text: str, limit: int) -> list[str]:
 
 
 def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
-    chunks = _split(text, limit)
-    # A short tail is merged into the previous chunk rather than becoming a thin seed.
-    if len(chunks) > 1 and len(chunks[-1]) < MIN_CHUNK_CHARS:
-        tail = chunks.pop()
-        chunks[-1] = f"{chunks[-1]}\n\n{tail}"
+    """Chunks of at most `limit` characters, except that a fragment shorter than MIN_CHUNK_CHARS
+    (a title line, a closing remark) joins its neighbour rather than becoming a thin seed."""
+    chunks: list[str] = []
+    carry = ""
+    for piece in _split(text, limit):
+        piece = f"{carry}\n\n{piece}" if carry else piece
+        carry = ""
+        if len(piece) < MIN_CHUNK_CHARS:
+            carry = piece
+        else:
+            chunks.append(piece)
+    if carry:
+        if chunks:
+            chunks[-1] = f"{chunks[-1]}\n\n{carry}"
+        else:
+            chunks.append(carry)
     return chunks
 
 

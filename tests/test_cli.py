@@ -109,3 +109,35 @@ def test_a_corpus_with_no_usable_text_is_an_error(tmp_path, fake):
     result = run_cli("graph", "run", "rag", "--seeds", str(tmp_path / "seeds"), *endpoint(fake), home=tmp_path / "h")
     assert result.returncode == 2
     assert "skipped" in result.stderr and "empty file" in result.stderr and "no usable seed text" in result.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, sig):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    home = tmp_path / "home"
+    with FakeOpenAI(responder=RagScript().http_responder, delay=0.05) as fake:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "graph", "run", "rag", "--seeds", str(SAMPLE),
+                                 "--limit", "6", "--run-id", "intr", *endpoint(fake)], cwd=ROOT,
+                                env={**os.environ, "TEACHGRAPH_HOME": str(home)}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while fake.request_count < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(getattr(signal, sig))
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "Resume with: python cli.py graph resume intr" in stderr and "Traceback" not in stderr
+        shown = json.loads(run_cli("runs", "show", "intr", "--json", home=home).stdout)
+        assert shown["run"]["status"] == "interrupted" and shown["counts"]["pending"] > 0
+        resumed = run_cli("graph", "resume", "intr", home=home)
+        assert resumed.returncode == 0, resumed.stderr
+    counts = json.loads(run_cli("runs", "show", "intr", "--json", home=home).stdout)["counts"]
+    assert counts["pending"] == 0 and counts["accepted"] == 6
+    ids = [json.loads(line)["id"] for line in (home / "runs" / "intr" / "samples.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == counts["samples"] == 12

@@ -132,7 +132,8 @@ def test_unusable_output_rejects_with_a_reason_and_loses_nothing(tmp_path):
     counts = registry.counts("t1")
     assert counts["rejected"] == 3 and counts["accepted"] == 0 and counts["pending"] == 0
     reasons = registry.outcomes("t1", "rejected")
-    assert reasons[0]["reason"].startswith("generate: Query:") and "after 2 corrections" in reasons[0]["reason"]
+    assert reasons[0]["node"] == "generate"
+    assert reasons[0]["reason"].startswith("Query:") and "after 2 corrections" in reasons[0]["reason"]
     assert script.calls["generate"] == 3 * 3       # first try + 2 corrections, per seed
 
 

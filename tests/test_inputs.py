@@ -8,7 +8,7 @@ import pytest
 
 import skills
 from teachgraph.output import SampleWriter
-from teachgraph.seeds import Chunk, Skipped, chunk_text, collect
+from teachgraph.seeds import MIN_CHUNK_CHARS, Chunk, Skipped, chunk_text, collect
 from tests.conftest import SAMPLE
 
 
@@ -19,7 +19,7 @@ def test_sample_corpus_has_text_and_code_seeds():
     assert {c.kind for c in chunks} == {"text", "code"}
     assert {c.source.rsplit(".", 1)[-1].split("#")[0] for c in chunks} >= {"txt", "md", "rst", "py", "jsonl"}
     assert len({c.id for c in chunks}) == len(chunks)
-    assert all(len(c.text) <= 1200 + 200 for c in chunks)
+    assert all(len(c.text) <= 1200 + MIN_CHUNK_CHARS for c in chunks)
 
 
 def test_bad_files_are_skipped_with_a_reason(tmp_path):
@@ -50,7 +50,7 @@ def test_bad_files_are_skipped_with_a_reason(tmp_path):
 def test_chunking_respects_the_limit_and_keeps_all_text():
     text = "\n\n".join(f"Paragraph {i}. " + "word " * (i * 40) for i in range(1, 8))
     chunks = chunk_text(text, 600)
-    assert all(len(c) <= 600 for c in chunks)
+    assert all(len(c) <= 600 + MIN_CHUNK_CHARS for c in chunks) and all(len(c) >= MIN_CHUNK_CHARS for c in chunks)
     assert "".join(chunks).replace("\n", "").replace(" ", "") == text.replace("\n", "").replace(" ", "")
 
 
