@@ -21,7 +21,7 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
 from graphs.refinement import add_refinement_loop
-from nodes.agent import SeedState, agent_node, ask, stop_refining, unless_rejected, usage_update
+from nodes.agent import SeedState, agent_node, ask, stop_refining, usage_update
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput, Usage
 from skills import Skill
@@ -293,7 +293,7 @@ def build(skill: Skill) -> StateGraph:
     builder.add_node("edit", agent_node("edit", edit_schema, edit_inputs, edit_apply, on_unusable=stop_refining))
     builder.add_node("answer", answer)
     builder.add_edge(START, "transform")
-    builder.add_conditional_edges("transform", unless_rejected("generate"), ["generate", END])
+    builder.add_edge("transform", "generate")  # transform never rejects: it falls back to the document title
     add_refinement_loop(builder, entry="generate", exit="answer")
     builder.add_edge("answer", END)
     return builder

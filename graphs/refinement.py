@@ -4,8 +4,10 @@
     <entry> --> suggest --(nothing to improve, or unusable output)--> <exit>
                 suggest --> edit --(round < max_rounds)--> suggest
                             edit --(round == max_rounds, or unusable output)--> <exit>
-A rejected seed leaves the loop for END from any node. The round counter lives in state, so
-the loop is bounded no matter what the model says, and a resumed seed continues its round.
+A seed rejected by <entry> goes to END. The suggester and editor never reject: when their output
+is unusable they end refinement (nodes.agent.stop_refining) and the item from the last good round
+goes on. The round counter lives in state, so the loop is bounded no matter what the model says,
+and a resumed seed continues its round.
 """
 
 from __future__ import annotations
@@ -21,17 +23,13 @@ def add_refinement_loop(builder: StateGraph, *, entry: str, exit: str,
         return suggester if state.get("max_rounds", 0) > 0 else exit
 
     def after_suggest(state: dict) -> str:
-        if state.get("rejected"):
-            return END
         return exit if state.get("refine_done") else editor
 
     def after_edit(state: dict) -> str:
-        if state.get("rejected"):
-            return END
         if state.get("refine_done"):
             return exit
         return suggester if state.get("round", 0) < state.get("max_rounds", 0) else exit
 
     builder.add_conditional_edges(entry, after_entry, [suggester, exit, END])
-    builder.add_conditional_edges(suggester, after_suggest, [editor, exit, END])
-    builder.add_conditional_edges(editor, after_edit, [suggester, exit, END])
+    builder.add_conditional_edges(suggester, after_suggest, [editor, exit])
+    builder.add_conditional_edges(editor, after_edit, [suggester, exit])

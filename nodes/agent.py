@@ -7,7 +7,6 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, Callable, TypedDict
 
-from langgraph.graph import END
 from langgraph.runtime import Runtime
 from pydantic import BaseModel
 
@@ -93,13 +92,3 @@ def agent_node(agent: str, schema: type[BaseModel] | Callable[[dict, RunContext]
 
     node.__name__ = agent
     return node
-
-
-def unless_rejected(next_node: str):
-    """Edge condition used after every agent: a rejected seed goes straight to END."""
-
-    def route(state: dict) -> str:
-        return END if state.get("rejected") else next_node
-
-    route.__name__ = f"to_{next_node}"
-    return route

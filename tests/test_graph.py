@@ -8,7 +8,6 @@ import json
 from langgraph.graph import END
 
 import skills
-from graphs.refinement import add_refinement_loop  # noqa: F401  (imported for the routing tests below)
 from tests.conftest import run_in_process
 from tests.rag_script import RagScript
 
@@ -22,7 +21,9 @@ def test_topology_has_the_agentinstruct_flow():
     assert set(graph.nodes) == {"__start__", "transform", "generate", "suggest", "edit", "answer", "__end__"}
     edges = {(e.source, e.target, e.conditional) for e in graph.edges}
     assert ("__start__", "transform", False) in edges
-    assert ("transform", "generate", True) in edges
+    assert ("transform", "generate", False) in edges
+    # only nodes that can reject have an edge to END
+    assert {e.source for e in graph.edges if e.target == "__end__"} == {"generate", "answer"}
     # the refinement loop: suggester -> editor -> suggester, with exits to answer
     assert {("generate", "suggest", True), ("suggest", "edit", True), ("edit", "suggest", True),
             ("suggest", "answer", True), ("edit", "answer", True), ("generate", "answer", True)} <= edges
