@@ -146,19 +146,23 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
         reporter = ProgressReporter(progress, task, counts)
         calls0, tokens0 = counts["llm_calls"], counts["tokens"]
 
+        def show_stats() -> None:
+            d = reporter.done
+            progress.update(task, stats=(
+                f"{reporter.samples} samples | {d['accepted']} ok {d['rejected']} rejected {d['failed']} failed | "
+                f"{calls0 + llm.usage.calls} LLM calls | {tokens0 + llm.usage.tokens} tokens"))
+
         async def main() -> None:
             async def tick() -> None:
                 while True:
-                    d = reporter.done
-                    progress.update(task, stats=(
-                        f"{reporter.samples} samples | {d['accepted']} ok {d['rejected']} rejected {d['failed']} failed | "
-                        f"{calls0 + llm.usage.calls} LLM calls | {tokens0 + llm.usage.tokens} tokens"))
+                    show_stats()
                     await asyncio.sleep(0.5)
             ticker = asyncio.create_task(tick())
             try:
                 await Execution(registry, home, run_id, skill, llm, settings, reporter).run()
             finally:
                 ticker.cancel()
+                show_stats()  # the last frame shows the final figures
 
         interrupted = False
         # SIGTERM (a scheduler, `timeout`, `kill`) stops the run like Ctrl-C: checkpoints are kept,

@@ -141,3 +141,19 @@ def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, sig):
     assert counts["pending"] == 0 and counts["accepted"] == 6
     ids = [json.loads(line)["id"] for line in (home / "runs" / "intr" / "samples.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == counts["samples"] == 12
+
+
+def test_a_running_embedded_server_is_reused_not_restarted(tmp_path, fake):
+    import os
+    home = tmp_path / "home"
+    home.mkdir()
+    # As if `graph run` had started the embedded server earlier and it is still up and healthy.
+    (home / "server.json").write_text(json.dumps({"pid": os.getpid(), "base_url": fake.base_url}))
+    result = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "1", "--rounds", "0", home=home)
+    assert result.returncode == 0, result.stderr
+    assert "using the embedded model server already running" in result.stderr
+    assert "starting the embedded model" not in result.stderr
+    assert fake.request_count > 0
+    assert all(body["response_format"]["type"] == "json_object" for body in fake.requests
+               if "response_format" in body)        # the embedded server's JSON mode
+    assert (home / "server.json").exists()          # not ours to stop
