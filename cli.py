@@ -23,7 +23,7 @@ import skills
 from checkpoints.registry import Registry
 from teachgraph import embedded
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, make_llm, new_run_id,
-                               run_status)
+                               run_status, shown_status)
 from teachgraph.seeds import collect
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
@@ -260,10 +260,11 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID")) -> None:
 @runs_app.command("list")
 def runs_list() -> None:
     """Every run in TEACHGRAPH_HOME, newest first."""
-    registry = Registry(Home.from_env().registry_path)
+    home = Home.from_env()
+    registry = Registry(home.registry_path)
     for run in registry.runs():
         c = registry.counts(run["id"])
-        print(f"{run['id']}\t{run['skill']}\t{run['status']}\t{c['total']} seeds\t{c['accepted']} accepted\t"
+        print(f"{run['id']}\t{run['skill']}\t{shown_status(home, run)}\t{c['total']} seeds\t{c['accepted']} accepted\t"
               f"{c['rejected']} rejected\t{c['failed']} failed\t{c['samples']} samples\t"
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run['created']))}")
 
@@ -273,7 +274,7 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
     c = registry.counts(run_id)
     table = Table(show_header=False, box=None)
     for key, value in [
-        ("run", run_id), ("skill", run["skill"]), ("status", run["status"]),
+        ("run", run_id), ("skill", run["skill"]), ("status", shown_status(Home.from_env(), run)),
         ("seeds", f"{c['total']} total: {c['accepted']} accepted, {c['rejected']} rejected, "
                   f"{c['failed']} failed, {c['pending']} pending"),
         ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("tokens", c["tokens"]),
@@ -293,6 +294,7 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
     if run is None:
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
     if as_json:
+        run["status"] = shown_status(Home.from_env(), run)
         print(json.dumps({"run": run, "counts": registry.counts(run_id),
                           "rejected": registry.outcomes(run_id, "rejected"),
                           "failed": registry.outcomes(run_id, "failed"),

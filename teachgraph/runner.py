@@ -111,6 +111,27 @@ class RunLock:
             fcntl.flock(self._fh, fcntl.LOCK_UN)
             self._fh.close()
 
+    @staticmethod
+    def held(home: Home, run_id: str) -> bool:
+        """Is a live process running this run? (A killed process holds no lock.)"""
+        path = home.run_dir(run_id) / "lock"
+        if not path.exists():
+            return False
+        with path.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+
+def shown_status(home: Home, run: dict) -> str:
+    """The registry says "running" until the process says otherwise; a killed one never does."""
+    if run["status"] in ("running", "collecting") and not RunLock.held(home, run["id"]):
+        return "interrupted"
+    return run["status"]
+
 
 class Reporter(Protocol):
     def seed_done(self, status: str, samples: int) -> None: ...

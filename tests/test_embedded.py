@@ -42,3 +42,35 @@ def test_embedded_model_end_to_end(tmp_path):
         assert all(isinstance(i, int) for i in answer["relevant_passages"])
         meta = sample["metadata"]
         assert meta["model"] == "SmolLM2-135M-Instruct" and meta["seed_id"] and meta["task_type"]
+
+
+def test_killing_the_cli_takes_the_embedded_server_with_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "graph", "run", "rag", "--limit", "1"],
+                            cwd=ROOT, env={**os.environ, "TEACHGRAPH_HOME": str(home)},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (home / "server.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    server_pid = json.loads((home / "server.json").read_text())["pid"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(server_pid, signal.SIGKILL)
+        raise AssertionError("the embedded server outlived the killed CLI")
+    listed = run_cli("runs", "list", home=home).stdout
+    assert "\tinterrupted\t" in listed

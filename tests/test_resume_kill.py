@@ -57,6 +57,8 @@ def test_kill_mid_refinement_then_resume_loses_and_repeats_nothing(tmp_path):
         assert at_kill["accepted"] >= 1, "the kill came too early to test duplicates"
         assert at_kill["total"] == SEEDS
 
+        listed = run_cli("runs", "list", home=home).stdout
+        assert listed.startswith("k\trag\tinterrupted")        # not "running": its process is gone
         resumed = run_cli("graph", "resume", "k", home=home)
         assert resumed.returncode == 0, resumed.stderr
         calls_after_resume = fake.request_count - calls_before_kill
