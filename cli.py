@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -215,6 +216,8 @@ def graph_run(
     home = Home.from_env()
     registry = Registry(home.registry_path)
     run_id = run_id or new_run_id(skill.name)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", run_id):
+        fail(f"bad run id {run_id!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     if registry.run(run_id):
         fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
     settings = Settings(

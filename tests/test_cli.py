@@ -88,6 +88,7 @@ def test_api_key_never_reaches_the_databases_or_output(tmp_path, fake):
     (["graph", "resume", "no-such-run"], "no run 'no-such-run'"),
     (["runs", "show", "no-such-run"], "no run 'no-such-run'"),
     (["graph", "show", "rag", "--format", "svg"], "unknown format"),
+    (["graph", "run", "rag", "--run-id", "../escape"], "bad run id"),
 ])
 def test_bad_arguments_give_one_clear_line(tmp_path, args, message):
     result = run_cli(*args, home=tmp_path)
