@@ -25,6 +25,7 @@ from checkpoints.registry import Registry
 from teachgraph import embedded
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, make_llm, new_run_id,
                                run_status, shown_status)
+from teachgraph.output import SampleWriter
 from teachgraph.seeds import collect
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
@@ -58,7 +59,7 @@ def load_skill(name: str) -> skills.Skill:
 def graph_list() -> None:
     """One skill per line: name, then what it makes."""
     for name in skills.available():
-        skill = skills.load(name)
+        skill = load_skill(name)
         print(f"{skill.name}\t{len(skill.taxonomy)} task types\t{skill.description}")
 
 
@@ -97,14 +98,15 @@ def _preflight(base_url: str, api_key: str) -> None:
     """Fail in one clear line if the endpoint cannot be reached at all."""
     try:
         httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=15)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         fail(f"cannot reach the endpoint {base_url}: {type(exc).__name__}: {exc}")
 
 
 class ProgressReporter:
     def __init__(self, progress: Progress, task, counts: dict):
         self.progress, self.task, self.samples = progress, task, counts["samples"]
-        self.done = {"accepted": counts["accepted"], "rejected": counts["rejected"], "failed": counts["failed"]}
+        # failed seeds are retried by this run, so they start uncounted
+        self.done = {"accepted": counts["accepted"], "rejected": counts["rejected"], "failed": 0}
 
     def seed_done(self, status: str, samples: int) -> None:
         self.done[status] += 1
@@ -202,7 +204,7 @@ def graph_run(
     base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
     model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
     structured: str = typer.Option("auto", "--structured", help="how to ask for JSON: auto | json_schema | json_object | prompt"),
-    max_tokens: int = typer.Option(384, "--max-tokens", min=16, help="cap on every model reply"),
+    max_tokens: int = typer.Option(384, "--max-tokens", min=16, help="cap on every model reply (agents may set lower caps in prompts.toml)"),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
@@ -213,6 +215,8 @@ def graph_run(
     for path in paths:
         if not path.exists():
             fail(f"seed path not found: {path}")
+    if out is not None and (out.is_dir() or (out.exists() and out.stat().st_size > 0)):
+        fail(f"--out {out} already exists; a run writes a new file (resume continues its own)")
     home = Home.from_env()
     registry = Registry(home.registry_path)
     run_id = run_id or new_run_id(skill.name)
@@ -228,6 +232,8 @@ def graph_run(
         structured=structured, max_tokens=max_tokens, temperature=temperature)
     if base_url and not model:
         fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
+    if base_url:  # before the run exists: a wrong URL must not leave a half-made run behind
+        _preflight(base_url, _endpoint(settings)[1])
     err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)
     registry.create_run(run_id, skill.name, settings.to_json())
     passage_chars = skill.settings.get("context", {}).get("passage_chars", 420)
@@ -249,8 +255,14 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID")) -> None:
     run = registry.run(run_id)
     if run is None:
         fail(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
+    if run["status"] in ("collecting", "empty"):
+        fail(f"run {run_id} never finished collecting its seeds; start a new run instead")
     counts = registry.counts(run_id)
     if counts["total"] and not counts["pending"] and not counts["failed"]:
+        # A kill between the last seed's commit and its line in the file is mended here.
+        writer = SampleWriter(Path(run["settings"]["out"]))
+        writer.reconcile(registry.samples(run_id))
+        writer.close()
         console.print(f"run {run_id} is already complete: nothing to do.")
         _print_summary(registry, run_id, Settings(**run["settings"]))
         return

@@ -16,7 +16,6 @@ import sqlite_utils
 
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
-TERMINAL = ("accepted", "rejected")          # a failed seed is retried by `graph resume`
 STOPWORDS = frozenset("""a an and are as at be but by for from has have how if in into is it its of on or
 that the their then there these this to was were what when where which while who why will with you your
 not can does do did than also may such other more most some any each""".split())

@@ -116,7 +116,9 @@ def transform_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
 def transform_fallback(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
     """No usable title/query from the model: the document's own title and words still make a context."""
     seed = ctx.corpus.seed(state["seed_id"])
-    update = transform_apply(state, Transformed(title=seed["title"][:150] or "Untitled", search_query=""), ctx)
+    # model_construct: the document's own title need not meet the bounds set for the model's reply
+    fallback = Transformed.model_construct(title=seed["title"][:150] or "Untitled", search_query="")
+    update = transform_apply(state, fallback, ctx)
     return {**update, "transform_note": f"model output unusable ({exc}); used the document title"}
 
 
@@ -218,6 +220,9 @@ def answer_schema(item: dict) -> type[Answer]:
     """Answer, with relevant_passages limited to this item's ids: a grammar-constrained endpoint
     then cannot cite a passage that is not in the context, and pydantic checks it everywhere."""
     ids = tuple(sorted(item["pids"]))
+    if not ids:  # every passage was removed: the only right citation list is []
+        return create_model("Answer", __base__=Answer, relevant_passages=(
+            list[int], Field(max_length=0, description="always [] (there are no passages)")))
     return create_model("Answer", __base__=Answer, relevant_passages=(
         list[Literal[ids]], Field(description=f"Document Ids of the passages used, from {list(ids)}")))
 

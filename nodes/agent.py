@@ -49,14 +49,15 @@ Check = Callable[[dict, Any], None]
 
 
 async def ask(ctx: RunContext, agent: str, values: dict[str, Any], schema: type[BaseModel],
-              state: dict, check: Check | None = None, prompt_agent: str | None = None,
+              state: dict, check: Check | None = None,
               max_tokens: int | None = None) -> tuple[Any, Usage]:
     """One structured call for `agent`; endpoint errors become NodeFailed(agent)."""
-    prompt = ctx.skill.prompt(prompt_agent or agent)
+    prompt = ctx.skill.prompt(agent)
     system, user = prompt.render(**values)
     try:
         return await ctx.llm.structured(
-            system, user, schema, max_tokens=max_tokens or prompt.max_tokens,
+            system, user, schema,
+            max_tokens=max_tokens or min(prompt.max_tokens or ctx.llm.max_tokens, ctx.llm.max_tokens),
             check=(lambda value: check(state, value)) if check else None)
     except UnusableOutput:
         raise

@@ -121,14 +121,6 @@ class LLM:
         self.usage.add(call)
         return reply
 
-    async def text(self, system: str, user: str, *, max_tokens: int | None = None) -> tuple[str, Usage]:
-        used = Usage()
-        reply = await self._call([SystemMessage(system), HumanMessage(user)], max_tokens, None, used)
-        content = str(reply.content).strip()
-        if not content:
-            raise UnusableOutput("empty reply", used)
-        return content, used
-
     async def structured(self, system: str, user: str, schema: type[BaseModel], *,
                          check: Callable[[Any], None] | None = None,
                          max_tokens: int | None = None) -> tuple[Any, Usage]:

@@ -68,6 +68,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _recorded(state_file: Path) -> str | None:
+    """A server recorded in server.json without an owner (started outside a run) is shared. A run's
+    own server is recorded as server-<pid>.json and never reused: it dies with the run that owns it."""
     try:
         info = json.loads(state_file.read_text())
     except (OSError, ValueError):
@@ -75,6 +77,10 @@ def _recorded(state_file: Path) -> str | None:
     if _pid_alive(int(info.get("pid", 0))) and healthy(info["base_url"]):
         return info["base_url"]
     return None
+
+
+def _own_record(home: Path) -> Path:
+    return home / f"server-{os.getpid()}.json"
 
 
 def _die_with_parent() -> None:
@@ -104,7 +110,8 @@ def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess
             raise EmbeddedError(f"the embedded server exited with code {proc.returncode}; "
                                 f"see {home / 'embedded-server.log'}")
         if healthy(base_url, timeout=1.0):
-            (home / "server.json").write_text(json.dumps({"pid": proc.pid, "base_url": base_url}))
+            _own_record(home).write_text(json.dumps({"pid": proc.pid, "base_url": base_url,
+                                                     "owner": os.getpid()}))
             return proc, base_url
         time.sleep(0.25)
     stop(proc, home)
@@ -119,12 +126,7 @@ def stop(proc: subprocess.Popen, home: Path) -> None:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    try:
-        state = json.loads((home / "server.json").read_text())
-        if state.get("pid") == proc.pid:
-            (home / "server.json").unlink()
-    except (OSError, ValueError):
-        pass
+    _own_record(home).unlink(missing_ok=True)
 
 
 @contextmanager

@@ -209,6 +209,10 @@ class Execution:
                         last = now
                     except FatalRunError as exc:
                         fatal.append(exc)
+                    except Exception as exc:  # our bug, a full disk ...: the seed still ends accounted for
+                        self.registry.finish_seed(self.run_id, seed["id"], status="failed", node="runner",
+                                                  error=_error_text(exc))
+                        self.reporter.seed_done("failed", 0)
                     finally:
                         slots.release()
 

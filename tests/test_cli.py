@@ -89,6 +89,8 @@ def test_api_key_never_reaches_the_databases_or_output(tmp_path, fake):
     (["runs", "show", "no-such-run"], "no run 'no-such-run'"),
     (["graph", "show", "rag", "--format", "svg"], "unknown format"),
     (["graph", "run", "rag", "--run-id", "../escape"], "bad run id"),
+    (["graph", "run", "rag", "--out", "README.md"], "already exists"),
+    (["graph", "run", "rag", "--base-url", "http://[bad", "--model", "m"], "cannot reach the endpoint"),
 ])
 def test_bad_arguments_give_one_clear_line(tmp_path, args, message):
     result = run_cli(*args, home=tmp_path)
@@ -148,7 +150,7 @@ def test_a_running_embedded_server_is_reused_not_restarted(tmp_path, fake):
     import os
     home = tmp_path / "home"
     home.mkdir()
-    # As if `graph run` had started the embedded server earlier and it is still up and healthy.
+    # A shared server, started outside any run (no owner), up and healthy.
     (home / "server.json").write_text(json.dumps({"pid": os.getpid(), "base_url": fake.base_url}))
     result = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "1", "--rounds", "0", home=home)
     assert result.returncode == 0, result.stderr
@@ -158,3 +160,4 @@ def test_a_running_embedded_server_is_reused_not_restarted(tmp_path, fake):
     assert all(body["response_format"]["type"] == "json_object" for body in fake.requests
                if "response_format" in body)        # the embedded server's JSON mode
     assert (home / "server.json").exists()          # not ours to stop
+    assert not list(home.glob("server-*.json"))     # and no server of our own was started

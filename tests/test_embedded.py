@@ -23,7 +23,7 @@ def test_embedded_model_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "starting the embedded model" in result.stderr
     # the CLI stopped the server it started
-    assert not (home / "server.json").exists()
+    assert not list(home.glob("server*.json"))
     shown = json.loads(run_cli("runs", "show", "e2e", "--json", home=home).stdout)
     counts = shown["counts"]
     assert counts["total"] == 3 and counts["pending"] == 0
@@ -57,9 +57,9 @@ def test_killing_the_cli_takes_the_embedded_server_with_it(tmp_path):
                             cwd=ROOT, env={**os.environ, "TEACHGRAPH_HOME": str(home)},
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (home / "server.json").exists() and time.monotonic() < deadline:
+    while not list(home.glob("server-*.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    server_pid = json.loads((home / "server.json").read_text())["pid"]
+    server_pid = json.loads(next(home.glob("server-*.json")).read_text())["pid"]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10

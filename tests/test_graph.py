@@ -166,3 +166,15 @@ def test_endpoint_errors_fail_the_seed_at_its_node(tmp_path):
     assert counts["failed"] == 2 and counts["total"] == 2
     failed = registry.outcomes("t1", "failed")
     assert failed[0]["node"] == "generate" and "endpoint went away" in failed[0]["reason"]
+
+
+def test_an_item_left_with_no_passages_is_answered_with_no_citations(tmp_path):
+    # One seed: no other seeds to draw distractors from, so dropping its passages empties the context.
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / "only.txt").write_text("The bisect module keeps a list in sorted order without sorting it again. " * 6)
+    script = RagScript(suggest_operations=["drop_key_passages"])
+    registry, _, _ = run_in_process(tmp_path, script.reply, limit=1, rounds=1, seeds=seeds)
+    refined = next(s for s in _samples(registry) if s["metadata"]["refinement_round"] == 1)
+    assert "Document Id:" not in refined["messages"][1]["content"]
+    assert json.loads(refined["messages"][2]["content"])["relevant_passages"] == []
