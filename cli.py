@@ -186,6 +186,10 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
     if interrupted:
         err.print(f"interrupted. Resume with: python cli.py graph resume {run_id}")
         raise typer.Exit(130)
+    if counts["pending"]:  # only possible if recording an outcome itself failed: say so, loudly
+        err.print(f"{counts['pending']} seed(s) were left unfinished (see the errors above); "
+                  f"`graph resume {run_id}` runs them.")
+        raise typer.Exit(1)
     if counts["failed"]:
         err.print(f"{counts['failed']} seed(s) failed (see: python cli.py runs show {run_id}); "
                   f"`graph resume {run_id}` retries them.")

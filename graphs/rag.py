@@ -94,15 +94,16 @@ def _rng(state: dict, salt: str) -> random.Random:
     return random.Random(hashlib.sha256(f"{state['seed_id']}:{salt}".encode()).hexdigest())
 
 
+def _pool_entry(pid: int, kind: str, passage: dict) -> dict:
+    return {"pid": pid, "kind": kind, "seed_id": passage.get("seed_id"),
+            "title": passage["title"], "text": passage["text"]}
+
+
 def _add_passages(state: dict, new: list[dict], kind: str) -> tuple[list[dict], list[int]]:
     pool = list(state.get("pool", []))
-    next_pid = max((p["pid"] for p in pool), default=0) + 1
-    added = []
-    for passage in new:
-        pool.append({"pid": next_pid, "kind": kind, "seed_id": passage.get("seed_id"),
-                     "title": passage["title"], "text": passage["text"]})
-        added.append(next_pid)
-        next_pid += 1
+    first = max((p["pid"] for p in pool), default=0) + 1
+    added = list(range(first, first + len(new)))
+    pool += [_pool_entry(pid, kind, passage) for pid, passage in zip(added, new)]
     return pool, added
 
 
@@ -135,8 +136,7 @@ def transform_apply(state: dict, out: Transformed, ctx: RunContext) -> dict[str,
                                          exclude_texts={d["text"] for d in distractors})
     entries = [("own", p) for p in own] + [("distractor", d) for d in distractors]
     _rng(state, "order").shuffle(entries)  # own passages must not always come first
-    pool = [{"pid": i, "kind": kind, "seed_id": p.get("seed_id"), "title": p["title"], "text": p["text"]}
-            for i, (kind, p) in enumerate(entries, start=1)]
+    pool = [_pool_entry(pid, kind, passage) for pid, (kind, passage) in enumerate(entries, start=1)]
     return {"title": out.title.strip(), "search_query": out.search_query.strip(), "pool": pool}
 
 

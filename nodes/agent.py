@@ -57,7 +57,7 @@ async def ask(ctx: RunContext, agent: str, values: dict[str, Any], schema: type[
     try:
         return await ctx.llm.structured(
             system, user, schema,
-            max_tokens=max_tokens or min(prompt.max_tokens or ctx.llm.max_tokens, ctx.llm.max_tokens),
+            max_tokens=max_tokens or min(filter(None, (prompt.max_tokens, ctx.llm.max_tokens))),
             check=(lambda value: check(state, value)) if check else None)
     except UnusableOutput:
         raise

@@ -115,7 +115,14 @@ class LLM:
         if fmt is not None:
             kwargs["response_format"] = fmt
         async with self.slots:
-            reply = await self.chat.bind(**kwargs).ainvoke(messages)
+            try:
+                reply = await self.chat.bind(**kwargs).ainvoke(messages)
+            except openai.LengthFinishReasonError as exc:
+                # langchain-openai raises this (instead of returning) when a response_format is set
+                usage = getattr(exc.completion, "usage", None)
+                reply = AIMessage("", response_metadata={"finish_reason": "length"},
+                                  usage_metadata={"input_tokens": 0, "output_tokens": 0,
+                                                  "total_tokens": getattr(usage, "total_tokens", 0) or 0})
         call = Usage(1, _usage_tokens(reply))
         used.add(call)
         self.usage.add(call)
@@ -134,15 +141,7 @@ class LLM:
         messages: list[BaseMessage] = [SystemMessage(f"{system}\n\n{schema_hint(schema)}"), HumanMessage(user)]
         problem = ""
         for _ in range(self.fix_attempts + 1):
-            try:
-                reply = await self._call(messages, max_tokens, fmt, used)
-            except openai.LengthFinishReasonError as exc:
-                # langchain-openai raises this (instead of returning) when a response_format is set
-                tokens = getattr(getattr(exc.completion, "usage", None), "total_tokens", 0) or 0
-                call = Usage(1, tokens)
-                used.add(call)
-                self.usage.add(call)
-                reply = AIMessage("", response_metadata={"finish_reason": "length"})
+            reply = await self._call(messages, max_tokens, fmt, used)
             content = str(reply.content)
             if _finish_reason(reply) == "length":
                 problem = f"output truncated at max_tokens={max_tokens or self.max_tokens}"
