@@ -23,7 +23,9 @@ from rich.table import Table
 import skills
 from checkpoints.registry import Registry
 from teachgraph import embedded
-from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, make_llm, new_run_id,
+from teachgraph.mix import Dealer, load_mix
+from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
+                               new_run_id,
                                run_status, shown_status)
 from teachgraph.output import SampleWriter
 from teachgraph.seeds import collect
@@ -57,14 +59,14 @@ def load_skill(name: str) -> skills.Skill:
 
 @graph_app.command("list")
 def graph_list() -> None:
-    """One skill per line: name, then what it makes."""
+    """One skill per line: name, public split, task types, what it makes."""
     for name in skills.available():
         skill = load_skill(name)
-        print(f"{skill.name}\t{len(skill.taxonomy)} task types\t{skill.description}")
+        print(f"{skill.name}\t{skill.split}\t{len(skill.taxonomy)} task types\t{skill.description}")
 
 
 @graph_app.command("show")
-def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL"),
+def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill name or alias (graph list)"),
                format: str = typer.Option("mermaid", "--format", "-f", help="mermaid | ascii | png"),
                out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout")) -> None:
     """Draw a skill's graph, offline."""
@@ -72,7 +74,11 @@ def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL"),
     if format == "mermaid":
         text = graph.draw_mermaid()
     elif format == "ascii":
-        text = graph.draw_ascii()
+        try:
+            text = graph.draw_ascii()
+        except Exception:  # grandalf's layout fails on some loops: an edge list still shows the graph
+            text = "\n".join(f"{e.source} -> {e.target}" + (" (conditional)" if e.conditional else "")
+                             for e in graph.edges)
     elif format == "png":
         out = out or Path(f"{skill_name}.png")
         try:
@@ -131,7 +137,7 @@ def endpoint_for(settings: Settings, home: Home) -> Iterator[tuple[str, str, boo
 def execute(home: Home, registry: Registry, run_id: str) -> None:
     run = registry.run(run_id)
     settings = Settings(**run["settings"])
-    skill = load_skill(settings.skill)
+    skill = None if settings.mix else load_skill(settings.skill)
     counts = registry.counts(run_id)
     with ExitStack() as stack:
         try:
@@ -198,7 +204,8 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
 
 @graph_app.command("run")
 def graph_run(
-    skill_name: str = typer.Argument(..., metavar="SKILL"),
+    skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill (graph list), or all with --mix"),
+    mix: Optional[str] = typer.Option(None, "--mix", help="with SKILL=all: orca (default) | uniform | FILE of skill = weight"),
     seeds: List[Path] = typer.Option([], "--seeds", "-s", help="files or folders of seed documents (repeatable); default: the bundled sample corpus"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="use at most N seed chunks"),
     rounds: Optional[int] = typer.Option(None, "--rounds", min=0, help="refinement rounds (default: the skill's, 2 for rag)"),
@@ -212,7 +219,17 @@ def graph_run(
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
-    skill = load_skill(skill_name)
+    if skill_name == "all":
+        try:
+            weights = load_mix(mix or "orca")
+        except skills.SkillError as exc:
+            fail(str(exc))
+        dealt = [load_skill(name) for name in weights]
+    elif mix:
+        fail("--mix goes with `graph run all`")
+    else:
+        weights, dealt = None, [load_skill(skill_name)]
+    run_skill = "all" if weights else dealt[0].name
     if structured not in ("auto", "json_schema", "json_object", "prompt"):
         fail(f"unknown --structured {structured!r}")
     paths = [p for p in seeds] or [SAMPLE_CORPUS]
@@ -223,26 +240,27 @@ def graph_run(
         fail(f"--out {out} already exists; a run writes a new file (resume continues its own)")
     home = Home.from_env()
     registry = Registry(home.registry_path)
-    run_id = run_id or new_run_id(skill.name)
+    run_id = run_id or new_run_id(run_skill)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", run_id):
         fail(f"bad run id {run_id!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     if registry.run(run_id):
         fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
     settings = Settings(
-        skill=skill.name, seeds=[str(p.resolve()) for p in paths],
+        skill=run_skill, seeds=[str(p.resolve()) for p in paths],
         out=str((out or home.default_out(run_id)).resolve()), limit=limit,
-        rounds=skill.settings.get("refinement", {}).get("rounds", 2) if rounds is None else rounds,
+        rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
         concurrency=concurrency, base_url=base_url, model=model or embedded.MODEL_NAME,
-        structured=structured, max_tokens=max_tokens, temperature=temperature)
+        structured=structured, max_tokens=max_tokens, temperature=temperature, mix=weights)
     if base_url and not model:
         fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     if base_url:  # before the run exists: a wrong URL must not leave a half-made run behind
         _preflight(base_url, _endpoint(settings)[1])
     err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)
-    registry.create_run(run_id, skill.name, settings.to_json())
-    passage_chars = skill.settings.get("context", {}).get("passage_chars", 420)
-    total = registry.add_corpus(run_id, collect(paths), limit=limit,
-                                task_for=lambda i: skill.task_for(i).name, passage_chars=passage_chars,
+    registry.create_run(run_id, run_skill, settings.to_json())
+    # passages feed rag's retrieval of distractors, so they are cut to rag's size
+    passage_chars = skills.load("rag").settings.get("context", {}).get("passage_chars", 420)
+    total = registry.add_corpus(run_id, collect(paths), limit=limit, assign=Dealer(dealt, weights),
+                                passage_chars=passage_chars,
                                 on_skip=lambda s: err.print(f"skipped {s.source}: {s.reason}", highlight=False))
     if total == 0:
         registry.set_run(run_id, status="empty")
@@ -302,6 +320,13 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
     ]:
         table.add_row(f"[bold]{key}[/bold]", str(value))
     console.print(table)
+    if settings.mix:
+        per_skill = Table("skill", "seeds", "accepted", "rejected", "failed", "pending", "samples", "LLM calls",
+                          box=None)
+        for row in registry.by_skill(run_id):
+            per_skill.add_row(*(str(row[k] or 0) for k in ("skill", "seeds", "accepted", "rejected", "failed",
+                                                           "pending", "samples", "llm_calls")))
+        console.print(per_skill)
 
 
 @runs_app.command("show")
@@ -318,6 +343,7 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                           "rejected": registry.outcomes(run_id, "rejected"),
                           "failed": registry.outcomes(run_id, "failed"),
                           "task_types": registry.task_types(run_id),
+                          "skills": registry.by_skill(run_id),
                           "skipped": registry.skipped(run_id)}, indent=2))
         return
     _print_summary(registry, run_id, Settings(**run["settings"]))

@@ -10,7 +10,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -54,6 +54,9 @@ class Registry:
                                 "samples": int, "updated": float}, pk=("run_id", "id"))
             db["seeds"].create_index(["run_id", "status", "ordinal"])
             db["seeds"].create_index(["run_id", "ordinal"])
+        for column in ("skill", "transformation"):  # added with multi-skill runs; older databases lack them
+            if column not in db["seeds"].columns_dict:
+                db["seeds"].add_column(column, str)
         if "samples" not in db.table_names():
             db["samples"].create({"id": str, "run_id": str, "seed_id": str, "seq": int, "body": str}, pk="id")
             db["samples"].create_index(["run_id", "seq"])
@@ -94,8 +97,10 @@ class Registry:
 
     # ---- corpus ----
     def add_corpus(self, run_id: str, items: Iterable[Chunk | Skipped], *, limit: int | None,
-                   task_for, passage_chars: int, on_skip=None) -> int:
-        """Store chunks as the run's seeds (and their passages), and skipped inputs with reasons."""
+                   assign: Callable[[str, str], tuple[str, str | None, str | None]], passage_chars: int,
+                   on_skip=None) -> int:
+        """Store chunks as the run's seeds (and their passages), and skipped inputs with reasons.
+        `assign(seed_id, kind)` gives each seed its (skill, transformation, task type)."""
         count = 0
         seen: set[str] = set()
         seed_rows: list[dict] = []
@@ -119,9 +124,11 @@ class Registry:
             if item.id in seen:
                 continue
             seen.add(item.id)
+            skill, transformation, task_type = assign(item.id, item.kind)
             seed_rows.append({"run_id": run_id, "id": item.id, "ordinal": count, "source": item.source,
                               "chunk": item.index, "title": item.title, "kind": item.kind, "text": item.text,
-                              "task_type": task_for(count), "status": "pending", "reason": None,
+                              "skill": skill, "transformation": transformation,
+                              "task_type": task_type, "status": "pending", "reason": None,
                               "node": None, "error": None, "llm_calls": 0, "tokens": 0, "samples": 0,
                               "updated": time.time()})
             for idx, passage in enumerate(split_passages(item.text, passage_chars)):
@@ -173,7 +180,8 @@ class Registry:
         last = -1
         while True:
             rows = list(self.db.query(
-                """select id, ordinal, task_type, status from seeds where run_id = ? and ordinal > ?
+                """select id, ordinal, skill, transformation, task_type, status from seeds
+                   where run_id = ? and ordinal > ?
                    and status not in ('accepted', 'rejected') order by ordinal limit ?""",
                 [run_id, last, batch]))
             if not rows:
@@ -214,8 +222,16 @@ class Registry:
 
     def task_types(self, run_id: str) -> list[dict]:
         return list(self.db.query(
-            """select task_type, count(*) as seeds, sum(status = 'accepted') as accepted from seeds
-               where run_id = ? group by task_type order by task_type""", [run_id]))
+            """select skill, task_type, count(*) as seeds, sum(status = 'accepted') as accepted from seeds
+               where run_id = ? group by skill, task_type order by skill, task_type""", [run_id]))
+
+    def by_skill(self, run_id: str) -> list[dict]:
+        return list(self.db.query(
+            """select skill, count(*) as seeds, sum(status = 'accepted') as accepted,
+                      sum(status = 'rejected') as rejected, sum(status = 'failed') as failed,
+                      sum(status = 'pending') as pending, coalesce(sum(samples), 0) as samples,
+                      coalesce(sum(llm_calls), 0) as llm_calls
+               from seeds where run_id = ? group by skill order by skill""", [run_id]))
 
     def samples(self, run_id: str) -> Iterator[tuple[str, str]]:
         """(sample id, JSON body) in the order they were finished."""

@@ -3,6 +3,7 @@ and prompts.toml (agent prompts). The graph that runs a skill is named in skill.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +24,23 @@ class TaskType:
     description: str
     guidance: str = ""
     context_op: str | None = None
+    transformations: tuple[str, ...] = ()     # empty: fits content from every transformation
+
+    def fits(self, transformation: str | None) -> bool:
+        return not self.transformations or transformation in self.transformations
+
+
+@dataclass(frozen=True)
+class Transformation:
+    """A content transformation agent: turns a raw seed into the form the skill's tasks need."""
+
+    name: str
+    description: str
+    kinds: tuple[str, ...] = ("text",)          # seed kinds it can take: "text", "code"
+
+    @property
+    def is_identity(self) -> bool:
+        return self.name == "identity"
 
 
 @dataclass(frozen=True)
@@ -30,6 +48,7 @@ class Prompt:
     system: str
     user: str = ""
     max_tokens: int | None = None   # this agent's reply cap; small caps stop runaway output early
+    assistant: str = ""             # [sample] only: how the answer's fields become the assistant turn
 
     def render(self, **values: Any) -> tuple[str, str]:
         # safe_substitute: seed text may legitimately contain "$" and must never break a prompt.
@@ -47,6 +66,23 @@ class Skill:
     taxonomy: tuple[TaskType, ...]
     prompts: dict[str, Prompt]
     settings: dict[str, Any] = field(default_factory=dict)
+    transformations: tuple[Transformation, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+    def transformations_for(self, kind: str) -> tuple[Transformation, ...]:
+        return tuple(t for t in self.transformations if kind in t.kinds)
+
+    def accepts(self, kind: str) -> bool:
+        return not self.transformations or bool(self.transformations_for(kind))
+
+    def transformation(self, name: str) -> Transformation:
+        for item in self.transformations:
+            if item.name == name:
+                return item
+        raise SkillError(f"skill {self.name!r} has no transformation {name!r}")
+
+    def assigner(self) -> "Assigner":
+        return Assigner(self)
 
     def task_type(self, name: str) -> TaskType:
         for task in self.taxonomy:
@@ -73,6 +109,33 @@ class Skill:
         return self.builder()(self)
 
 
+class Assigner:
+    """Deals each seed a transformation and a task type when a run registers its seeds.
+
+    The transformation is picked at random among those that take the seed's kind (the paper picks
+    one at random), but seeded by the seed id, so the choice never changes. Task types that fit
+    that transformation are dealt round-robin per transformation, so every type gets used."""
+
+    def __init__(self, skill: Skill):
+        self.skill = skill
+        self.dealt: dict[str | None, int] = {}
+
+    def __call__(self, seed_id: str, kind: str) -> tuple[str | None, str | None]:
+        """(transformation, task type) for a seed; (None, None) when the skill cannot use its kind."""
+        if not self.skill.transformations:      # a skill with its own content step (rag)
+            transformation = None
+        else:
+            choices = self.skill.transformations_for(kind)
+            if not choices:
+                return None, None
+            digest = hashlib.sha256(f"{self.skill.name}:{seed_id}".encode()).digest()
+            transformation = choices[int.from_bytes(digest[:8], "big") % len(choices)].name
+        fitting = [t for t in self.skill.taxonomy if t.fits(transformation)] or list(self.skill.taxonomy)
+        n = self.dealt.get(transformation, 0)
+        self.dealt[transformation] = n + 1
+        return transformation, fitting[n % len(fitting)].name
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -83,7 +146,24 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SkillError(f"{path}: {exc}") from None
 
 
-def _load_taxonomy(path: Path) -> tuple[TaskType, ...]:
+def _load_transformations(path: Path) -> tuple[Transformation, ...]:
+    entries = _read_toml(path).get("transformations", [])
+    out: list[Transformation] = []
+    for entry in entries:
+        name = str(entry.get("name", "")).strip()
+        if not name or not str(entry.get("description", "")).strip():
+            raise SkillError(f"{path}: every transformation needs a name and a description")
+        if name in {t.name for t in out}:
+            raise SkillError(f"{path}: duplicate transformation {name!r}")
+        kinds = tuple(entry.get("kinds", ["text"]))
+        if not kinds or set(kinds) - {"text", "code"}:
+            raise SkillError(f"{path}: transformation {name!r}: kinds must be text and/or code")
+        out.append(Transformation(name=name, description=entry["description"].strip(), kinds=kinds))
+    return tuple(out)
+
+
+def _load_taxonomy(path: Path, transformations: tuple[Transformation, ...] = ()) -> tuple[TaskType, ...]:
+    known = {t.name for t in transformations}
     types = _read_toml(path).get("types", [])
     if not types:
         raise SkillError(f"{path}: no task types")
@@ -96,8 +176,16 @@ def _load_taxonomy(path: Path) -> tuple[TaskType, ...]:
         if name in seen:
             raise SkillError(f"{path}: duplicate task type {name!r}")
         seen.add(name)
+        routed = tuple(entry.get("transformations", ()))
+        if set(routed) - known:
+            raise SkillError(f"{path}: task type {name!r} names unknown transformations "
+                             f"{sorted(set(routed) - known)}")
         out.append(TaskType(name=name, description=entry["description"].strip(),
-                            guidance=entry.get("guidance", "").strip(), context_op=entry.get("context_op")))
+                            guidance=entry.get("guidance", "").strip(), context_op=entry.get("context_op"),
+                            transformations=routed))
+    for transformation in transformations:
+        if not any(t.fits(transformation.name) for t in out):
+            raise SkillError(f"{path}: no task type fits transformation {transformation.name!r}")
     return tuple(out)
 
 
@@ -105,18 +193,48 @@ def available() -> list[str]:
     return sorted(p.parent.name for p in SKILLS_DIR.glob("*/skill.toml"))
 
 
+def aliases() -> dict[str, str]:
+    """Other names a skill answers to: its public split name (`rc`, `code_`, `follow_up`, ...)
+    and the short names in its skill.toml."""
+    out: dict[str, str] = {}
+    for name in available():
+        definition = _read_toml(SKILLS_DIR / name / "skill.toml")
+        for alias in [definition.get("split", name), *definition.get("aliases", [])]:
+            if alias != name:
+                out[alias] = name
+    return out
+
+
+def resolve(name: str) -> str:
+    """The skill folder for a name or alias; SkillError listing the known skills otherwise."""
+    if (SKILLS_DIR / name / "skill.toml").is_file():
+        return name
+    known = aliases()
+    if name in known:
+        return known[name]
+    raise SkillError(f"unknown skill {name!r} (known: {', '.join(available()) or 'none'})")
+
+
+SHARED_PROMPTS = SKILLS_DIR / "prompts.toml"   # defaults every skill inherits, agent by agent
+
+
+def _prompts(path: Path) -> dict[str, Prompt]:
+    merged = {**_read_toml(SHARED_PROMPTS), **_read_toml(path)} if SHARED_PROMPTS.is_file() else _read_toml(path)
+    return {agent: Prompt(system=spec.get("system", ""), user=spec.get("user", ""),
+                          max_tokens=spec.get("max_tokens"), assistant=spec.get("assistant", ""))
+            for agent, spec in merged.items()}
+
+
 def load(name: str) -> Skill:
+    name = resolve(name)
     folder = SKILLS_DIR / name
-    if not (folder / "skill.toml").is_file():
-        known = ", ".join(available()) or "none"
-        raise SkillError(f"unknown skill {name!r} (known: {known})")
     definition = _read_toml(folder / "skill.toml")
-    prompts = {agent: Prompt(system=spec.get("system", ""), user=spec.get("user", ""),
-                             max_tokens=spec.get("max_tokens"))
-               for agent, spec in _read_toml(folder / "prompts.toml").items()}
     settings = {k: v for k, v in definition.items()
-                if k not in {"name", "title", "description", "split", "graph"}}
+                if k not in {"name", "title", "description", "split", "graph", "aliases"}}
+    transformations = _load_transformations(folder / "taxonomy.toml")
     return Skill(name=definition.get("name", name), title=definition.get("title", name),
                  description=definition.get("description", ""), split=definition.get("split", name),
-                 graph=definition["graph"], taxonomy=_load_taxonomy(folder / "taxonomy.toml"),
-                 prompts=prompts, settings=settings)
+                 graph=definition["graph"],
+                 taxonomy=_load_taxonomy(folder / "taxonomy.toml", transformations),
+                 prompts=_prompts(folder / "prompts.toml"), settings=settings,
+                 transformations=transformations, aliases=tuple(definition.get("aliases", ())))

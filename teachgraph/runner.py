@@ -20,6 +20,7 @@ from checkpoints.saver import forget_thread, open_saver, thread_id
 from nodes.agent import NodeFailed
 from nodes.context import RunContext
 from nodes.llm import LLM
+import skills
 from skills import Skill
 from teachgraph.output import SampleWriter
 
@@ -35,11 +36,11 @@ class FatalRunError(RuntimeError):
 class Settings:
     """What a run needs to be resumed. Never holds the API key (that stays in the environment)."""
 
-    skill: str
+    skill: str                           # a skill name, or "all" with `mix`
     seeds: list[str]
     out: str
     limit: int | None = None
-    rounds: int = 2
+    rounds: int | None = 2               # None: each skill's own default
     concurrency: int = 4
     base_url: str | None = None          # None: the embedded llama.cpp server
     model: str = "SmolLM2-135M-Instruct"
@@ -47,6 +48,7 @@ class Settings:
     temperature: float = 0.7
     max_tokens: int = 384
     timeout: float = 120.0
+    mix: dict[str, float] | None = None  # skill -> weight, for multi-skill runs
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,26 +178,38 @@ def _error_text(error: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def default_rounds(skill: Skill) -> int:
+    return skill.settings.get("refinement", {}).get("rounds", 2)
+
+
 @dataclass
 class Execution:
     registry: Registry
     home: Home
     run_id: str
-    skill: Skill
+    skill: Skill | None                  # the run's skill; None for a multi-skill run
     llm: LLM
     settings: Settings
     reporter: Reporter
     writer: SampleWriter = field(init=False)
+    _graphs: dict[str, tuple[Any, RunContext]] = field(init=False, default_factory=dict)
+
+    def _graph_for(self, name: str | None, saver) -> tuple[Any, RunContext]:
+        """The compiled graph and context of a seed's skill, built on first use."""
+        name = name or self.skill.name
+        if name not in self._graphs:
+            skill = self.skill if self.skill and self.skill.name == name else skills.load(name)
+            ctx = RunContext(run_id=self.run_id, skill=skill, llm=self.llm, corpus=self._corpus)
+            self._graphs[name] = (skill.build_graph().compile(checkpointer=saver), ctx)
+        return self._graphs[name]
 
     async def run(self) -> None:
         self.writer = SampleWriter(Path(self.settings.out))
         self.writer.reconcile(self.registry.samples(self.run_id))
-        ctx = RunContext(run_id=self.run_id, skill=self.skill, llm=self.llm,
-                         corpus=RunCorpus(self.registry, self.run_id))
+        self._corpus = RunCorpus(self.registry, self.run_id)
         last = time.monotonic()
         try:
             async with open_saver(self.home.checkpoints_path) as saver:
-                graph = self.skill.build_graph().compile(checkpointer=saver)
                 slots = asyncio.Semaphore(self.settings.concurrency)
                 running: set[asyncio.Task] = set()
                 fatal: list[BaseException] = []
@@ -203,6 +217,7 @@ class Execution:
                 async def one(seed: dict) -> None:
                     nonlocal last
                     try:
+                        graph, ctx = self._graph_for(seed.get("skill"), saver)
                         await self._run_seed(graph, saver, ctx, seed)
                         now = time.monotonic()
                         self.registry.add_wall_time(self.run_id, now - last)
@@ -243,9 +258,13 @@ class Execution:
         if started and not snapshot.next and not snapshot.tasks:
             final = snapshot.values          # finished before a kill, outcome not yet recorded
         else:
+            rounds = self.settings.rounds
             start = None if started else {
-                "seed_id": seed["id"], "task_type": seed["task_type"], "max_rounds": self.settings.rounds,
+                "seed_id": seed["id"], "task_type": seed["task_type"],
+                "max_rounds": default_rounds(ctx.skill) if rounds is None else rounds,
                 "round": 0, "llm_calls": 0, "tokens": 0}
+            if start and ctx.skill.transformations:  # None: the skill cannot use this seed's kind
+                start["transformation"] = seed.get("transformation")
             try:
                 final = await graph.ainvoke(start, config, context=ctx, durability="sync")
             except NodeFailed as exc:

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 from checkpoints.registry import Registry  # noqa: E402
 from nodes.llm import LLM  # noqa: E402
 from teachgraph.runner import Execution, Home, Settings  # noqa: E402
+from teachgraph.mix import Dealer  # noqa: E402
 from teachgraph.seeds import collect  # noqa: E402
 import skills  # noqa: E402
 from tests.fake_chat import ScriptedChatModel  # noqa: E402
@@ -37,8 +38,7 @@ def run_in_process(tmp_path: Path, script, *, limit: int = 3, rounds: int = 2, c
     settings = Settings(skill="rag", seeds=[str(seeds)], out=str(home.default_out(run_id)), limit=limit,
                         rounds=rounds, concurrency=concurrency, model="scripted")
     registry.create_run(run_id, "rag", settings.to_json())
-    registry.add_corpus(run_id, collect([seeds]), limit=limit, task_for=lambda i: skill.task_for(i).name,
-                        passage_chars=420)
+    registry.add_corpus(run_id, collect([seeds]), limit=limit, assign=Dealer([skill]), passage_chars=420)
     llm = LLM(chat=ScriptedChatModel(script=script), model_name="scripted", structured_mode="json_object",
               max_concurrency=concurrency)
     asyncio.run(Execution(registry, home, run_id, skill, llm, settings, Tally()).run())

@@ -1,0 +1,511 @@
+"""The AgentInstruct flow every skill but rag runs, configured by the skill's data.
+
+    transform [-> extend] -> generate -> [suggest <-> edit]* -> answer <-> (follow_up | simulate_tools)
+
+- transform (content transformation): the seed's transformation agent (dealt when the run registered
+  the seed) turns the raw seed into the skill's material; `identity` passes it through with no call.
+  A seed whose kind the skill cannot use is rejected here, with the reason, at no cost.
+- extend (optional, tool use): hypothesises sibling APIs of the same library.
+- generate (seed instruction generation): one task of the seed's task type, with the fields in
+  skill.toml [item].
+- suggest/edit (refinement): the skill's goals from skill.toml [refinement]; shared loop.
+- answer: answers the seed task and, if refinement changed it, the refined one. Each answer is
+  checked (nodes/checks.py: sandboxed tests, arithmetic, answer keys); a failed check goes back to
+  the answer agent with the failure, then rejects. `follow_up` adds user turns (conversation);
+  `simulate_tools` writes tool results for the tool calls the answer made (tool use).
+
+One node, one model call: a resume repeats at most the call in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from string import Template
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field, create_model
+
+from graphs.refinement import add_refinement_loop
+from nodes import checks, schemas
+from nodes.agent import SeedState, agent_node, ask, stop_refining, usage_update
+from nodes.context import RunContext
+from nodes.llm import UnusableOutput
+from skills import Skill
+
+DEFAULT_CONTENT = {"content": {"description": "the transformed material, plain text", "max_length": 4000}}
+
+
+class FlowState(SeedState, total=False):
+    transformation: str | None
+    content: str                 # the material tasks are written about (rendered)
+    content_data: dict           # the transformation's structured reply (e.g. an API list)
+    transform_note: str
+    item: dict                   # current task: the [item] fields, plus content, round (and tools)
+    original: dict               # the seed task, before refinement
+    goal: str
+    suggestion: str
+    history: list[dict]          # one entry per refinement round
+    answering: dict              # the conversation being answered (see _start)
+    next_step: str               # where answer/follow_up/simulate_tools go next
+    refined_rejected: str        # why the refined task got no sample (the seed task's sample stands)
+
+
+# ---- configuration read from the skill ----
+
+def _cfg(skill: Skill, section: str) -> dict[str, Any]:
+    return skill.settings.get(section, {})
+
+
+def response_mode(skill: Skill) -> str:
+    return _cfg(skill, "response").get("mode", "single")
+
+
+def goals(skill: Skill) -> list[dict]:
+    return _cfg(skill, "refinement").get("goals", [])
+
+
+def render(template: str, **values: Any) -> str:
+    """A sample template filled in; empty optional fields leave no runs of blank lines."""
+    text = Template(template).safe_substitute({k: "" if v is None else v for k, v in values.items()})
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _fields(skill: Skill, section: str) -> dict[str, Any]:
+    spec = dict(_cfg(skill, section))
+    for key in ("mode", "turns", "corrections", "follow_ups"):
+        spec.pop(key, None)
+    return spec
+
+
+# ---- transform ----
+
+def content_schema(skill: Skill) -> type[BaseModel]:
+    return schemas.build(f"{skill.name.title()}Material", _cfg(skill, "content") or DEFAULT_CONTENT)
+
+
+def render_content(data: dict) -> str:
+    if set(data) == {"content"}:
+        return str(data["content"]).strip()
+    return json.dumps(data, ensure_ascii=False, indent=1)
+
+
+async def transform(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    skill = ctx.skill
+    seed = ctx.corpus.seed(state["seed_id"])
+    name = state.get("transformation")
+    if not name:
+        takes = sorted({kind for t in skill.transformations for kind in t.kinds})
+        return {"rejected": f"skill {skill.name} cannot use a {seed['kind']} seed (it takes {' or '.join(takes)})",
+                "rejected_by": "transform"}
+    agent = skill.transformation(name)
+    if agent.is_identity:
+        return {"content": seed["text"], "content_data": {"content": seed["text"]}}
+    values = {"source": seed["source"], "text": seed["text"], "transformation": agent.name,
+              "transformation_description": agent.description, **_skill_values(skill)}
+    schema = content_schema(skill)
+    try:
+        out, used = await ask(ctx, "transform", values, schema, state)
+    except UnusableOutput as exc:
+        if set(schema.model_fields) == {"content"}:  # plain material: the seed itself still serves
+            return {"content": seed["text"], "content_data": {"content": seed["text"]},
+                    "transform_note": f"{name} output unusable ({exc}); used the seed as it is",
+                    **usage_update(exc.usage)}
+        return {"rejected": f"{name}: {exc}", "rejected_by": "transform", **usage_update(exc.usage)}
+    data = out.model_dump()
+    return {"content": render_content(data), "content_data": data, **usage_update(used)}
+
+
+def extend_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    return {"content": state["content"], **_skill_values(ctx.skill)}
+
+
+def extend_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+    """Add the hypothesised APIs whose names are new; the list stays small for small models."""
+    data = dict(state["content_data"])
+    key = next(iter(data))
+    have = {api["name"] for api in data[key]}
+    added = [api for api in out.model_dump()[key] if api["name"] not in have]
+    limit = _cfg(ctx.skill, "transform").get("max_apis", 6)
+    data[key] = (data[key] + added)[:limit]
+    return {"content_data": data, "content": render_content(data)}
+
+
+def keep_material(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
+    return {"transform_note": f"{agent} output unusable ({exc}); kept the material as it was"}
+
+
+# ---- generate / refine ----
+
+def api_names(state: dict) -> tuple[str, ...]:
+    return tuple(api["name"] for api in state.get("content_data", {}).get("apis", []))
+
+
+def item_schema(state: dict, ctx: RunContext, *, with_content: bool = False) -> type[BaseModel]:
+    """The [item] fields; `type = "api_names"` fields become lists of this seed's API names."""
+    spec = _fields(ctx.skill, "item")
+    dynamic = {name: s for name, s in spec.items() if isinstance(s, dict) and s.get("type") == "api_names"}
+    base = schemas.build(f"{ctx.skill.name.title()}Item", {k: v for k, v in spec.items() if k not in dynamic})
+    extra: dict[str, Any] = {}
+    names = api_names(state)
+    for name, s in dynamic.items():
+        extra[name] = (list[Literal[names]] if names else list[str], Field(description=s["description"]))
+    if with_content:
+        extra["content"] = (str, Field(min_length=20, max_length=4000,
+                                       description="the material, rewritten if the goal needs it, else unchanged"))
+    return create_model(base.__name__, __base__=base, **extra) if extra else base
+
+
+def generate_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    task = ctx.skill.task_type(state["task_type"])
+    return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
+            "content": state["content"], **_transformation_values(state, ctx), **_skill_values(ctx.skill)}
+
+
+def _tools_shown(state: dict, ctx: RunContext, item: dict) -> list[str] | None:
+    names = api_names(state)
+    if not names:
+        return None
+    task = ctx.skill.task_type(state["task_type"])
+    if task.context_op == "drop_needed_apis":
+        needed = set(item.get("needed_apis") or [])
+        return [n for n in names if n not in needed]
+    return list(names)
+
+
+def generate_check(state: dict, out: BaseModel) -> None:
+    data = out.model_dump()
+    if "needed_apis" in data and not data["needed_apis"]:
+        raise ValueError("needed_apis is empty: name the APIs the task needs")
+
+
+def generate_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+    item = {**_clean(out.model_dump()), "content": state["content"], "round": 0}
+    tools = _tools_shown(state, ctx, item)
+    if tools is not None:
+        item["tools"] = tools
+    return {"item": item, "original": item, "round": 0, "history": []}
+
+
+def _clean(data: dict) -> dict:
+    return {k: v.strip() if isinstance(v, str) else v for k, v in data.items()}
+
+
+def suggest_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+    names = tuple(g["name"] for g in goals(ctx.skill)) + ("none",)
+    return create_model("Suggestion",
+                        goal=(Literal[names], Field(description="one goal, or none")),
+                        suggestion=(str, Field(max_length=600, description="what to change and why, briefly")))
+
+
+def suggest_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    history = [f"round {h['round']}: {h['goal']}" for h in state.get("history", [])] or ["none yet"]
+    listed = "\n".join(f"- {g['name']}: {g['description']}" for g in goals(ctx.skill))
+    return {"item": sample_user(ctx, state, state["item"]), "goals": listed, "history": "; ".join(history),
+            **_skill_values(ctx.skill)}
+
+
+def suggest_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+    if out.goal == "none":
+        return {"refine_done": True, "goal": "none", "suggestion": out.suggestion.strip()}
+    return {"goal": out.goal, "suggestion": out.suggestion.strip()}
+
+
+def edit_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+    goal = _goal(ctx.skill, state.get("goal", ""))
+    return item_schema(state, ctx, with_content=bool(goal.get("edits_content")))
+
+
+def _goal(skill: Skill, name: str) -> dict:
+    return next((g for g in goals(skill) if g["name"] == name), {"name": name, "description": ""})
+
+
+def edit_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+    goal = _goal(ctx.skill, state["goal"])
+    fields = {k: v for k, v in state["item"].items() if k not in ("round", "tools", "content")}
+    return {**suggest_inputs(state, ctx), "goal": goal["name"], "goal_description": goal["description"],
+            "suggestion": state["suggestion"], "fields": json.dumps(fields, ensure_ascii=False, indent=1),
+            "content": state["item"]["content"]}
+
+
+def edit_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+    new = _clean(out.model_dump())
+    item = {**state["item"], **new, "round": state["item"]["round"] + 1}
+    tools = _tools_shown(state, ctx, item)
+    if tools is not None:
+        item["tools"] = tools
+    entry = {"round": item["round"], "goal": state["goal"], "suggestion": state["suggestion"],
+             "changed": sorted(k for k in new if new[k] != state["item"].get(k))}
+    return {"item": item, "round": item["round"], "history": [*state.get("history", []), entry]}
+
+
+# ---- answer ----
+
+def items_to_answer(state: dict) -> list[dict]:
+    """The seed task, and the refined one if refinement changed it (its child sample)."""
+    original, final = state["original"], state["item"]
+    same = {k: v for k, v in final.items() if k != "round"} == {k: v for k, v in original.items() if k != "round"}
+    return [original] if same else [original, final]
+
+
+def sample_user(ctx: RunContext, state: dict, item: dict) -> str:
+    return render(ctx.skill.prompt("sample").user, **item)
+
+
+def sample_system(ctx: RunContext, state: dict, item: dict) -> str:
+    system = ctx.skill.prompt("sample").system
+    tools = item.get("tools")
+    if tools is not None:
+        shown = [api for api in state["content_data"]["apis"] if api["name"] in tools]
+        return render(system, tools=json.dumps([as_tool(api) for api in shown], ensure_ascii=False))
+    return render(system)
+
+
+def as_tool(api: dict) -> dict:
+    """An API entry as an OpenAI tool definition."""
+    props = {p["name"]: {"type": p["type"], "description": p["description"]} for p in api["parameters"]}
+    required = [p["name"] for p in api["parameters"] if p["required"]]
+    return {"type": "function", "function": {"name": api["name"], "description": api["description"],
+                                             "parameters": {"type": "object", "properties": props,
+                                                            "required": required}}}
+
+
+def _start(ctx: RunContext, state: dict, index: int) -> dict:
+    item = items_to_answer(state)[index]
+    return {"index": index, "messages": [{"role": "user", "content": sample_user(ctx, state, item)}],
+            "turn": 1, "attempt": 0, "feedback": "", "checks": []}
+
+
+def transcript(messages: list[dict]) -> str:
+    if len(messages) == 1:
+        return messages[0]["content"]
+    lines = []
+    for m in messages:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in m["tool_calls"])
+            lines.append(f"Assistant called: {calls}")
+        elif m["role"] == "tool":
+            lines.append(f"Tool result ({m['name']}): {m['content']}")
+        else:
+            lines.append(f"{m['role'].capitalize()}: {m['content']}")
+    return "\n\n".join(lines)
+
+
+class ToolCall(BaseModel):
+    name: str = Field(description="the tool to call")
+    arguments: str = Field(max_length=600, description='the arguments as a JSON object, e.g. {"city": "Paris"}')
+
+
+def answer_schema(state: dict, ctx: RunContext, answering: dict) -> type[BaseModel]:
+    if response_mode(ctx.skill) != "tool_calls":
+        return schemas.build(f"{ctx.skill.name.title()}Response", _fields(ctx.skill, "response"))
+    if any(m["role"] == "tool" for m in answering["messages"]):  # results are in: the final reply
+        return create_model("FinalReply", message=(str, Field(min_length=1, max_length=2000,
+                                                              description="the reply to the user")))
+    tools = tuple(items_to_answer(state)[answering["index"]].get("tools") or ())
+    call = create_model("Call", __base__=ToolCall,
+                        name=(Literal[tools], Field(description="the tool to call"))) if tools else ToolCall
+    return create_model("ToolReply",
+                        action=(Literal["call_tools", "ask_user", "cannot_do"],
+                                Field(description="call_tools if the tools can do it with the values given; "
+                                                  "ask_user if required values are missing; cannot_do if no "
+                                                  "tool given can do it")),
+                        calls=(list[call], Field(description="the calls, only for call_tools, else []")),
+                        message=(str, Field(max_length=1000, description="what to tell the user (for ask_user "
+                                                                          "or cannot_do), else empty")))
+
+
+def answer_inputs(ctx: RunContext, state: dict, answering: dict) -> dict[str, Any]:
+    item = items_to_answer(state)[answering["index"]]
+    conversation = transcript(answering["messages"])
+    if answering["feedback"]:
+        _, correction = ctx.skill.prompt("correction").render(feedback=answering["feedback"])
+        conversation = f"{conversation}\n\n{correction}"
+    return {"conversation": conversation, "tools": sample_system(ctx, state, item) if item.get("tools") is not None
+            else "", **_skill_values(ctx.skill)}
+
+
+async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    answering = state.get("answering") or _start(ctx, state, 0)
+    item = items_to_answer(state)[answering["index"]]
+    try:
+        out, used = await ask(ctx, "answer", answer_inputs(ctx, state, answering),
+                              answer_schema(state, ctx, answering), state)
+    except UnusableOutput as exc:
+        return {**_item_failed(ctx, state, answering, f"answer: {exc}"), **usage_update(exc.usage)}
+    response = _clean(out.model_dump())
+    checked = {**item, "apis": state.get("content_data", {}).get("apis", [])}
+    verdicts = await asyncio.to_thread(checks.run_all, ctx.skill, checked, response)
+    failed = [v for v in verdicts if not v.ok]
+    if failed:
+        feedback = "; ".join(v.feedback for v in failed)
+        if answering["attempt"] < _cfg(ctx.skill, "response").get("corrections", 1):
+            retry = {**answering, "attempt": answering["attempt"] + 1, "feedback": feedback}
+            return {"answering": retry, "next_step": "answer", **usage_update(used)}
+        reason = f"check {', '.join(v.name for v in failed)} failed: {feedback}"
+        return {**_item_failed(ctx, state, answering, reason), **usage_update(used)}
+    extras = {k: v for verdict in verdicts for k, v in verdict.extras.items()}
+    answering = {**answering, "attempt": 0, "feedback": "",
+                 "checks": [*answering["checks"], *[v.record() for v in verdicts]]}
+    messages = list(answering["messages"])
+    if response.get("action") == "call_tools" and response.get("calls"):
+        messages.append(_tool_call_message(response["calls"], answering))
+        return {"answering": {**answering, "messages": messages}, "next_step": "simulate_tools",
+                **usage_update(used)}
+    messages.append({"role": "assistant", "content": assistant_text(ctx.skill, response, extras)})
+    answering = {**answering, "messages": messages}
+    turns = _cfg(ctx.skill, "response").get("turns", 1)
+    if response_mode(ctx.skill) == "follow_up" and answering["turn"] < turns:
+        return {"answering": answering, "next_step": "follow_up", **usage_update(used)}
+    return {**_item_done(ctx, state, answering), **usage_update(used)}
+
+
+def assistant_text(skill: Skill, response: dict, extras: dict) -> str:
+    template = skill.prompt("sample").assistant
+    if response.get("action") in ("ask_user", "cannot_do") or set(response) == {"message"}:
+        return response["message"]
+    return render(template, **response, **extras)
+
+
+def _tool_call_message(calls: list[dict], answering: dict) -> dict:
+    prefix = f"call_{answering['index']}_{len(answering['messages'])}"
+    return {"role": "assistant", "content": "",
+            "tool_calls": [{"id": f"{prefix}_{n}", "type": "function",
+                            "function": {"name": c["name"], "arguments": c["arguments"]}}
+                           for n, c in enumerate(calls)]}
+
+
+def _item_done(ctx: RunContext, state: dict, answering: dict) -> dict[str, Any]:
+    samples = [*state.get("samples", []), make_sample(ctx, state, answering)]
+    if answering["index"] + 1 < len(items_to_answer(state)):
+        return {"samples": samples, "answering": _start(ctx, state, answering["index"] + 1), "next_step": "answer"}
+    return {"samples": samples, "next_step": "done"}
+
+
+def _item_failed(ctx: RunContext, state: dict, answering: dict, reason: str) -> dict[str, Any]:
+    if answering["index"] == 0:      # the seed task itself could not be answered: the seed is rejected
+        return {"rejected": reason, "rejected_by": "answer", "next_step": "done"}
+    # the refined task failed; the seed task's sample stands
+    return {"next_step": "done", "refined_rejected": reason}
+
+
+async def follow_up(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """The user's next turn in a conversation: one of the skill's follow-up kinds, in turn order."""
+    ctx = runtime.context
+    answering = state["answering"]
+    kinds = _cfg(ctx.skill, "response").get("follow_ups", ["a natural follow-up question"])
+    kind = kinds[(answering["turn"] - 1 + _offset(state["seed_id"])) % len(kinds)]
+    schema = create_model("FollowUp", message=(str, Field(min_length=5, max_length=600,
+                                                          description="the user's next message")))
+    values = {"conversation": transcript(answering["messages"]), "follow_up_kind": kind, **_skill_values(ctx.skill)}
+    try:
+        out, used = await ask(ctx, "follow_up", values, schema, state)
+    except UnusableOutput as exc:  # the conversation ends here, with the turns it has
+        return {**_item_done(ctx, state, answering), **usage_update(exc.usage)}
+    messages = [*answering["messages"], {"role": "user", "content": out.message.strip()}]
+    return {"answering": {**answering, "messages": messages, "turn": answering["turn"] + 1},
+            "next_step": "answer", **usage_update(used)}
+
+
+async def simulate_tools(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Invented results for the calls just made (the paper's tool results are LLM-simulated)."""
+    ctx = runtime.context
+    answering = state["answering"]
+    calls = answering["messages"][-1]["tool_calls"]
+    schema = create_model("ToolResults", results=(list[str], Field(
+        min_length=len(calls), max_length=len(calls),
+        description=f"{len(calls)} results, one JSON object per call, in order")))
+    listing = "\n".join(f"{n + 1}. {c['function']['name']}({c['function']['arguments']})" for n, c in enumerate(calls))
+    item = items_to_answer(state)[answering["index"]]
+    values = {"calls": listing, "tools": sample_system(ctx, state, item), **_skill_values(ctx.skill)}
+    try:
+        out, used = await ask(ctx, "simulate_tools", values, schema, state)
+    except UnusableOutput as exc:
+        return {**_item_failed(ctx, state, answering, f"simulate_tools: {exc}"), **usage_update(exc.usage)}
+    results = [{"role": "tool", "tool_call_id": c["id"], "name": c["function"]["name"], "content": r.strip()}
+               for c, r in zip(calls, out.results)]
+    return {"answering": {**answering, "messages": [*answering["messages"], *results]},
+            "next_step": "answer", **usage_update(used)}
+
+
+def make_sample(ctx: RunContext, state: dict, answering: dict) -> dict:
+    items = items_to_answer(state)
+    item = items[answering["index"]]
+    seed = ctx.corpus.seed(state["seed_id"])
+    parent = f"{ctx.run_id}:{state['seed_id']}:r{items[0]['round']}" if answering["index"] else None
+    fields = {k: v for k, v in item.items() if k not in ("content", "round")}
+    return {
+        "id": f"{ctx.run_id}:{state['seed_id']}:r{item['round']}",
+        "skill": ctx.skill.name,
+        "messages": [{"role": "system", "content": sample_system(ctx, state, item)}, *answering["messages"]],
+        "metadata": {
+            "seed_id": state["seed_id"], "seed_source": seed["source"],
+            "transformation": {"agent": state.get("transformation"), "note": state.get("transform_note")},
+            "task_type": state["task_type"],
+            "task": fields,
+            "refinement_round": item["round"],
+            "parent_sample_id": parent,
+            "refinements": state.get("history", []),
+            "checks": answering["checks"],
+            "model": ctx.llm.model_name,
+        },
+    }
+
+
+# ---- helpers ----
+
+def _skill_values(skill: Skill) -> dict[str, str]:
+    return {"skill_title": skill.title, "skill_description": skill.description}
+
+
+def _transformation_values(state: dict, ctx: RunContext) -> dict[str, str]:
+    name = state.get("transformation") or ""
+    description = ctx.skill.transformation(name).description if name else ""
+    return {"transformation": name, "transformation_description": description}
+
+
+def _offset(seed_id: str) -> int:
+    return int(hashlib.sha256(seed_id.encode()).hexdigest()[:6], 16)
+
+
+def after_answer(state: dict) -> str:
+    step = state.get("next_step", "done")
+    return END if step == "done" else step
+
+
+def build(skill: Skill) -> StateGraph:
+    builder = StateGraph(FlowState, context_schema=RunContext)
+    builder.add_node("transform", transform)
+    builder.add_node("generate", agent_node("generate", item_schema, generate_inputs, generate_apply,
+                                            check=generate_check))
+    builder.add_node("suggest", agent_node("suggest", suggest_schema, suggest_inputs, suggest_apply,
+                                           on_unusable=stop_refining))
+    builder.add_node("edit", agent_node("edit", edit_schema, edit_inputs, edit_apply, on_unusable=stop_refining))
+    builder.add_node("answer", answer)
+    builder.add_edge(START, "transform")
+    material = "transform"
+    if _cfg(skill, "transform").get("extend"):
+        builder.add_node("extend", agent_node("extend", lambda s, c: content_schema(c.skill), extend_inputs,
+                                              extend_apply, on_unusable=keep_material))
+        builder.add_conditional_edges("transform", lambda s: END if s.get("rejected") else "extend", ["extend", END])
+        material = "extend"
+    builder.add_conditional_edges(material, lambda s: END if s.get("rejected") else "generate", ["generate", END])
+    add_refinement_loop(builder, entry="generate", exit="answer")
+    after = ["answer", END]
+    mode = response_mode(skill)
+    if mode == "follow_up":
+        builder.add_node("follow_up", follow_up)
+        builder.add_conditional_edges("follow_up", after_answer, ["answer", END])
+        after.append("follow_up")
+    elif mode == "tool_calls":
+        builder.add_node("simulate_tools", simulate_tools)
+        builder.add_conditional_edges("simulate_tools", after_answer, ["answer", END])
+        after.append("simulate_tools")
+    builder.add_conditional_edges("answer", after_answer, after)
+    return builder

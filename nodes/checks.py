@@ -1,0 +1,180 @@
+"""Checks on answers, named in a skill's skill.toml (`checks = ["python_tests"]`).
+
+A check looks at the task (the item the flow wrote) and the answer agent's reply. It passes, or
+fails with feedback the answer agent gets for a correction; `extras` are values the check computed
+for the sample (a Fermi estimate's evaluated calculation). Code and arithmetic run only in the
+sandbox (nodes/sandbox.py), never in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nodes.sandbox import Limits, run_python
+from skills import Skill
+
+
+@dataclass
+class Verdict:
+    name: str
+    ok: bool
+    feedback: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+    detail: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """What the sample's metadata keeps about this check."""
+        return {"check": self.name, "ok": self.ok, **({"detail": self.detail} if self.detail else {})}
+
+
+Check = Callable[[dict, dict], Verdict]
+CHECKS: dict[str, Check] = {}
+
+
+def check(name: str):
+    def register(fn: Check) -> Check:
+        CHECKS[name] = fn
+        return fn
+    return register
+
+
+def run_all(skill: Skill, item: dict, response: dict) -> list[Verdict]:
+    verdicts = []
+    for name in skill.settings.get("checks", []):
+        try:
+            fn = CHECKS[name]
+        except KeyError:
+            raise ValueError(f"skill {skill.name}: unknown check {name!r} (known: {sorted(CHECKS)})") from None
+        verdicts.append(fn(item, response))
+    return verdicts
+
+
+def _strip_fences(code: str) -> str:
+    match = re.search(r"```(?:python|py)?\s*\n(.*?)```", code, re.S)
+    return match.group(1) if match else code
+
+
+@check("python_tests")
+def python_tests(item: dict, response: dict) -> Verdict:
+    """The answer's code must pass the tests the flow wrote (item["tests"]), run in the sandbox."""
+    if "code" not in response:   # a reply without code (e.g. a clarifying question) has nothing to run
+        return Verdict("python_tests", True, detail="no code in reply")
+    code = _strip_fences(response["code"])
+    tests = _strip_fences(item.get("tests", ""))
+    if not tests.strip():
+        return Verdict("python_tests", False, "the task has no tests to run")
+    result = run_python(f"{code}\n\n# ---- tests ----\n{tests}\n", Limits(seconds=10))
+    if result.ok:
+        return Verdict("python_tests", True, detail=f"tests passed ({result.isolation})")
+    return Verdict("python_tests", False, f"the code failed its tests: {result.explain()}",
+                   detail=result.status)
+
+
+_ARITHMETIC = re.compile(r"^[\d\s.+\-*/()eE,_%]+$")
+
+
+@check("python_compute")
+def python_compute(item: dict, response: dict) -> Verdict:
+    """Evaluate the reply's arithmetic expression (response["calculation"]) in the sandbox; its value
+    becomes `result` in the sample, so the number the sample states is the number computed."""
+    expression = response.get("calculation", "").strip().rstrip("=").strip()
+    if not expression:
+        return Verdict("python_compute", False, "calculation is empty: give one arithmetic expression")
+    if not _ARITHMETIC.match(expression.replace("**", "*")):
+        return Verdict("python_compute", False,
+                       f"calculation {expression!r} must be plain arithmetic (numbers, + - * / ** and brackets)")
+    result = run_python(f"print(repr(float(({expression.replace(',', '')}))))", Limits(seconds=5))
+    if not result.ok:
+        return Verdict("python_compute", False, f"the calculation did not evaluate: {result.explain()}")
+    value = float(result.stdout.strip())
+    if not math.isfinite(value):
+        return Verdict("python_compute", False, "the calculation is not a finite number")
+    return Verdict("python_compute", True, extras={"result": _readable(value)}, detail=f"= {value!r}")
+
+
+def _readable(value: float) -> str:
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1e6 or magnitude < 1e-3:
+        return f"{value:.3g}".replace("e+0", "e").replace("e+", "e")
+    if magnitude >= 1000:  # three significant digits, with thousands separators: 123,000
+        return f"{round(value, 2 - int(math.floor(math.log10(magnitude)))):,.0f}"
+    return f"{value:.3g}"
+
+
+@check("choice_key")
+def choice_key(item: dict, response: dict) -> Verdict:
+    """The answer agent must arrive at the letter the question's writer marked right (a
+    self-consistency filter: disagreement means the question or the answer is wrong)."""
+    key, chosen = item.get("answer_key", "").strip().upper(), response.get("answer", "").strip().upper()
+    if key and chosen == key:
+        return Verdict("choice_key", True)
+    return Verdict("choice_key", False, f"answer {chosen or '(none)'} is not the correct choice; "
+                                        "re-read the question and every option before answering")
+
+
+@check("label_in_set")
+def label_in_set(item: dict, response: dict) -> Verdict:
+    labels = [label.strip() for label in re.split(r"[,;\n|]", item.get("labels", "")) if label.strip()]
+    chosen = [label.strip() for label in re.split(r"[,;|]", response.get("label", "")) if label.strip()]
+    allowed = {label.lower() for label in labels}
+    unknown = [label for label in chosen if label.lower() not in allowed]
+    if chosen and not unknown:
+        return Verdict("label_in_set", True)
+    return Verdict("label_in_set", False,
+                   f"label {', '.join(unknown) or '(none)'} is not one of the allowed labels: {', '.join(labels)}")
+
+
+_ELEMENT = re.compile(r"\[(\d+)\]")
+
+
+@check("web_actions")
+def web_actions(item: dict, response: dict) -> Verdict:
+    """Every element an action targets must exist on the page."""
+    on_page = set(_ELEMENT.findall(item.get("content", "")))
+    used = _ELEMENT.findall(response.get("actions", ""))
+    if not used and "answer" not in response.get("actions", "").lower():
+        return Verdict("web_actions", False, "give at least one action such as click [3] or answer \"...\"")
+    missing = sorted(set(used) - on_page, key=int)
+    if missing:
+        return Verdict("web_actions", False, f"elements {', '.join('[' + m + ']' for m in missing)} "
+                                             "are not on the page; use only the numbered elements shown")
+    return Verdict("web_actions", True)
+
+
+@check("tool_arguments")
+def tool_arguments(item: dict, response: dict) -> Verdict:
+    """Tool calls must pass a JSON object of known parameters, with every required one present."""
+    if response.get("action") != "call_tools":
+        return Verdict("tool_arguments", True, detail=response.get("action", "final reply"))
+    if not response.get("calls"):
+        return Verdict("tool_arguments", False, "call_tools needs at least one call")
+    apis = {api["name"]: api for api in item.get("apis", [])}
+    problems = []
+    for call in response["calls"]:
+        try:
+            args = json.loads(call["arguments"] or "{}")
+        except json.JSONDecodeError:
+            problems.append(f"{call['name']}: arguments are not valid JSON")
+            continue
+        if not isinstance(args, dict):
+            problems.append(f"{call['name']}: arguments must be a JSON object")
+            continue
+        api = apis.get(call["name"])
+        if api is None:
+            continue
+        params = {p["name"]: p for p in api["parameters"]}
+        unknown = sorted(set(args) - set(params))
+        missing = sorted(n for n, p in params.items() if p["required"] and n not in args)
+        if unknown:
+            problems.append(f"{call['name']}: unknown parameters {unknown}")
+        if missing:
+            problems.append(f"{call['name']}: missing required {missing} (ask the user for them instead of calling)")
+    if problems:
+        return Verdict("tool_arguments", False, "; ".join(problems))
+    return Verdict("tool_arguments", True)
