@@ -39,7 +39,7 @@ class FlowScript:
         value = instance_from_schema(schema)
         for name, spec in props.items():
             if isinstance(value.get(name), str) and "enum" not in spec:
-                value[name] = f"{value[name]} " + "lorem ipsum " * 6
+                value[name] = f"{value[name]} (reply {len(self.calls)}) " + "lorem ipsum " * 6
         fill = {
             "content": PAGE if "accessibility tree" in system else "A short passage about weather in Paris. " * 3,
             "apis": APIS,
@@ -64,7 +64,9 @@ class FlowScript:
             rounds = len(re.findall(r"round \d+:", system))
             goals = [g for g in props["goal"]["enum"] if g != "none"]
             value["goal"] = goals[0] if rounds < self.goals_per_item else "none"
-        if "action" in props:
+        if "action" in props and "get_weather" not in json.dumps(schema):  # the tool it needs is not offered
+            value.update(action="cannot_do", calls=[], message="None of the tools given can get the weather.")
+        elif "action" in props:
             value["action"] = "call_tools"
             value["calls"] = [{"name": "get_weather", "arguments": json.dumps(
                 {} if "arguments" in self.wrong else {"city": "Paris"})}]
@@ -72,6 +74,15 @@ class FlowScript:
         if "results" in props:
             value["results"] = ['{"temp_c": 18, "conditions": "cloudy"}'] * len(value["results"])
         return json.dumps(value)
+
+
+    def http_responder(self, body: dict) -> str:
+        """For tests/fake_openai.py: the same replies over HTTP."""
+        messages = body.get("messages", [])
+        system = next((m["content"] for m in messages if m["role"] == "system"), "")
+        fmt = body.get("response_format") or {}
+        schema = fmt.get("schema") or fmt.get("json_schema", {}).get("schema") or {}
+        return self.reply(system, str(messages[-1]["content"]), schema)
 
 
 class SchemaChatModel(BaseChatModel):
