@@ -4,6 +4,7 @@ letters, labels, actions, tool calls) with content that passes, or fails when a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -39,7 +40,9 @@ class FlowScript:
         value = instance_from_schema(schema)
         for name, spec in props.items():
             if isinstance(value.get(name), str) and "enum" not in spec:
-                value[name] = f"{value[name]} (reply {len(self.calls)}) " + "lorem ipsum " * 6
+                # the same prompt gets the same reply, as a resumed run would; different prompts differ
+                tag = hashlib.sha256(f"{system}\n{user}".encode()).hexdigest()[:6]
+                value[name] = f"{value[name]} ({tag}) " + "lorem ipsum " * 6
         fill = {
             "content": PAGE if "accessibility tree" in system else "A short passage about weather in Paris. " * 3,
             "apis": APIS,

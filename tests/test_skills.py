@@ -262,3 +262,49 @@ def test_graph_run_all_with_a_mix_over_the_http_fake(tmp_path, corpus):
     assert len(per_skill) == counts["total"]   # uniform: each seed to a different skill
     lines = (Path(report["run"]["settings"]["out"])).read_text().splitlines()
     assert {json.loads(line)["skill"] for line in lines} == {s for s, r in per_skill.items() if r["accepted"]}
+
+
+# ---- resume ----
+
+@pytest.mark.parametrize("name", ["conversation", "tool_use", "coding"])
+def test_flow_resumes_from_every_step_boundary(tmp_path, monkeypatch, name):
+    """Cut a finished seed's thread after each checkpoint (keeping that step's saved writes, as a kill
+    would leave it) and resume: same samples, and recorded calls = the uninterrupted run's."""
+    import shutil
+
+    import teachgraph.runner as runner
+    from tests.test_resume_points import _checkpoint_ids, _cut_after
+
+    monkeypatch.setattr(runner, "forget_thread", lambda saver, thread: asyncio.sleep(0))
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "mod.py").write_text("def add(a, b):\n    '''Add two numbers.'''\n    return a + b\n" * 4)
+    skill = skills.load(name)
+    first = FlowScript()
+    registry, samples = run_skill(tmp_path / "full", folder, skill, first)
+    total = registry.counts("t")["llm_calls"]
+    assert total == len(first.calls) and len(samples) == 2
+    home = Home(tmp_path / "full" / "home")
+    checkpoints = _checkpoint_ids(home.checkpoints_path)
+    assert len(checkpoints) >= 8
+    redone = []
+    for index, keep in enumerate(checkpoints[:-1]):
+        work = Home(tmp_path / f"cut{index}")
+        shutil.copytree(home.root, work.root)
+        _cut_after(work.checkpoints_path, keep)
+        reg = Registry(work.registry_path)
+        with reg.db.conn:
+            reg.db.execute("update seeds set status = 'pending', samples = 0 where run_id = 't'")
+            reg.db.execute("delete from samples where run_id = 't'")
+        again = FlowScript()
+        llm = LLM(chat=SchemaChatModel(script=again), model_name="fake", structured_mode="json_object")
+        settings = Settings(skill=name, seeds=[str(folder)], out=str(work.default_out("t")), rounds=1, model="fake")
+        asyncio.run(Execution(reg, work, "t", skill, llm, settings, Tally()).run())
+        counts = reg.counts("t")
+        assert counts["accepted"] == 1 and counts["samples"] == 2, (index, reg.outcomes("t", "rejected"))
+        resumed = [json.loads(body) for _, body in reg.samples("t")]
+        assert [s["messages"] for s in resumed] == [s["messages"] for s in samples]  # the same samples
+        assert counts["llm_calls"] == total, (index, counts["llm_calls"], total)
+        redone.append(len(again.calls))
+    # a later cut never redoes more, and the last ones redo at most the final call
+    assert redone == sorted(redone, reverse=True) and redone[-1] <= 1, redone
