@@ -88,6 +88,21 @@ def content_schema(skill: Skill) -> type[BaseModel]:
     return schemas.build(f"{skill.name.title()}Material", _cfg(skill, "content") or DEFAULT_CONTENT)
 
 
+def judged_content_schema(skill: Skill) -> type[BaseModel]:
+    """With [transform] fit set, the agent first says whether the seed suits the skill at all (tool use
+    on a poem does not): a seed that does not fit is rejected with the agent's reason."""
+    fit = _cfg(skill, "transform").get("fit")
+    material = content_schema(skill)
+    if not fit:
+        return material
+    judged = create_model(f"{material.__name__}Judged",
+                          fits=(bool, Field(description=f"true if {fit}; false otherwise")),
+                          why_not=(str, Field(default="", max_length=300,
+                                              description="if fits is false: why, in one sentence")))
+    return create_model(material.__name__, __base__=judged, **{
+        name: (f.annotation, f) for name, f in material.model_fields.items()})
+
+
 def render_content(data: dict) -> str:
     if set(data) == {"content"}:
         return str(data["content"]).strip()
@@ -108,16 +123,21 @@ async def transform(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]
         return {"content": seed["text"], "content_data": {"content": seed["text"]}}
     values = {"source": seed["source"], "text": seed["text"], "transformation": agent.name,
               "transformation_description": agent.description, **_skill_values(skill)}
-    schema = content_schema(skill)
+    schema = judged_content_schema(skill)
     try:
         out, used = await ask(ctx, "transform", values, schema, state)
     except UnusableOutput as exc:
-        if set(schema.model_fields) == {"content"}:  # plain material: the seed itself still serves
+        if set(content_schema(skill).model_fields) == {"content"}:  # plain material: the seed itself serves
             return {"content": seed["text"], "content_data": {"content": seed["text"]},
                     "transform_note": f"{name} output unusable ({exc}); used the seed as it is",
                     **usage_update(exc.usage)}
         return {"rejected": f"{name}: {exc}", "rejected_by": "transform", **usage_update(exc.usage)}
     data = out.model_dump()
+    if data.pop("fits", True) is False:
+        why = data.pop("why_not", "").strip() or "no reason given"
+        return {"rejected": f"skill {skill.name} cannot use this seed: {why}", "rejected_by": "transform",
+                **usage_update(used)}
+    data.pop("why_not", None)
     return {"content": render_content(data), "content_data": data, **usage_update(used)}
 
 

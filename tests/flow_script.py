@@ -59,6 +59,9 @@ class FlowScript:
         for name, content in fill.items():
             if name in props:
                 value[name] = content
+        if "fits" in props:
+            value["fits"] = "fits" not in self.wrong
+            value["why_not"] = "it is a poem, not software or a service" if "fits" in self.wrong else ""
         if "answer_key" in props and "enum" in props["answer_key"]:
             value["answer_key"] = "B"
         if "answer" in props and "enum" in props["answer"]:

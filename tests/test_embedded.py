@@ -44,6 +44,24 @@ def test_embedded_model_end_to_end(tmp_path):
         assert meta["model"] == "SmolLM2-135M-Instruct" and meta["seed_id"] and meta["task_type"]
 
 
+@pytest.mark.parametrize("skill, seed", [("text_modification", "zen_of_python.txt"),
+                                         ("tool_use", "colorsys_excerpt.py")])
+def test_flow_skills_on_the_embedded_model(tmp_path, skill, seed):
+    """The real server accepts every schema the flow sends (flat fields, enums, the nested API list):
+    the seed ends accepted or rejected for its content, never failed."""
+    home = tmp_path / "home"
+    result = run_cli("graph", "run", skill, "--seeds", str(SAMPLE / seed), "--limit", "1", "--rounds", "0",
+                     "--temperature", "0", "--run-id", "flow", home=home, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = json.loads(run_cli("runs", "show", "flow", "--json", home=home).stdout)
+    counts = shown["counts"]
+    assert counts["total"] == 1 and counts["failed"] == 0 and counts["pending"] == 0, shown
+    assert counts["llm_calls"] >= 2
+    for line in (home / "runs" / "flow" / "samples.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        assert sample["skill"] == skill and sample["messages"][-1]["role"] == "assistant"
+
+
 def test_killing_the_cli_takes_the_embedded_server_with_it(tmp_path):
     import os
     import signal

@@ -190,6 +190,16 @@ def test_a_skill_rejects_seeds_of_a_kind_it_cannot_use(tmp_path, corpus):
     assert registry.counts("t")["accepted"] == 1
 
 
+def test_a_seed_the_transformation_agent_judges_unfit_is_rejected_with_its_reason(tmp_path, corpus):
+    script = FlowScript(wrong={"fits"})
+    registry, samples = run_skill(tmp_path, corpus, skills.load("tool_use"), script)
+    assert samples == []
+    assert registry.outcomes("t", "rejected") == [{
+        "node": "transform", "seeds": 2,
+        "reason": "skill tool_use cannot use this seed: it is a poem, not software or a service"}]
+    assert len(script.calls) == 2  # one transform call per seed, nothing after
+
+
 def test_tool_use_absent_api_cases_hide_the_needed_api(tmp_path, corpus):
     skill = skills.load("tool_use")
     absent = [t for t in skill.taxonomy if t.context_op == "drop_needed_apis"]
