@@ -78,8 +78,12 @@ class Result:
             return "the program ran out of memory (memory limit exceeded)"
         if self.status == "output_limit":
             return "the program wrote too much output"
-        tail = self.stderr.strip().splitlines()[-6:]
-        return "\n".join(tail) or f"the program exited with status {self.returncode}"
+        lines = self.stderr.strip().splitlines()
+        # the sandbox's own frames (main.py, runpy) say nothing about the program: start at its first frame
+        own = next((i for i, line in enumerate(lines) if 'File "program.py"' in line), None)
+        if own is not None:
+            lines = ["Traceback (most recent call last):", *lines[own:]]
+        return "\n".join(lines[-6:]) or f"the program exited with status {self.returncode}"
 
 
 _netns_ok: bool | None = None
