@@ -173,7 +173,7 @@ class Registry:
         last = -1
         while True:
             rows = list(self.db.query(
-                """select id, ordinal, task_type, status from seeds where run_id = ? and ordinal > ?
+                """select id, ordinal, task_type, status, llm_calls, tokens from seeds where run_id = ? and ordinal > ?
                    and status not in ('accepted', 'rejected') order by ordinal limit ?""",
                 [run_id, last, batch]))
             if not rows:
