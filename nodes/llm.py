@@ -172,7 +172,7 @@ class LLM:
             else:
                 try:
                     # strict=False: grammar-constrained output may hold raw newlines inside strings.
-                    value = schema.model_validate(json.loads(_strip_fences(content), strict=False))
+                    value = schema.model_validate(json.loads(strip_fences(content), strict=False))
                     if check is not None:
                         check(value)
                     return value, used
@@ -183,7 +183,7 @@ class LLM:
         raise UnusableOutput(f"{schema.__name__}: {problem} (after {self.fix_attempts} corrections)", used)
 
 
-def _strip_fences(content: str) -> str:
+def strip_fences(content: str) -> str:
     """Small models often wrap JSON in ``` fences even when asked not to."""
     text = content.strip()
     if text.startswith("```"):
