@@ -29,7 +29,7 @@ from teachgraph import embedded, probe
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, make_llm, new_run_id,
                                run_status, shown_status)
 from teachgraph.output import SampleWriter
-from teachgraph.seeds import collect
+from teachgraph.seeds import abbreviate, collect
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
 
@@ -284,7 +284,7 @@ def _collect_seeds(registry: Registry, run_id: str, skill: skills.Skill, setting
     passage_chars = skill.settings.get("context", {}).get("passage_chars", 420)
     total = registry.add_corpus(run_id, collect(paths), limit=settings.limit,
                                 task_for=lambda i: skill.task_for(i).name, passage_chars=passage_chars,
-                                on_skip=lambda s: say(f"skipped {s.source}: {s.reason}"))
+                                on_skip=lambda s: say(f"skipped {abbreviate(s.source)}: {s.reason}"))
     if total == 0:
         registry.set_run(run_id, status="empty")
         fail("no usable seed text in " + ", ".join(map(str, paths)))
