@@ -5,6 +5,7 @@ are those of an uninterrupted run. Also: a second process resuming the same run 
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -20,7 +21,7 @@ from tests.conftest import ROOT, SAMPLE, run_cli
 from tests.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 
-SEEDS, ROUNDS, CONCURRENCY, KILLS = 10, 1, 2, 12
+SEEDS, ROUNDS, CONCURRENCY, KILLS = 10, 1, 2, 14
 
 
 def args(fake, run_id: str) -> list[str]:
@@ -87,15 +88,15 @@ def test_sigkill_at_many_random_moments_loses_and_duplicates_nothing(tmp_path):
             first_request = fake.request_count
             proc = start(cmd, home)
             launches += 1
-            # A moment: some time after launch (start-up, collecting, any node), or just after the
-            # N-th model request of this launch (deep inside the graph), plus a little jitter.
-            if rng.random() < 0.5:
+            # A moment, in turns: some time after launch (start-up, collecting, any node), or just
+            # after the N-th model request of this launch (inside the graph), plus a little jitter.
+            if launches % 2:
                 moment = ("after s", round(rng.uniform(0.2, 4.0), 2))
                 deadline = time.monotonic() + moment[1]
                 while time.monotonic() < deadline and proc.poll() is None:
                     time.sleep(0.01)
             else:
-                moment = ("after request", rng.randint(1, 40))
+                moment = ("after request", rng.randint(1, 30))
                 while fake.request_count - first_request < moment[1] and proc.poll() is None:
                     time.sleep(0.005)
                 time.sleep(rng.uniform(0, 0.06))
@@ -103,8 +104,8 @@ def test_sigkill_at_many_random_moments_loses_and_duplicates_nothing(tmp_path):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                state = check_consistent(home, run_id)
-                phases.append((moment, state["phase"]))
+                phase = check_consistent(home, run_id)["phase"]
+                phases.append((moment, "mid-graph" if fake.request_count > first_request else phase))
                 continue
             assert proc.returncode == 0, f"{cmd} exited {proc.returncode}"
             # This run finished before the kill: check it against the uninterrupted one, start another.
@@ -118,9 +119,10 @@ def test_sigkill_at_many_random_moments_loses_and_duplicates_nothing(tmp_path):
             finish(home, run_id, base_ids)
             finished_runs += 1
         total_calls = fake.request_count
-    deep = sum(1 for _, phase in phases if phase == "running")
+    where = collections.Counter(phase for _, phase in phases)
+    deep = where["mid-graph"]
     print(f"kill test: {kills} SIGKILLs over {launches} launches, {finished_runs} runs of {SEEDS} seeds finished; "
-          f"{deep} kills landed while seeds were running, {kills - deep} in start-up or collecting; "
+          f"kills by phase {dict(where)} (running = seeds collected, no model call yet in that launch); "
           f"{total_calls} model calls for {finished_runs} runs (uninterrupted: {baseline_calls} per run); "
           f"0 seeds lost, 0 duplicate samples")
     assert kills >= 10 and deep >= 5
@@ -136,6 +138,34 @@ def finish(home: Path, run_id: str, base_ids: list[str]) -> None:
     assert sorted(i.replace(f"{run_id}:", "base:").replace("base:", "") for i in ids) == base_ids
     with sqlite3.connect(home / "checkpoints.db") as db:
         assert db.execute("select count(*) from checkpoints where thread_id like ?", [f"{run_id}:%"]).fetchone()[0] == 0
+
+
+def test_a_run_killed_while_collecting_collects_again_on_resume(tmp_path):
+    """The state a kill leaves mid-collection: the run row says "collecting", some seeds and passages
+    are in, others not. Resume throws the partial corpus away and collects it again."""
+    home = tmp_path / "home"
+    with FakeOpenAI(responder=RagScript().http_responder) as fake:
+        done = run_cli(*args(fake, "whole"), home=home)
+        assert done.returncode == 0, done.stderr
+        registry = Registry(home / "runs.db")
+        settings = registry.run("whole")["settings"]
+        settings["out"] = str(home / "runs" / "cut" / "samples.jsonl")
+        registry.create_run("cut", "rag", settings)
+        with registry.db.conn:
+            for table in ("seeds", "passages"):
+                rows = list(registry.db.query(f"select * from {table} where run_id = 'whole' limit 3"))
+                registry.db[table].insert_all([{**r, "run_id": "cut"} for r in rows])
+        assert registry.run("cut")["status"] == "collecting"
+        resumed = run_cli("graph", "resume", "cut", home=home)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "stopped while collecting its seeds; collecting them again" in resumed.stderr
+    registry = Registry(home / "runs.db")
+    counts = registry.counts("cut")
+    assert counts["total"] == SEEDS and counts["pending"] == 0 and counts["accepted"] + counts["rejected"] == SEEDS
+    passages = registry.db.execute("select count(*) from passages where run_id = 'cut'").fetchone()[0]
+    assert passages == registry.db.execute("select count(*) from passages where run_id = 'whole'").fetchone()[0]
+    ids, tail = output_lines(home / "runs" / "cut" / "samples.jsonl")
+    assert tail == b"" and len(ids) == len(set(ids)) == counts["samples"]
 
 
 def test_a_second_process_resuming_the_same_run_refuses(tmp_path):
