@@ -46,9 +46,13 @@ console = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> None:
+def print_error(message: str) -> None:
     # escape: messages quote paths and server text, which must not be read as rich markup
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    print_error(message)
     raise typer.Exit(code)
 
 
@@ -470,7 +474,7 @@ def main() -> None:
             sys.exit(2)
         ctx = getattr(exc, "ctx", None)
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        err.print(f"[red]error:[/red] {escape(exc.format_message() + where)}", highlight=False, soft_wrap=True)
+        print_error(exc.format_message() + where)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -23,7 +23,6 @@ from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
 from nodes.llm import strip_fences, structured_request
 
 STRONGEST_FIRST = ("json_schema", "json_object", "tools")
-EMBEDDED = "embedded"     # the cache key of the embedded server (its port changes every run)
 
 
 class ProbeReply(BaseModel):

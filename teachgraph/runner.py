@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import openai
 from langchain_openai import ChatOpenAI
 
 from checkpoints.registry import Registry
@@ -24,8 +23,6 @@ from nodes.llm import LLM, Usage
 from skills import Skill
 from teachgraph.output import SampleWriter
 
-# Errors no retry can fix: stop the whole run (seeds stay resumable) instead of failing every seed.
-FATAL_ERRORS = (EndpointFatal, openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
 class FatalRunError(RuntimeError):
@@ -44,7 +41,7 @@ class Settings:
     concurrency: int = 4
     base_url: str | None = None          # None: the embedded llama.cpp server
     model: str = "SmolLM2-135M-Instruct"
-    structured: str = "auto"             # auto | json_schema | json_object | prompt
+    structured: str = "auto"             # auto | json_schema | json_object | tools | prompt
     temperature: float = 0.7
     max_tokens: int = 384
     timeout: float = 120.0               # seconds per request attempt
@@ -263,7 +260,9 @@ class Execution:
             try:
                 final = await graph.ainvoke(start, config, context=ctx, durability="sync")
             except NodeFailed as exc:
-                if isinstance(exc.error, FATAL_ERRORS):
+                # No retry can fix it (bad key, unknown model, endpoint down): stop the whole run,
+                # seeds stay resumable, instead of failing every seed alike.
+                if isinstance(exc.error, EndpointFatal):
                     raise FatalRunError(f"{exc.node}: {self._error_text(exc.error)}") from None
                 exc.usage.add(carry)
                 await self._fail(graph, config, seed, exc.node, exc.error, exc.usage)
