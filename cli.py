@@ -1,5 +1,5 @@
 """teachgraph's command line: `python cli.py graph run rag`, `graph resume RUN_ID`, `graph show rag`,
-`runs list`, `runs show RUN_ID`."""
+`runs list`, `runs show RUN_ID`, `runs failures RUN_ID`, `endpoint probe`."""
 
 from __future__ import annotations
 
@@ -17,18 +17,21 @@ from typing import Iterator, List, Optional
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import skills
 from checkpoints.registry import Registry
-from teachgraph import embedded
+from nodes.endpoint import EndpointError
+from nodes.llm import STRUCTURED_MODES
+from teachgraph import embedded, probe
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
                                new_run_id,
                                run_status, shown_status)
 from teachgraph.output import SampleWriter
-from teachgraph.seeds import collect
+from teachgraph.seeds import abbreviate, collect
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
 
@@ -36,16 +39,28 @@ app = typer.Typer(help="Synthetic fine-tuning data from raw documents and code (
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 graph_app = typer.Typer(help="List, run, resume and draw skill graphs.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
+endpoint_app = typer.Typer(help="Check an OpenAI-compatible endpoint.", no_args_is_help=True)
 app.add_typer(graph_app, name="graph")
 app.add_typer(runs_app, name="runs")
+app.add_typer(endpoint_app, name="endpoint")
 
 console = Console()
 err = Console(stderr=True)
 
 
+def print_error(message: str) -> None:
+    # escape: messages quote paths and server text, which must not be read as rich markup
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line, however long
+    print_error(message)
     raise typer.Exit(code)
+
+
+def say(message: str) -> None:
+    """A line of data (paths, reasons, model output) for stderr, printed as is."""
+    err.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def load_skill(name: str) -> skills.Skill:
@@ -121,6 +136,20 @@ class ProgressReporter:
 
 
 @contextmanager
+def run_lock(home: Home, run_id: str) -> Iterator[None]:
+    """Held from before a run's seeds are collected until it stops: a second process refuses."""
+    lock = RunLock(home, run_id)
+    try:
+        lock.__enter__()
+    except FatalRunError as exc:
+        fail(str(exc))
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+@contextmanager
 def endpoint_for(settings: Settings, home: Home) -> Iterator[tuple[str, str, bool]]:
     base_url, api_key = _endpoint(settings)
     if base_url:
@@ -135,15 +164,12 @@ def endpoint_for(settings: Settings, home: Home) -> Iterator[tuple[str, str, boo
 
 
 def execute(home: Home, registry: Registry, run_id: str) -> None:
+    """Run the run's unfinished seeds. The caller holds the run's lock (run_lock)."""
     run = registry.run(run_id)
     settings = Settings(**run["settings"])
     skill = None if settings.mix else load_skill(settings.skill)
     counts = registry.counts(run_id)
     with ExitStack() as stack:
-        try:
-            stack.enter_context(RunLock(home, run_id))
-        except FatalRunError as exc:
-            fail(str(exc))
         base_url, api_key, is_embedded = stack.enter_context(endpoint_for(settings, home))
         llm = make_llm(settings, base_url, api_key, is_embedded)
         registry.set_run(run_id, status="running")
@@ -184,7 +210,9 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
             interrupted = True
         except FatalRunError as exc:
             registry.set_run(run_id, status="interrupted")
+            say(f"endpoint: {llm.endpoint.summary()}")
             fail(f"{exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {run_id}")
+        say(f"endpoint: {llm.endpoint.summary()}")
         counts = registry.counts(run_id)
         status = run_status(counts)
         registry.set_run(run_id, status=status)
@@ -214,9 +242,11 @@ def graph_run(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="name the run (default: generated)"),
     base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
     model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
-    structured: str = typer.Option("auto", "--structured", help="how to ask for JSON: auto | json_schema | json_object | prompt"),
+    structured: str = typer.Option("auto", "--structured", help="how to ask for JSON: auto (probe the endpoint) | json_schema | json_object | tools | prompt"),
     max_tokens: int = typer.Option(384, "--max-tokens", min=16, help="cap on every model reply (agents may set lower caps in prompts.toml)"),
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="seconds one model request may take before it is retried"),
+    retries: int = typer.Option(10, "--retries", min=1, help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     if skill_name == "all":
@@ -230,8 +260,8 @@ def graph_run(
     else:
         weights, dealt = None, [load_skill(skill_name)]
     run_skill = "all" if weights else dealt[0].name
-    if structured not in ("auto", "json_schema", "json_object", "prompt"):
-        fail(f"unknown --structured {structured!r}")
+    if structured not in ("auto", *STRUCTURED_MODES):
+        fail(f"unknown --structured {structured!r} (auto, {', '.join(STRUCTURED_MODES)})")
     paths = [p for p in seeds] or [SAMPLE_CORPUS]
     for path in paths:
         if not path.exists():
@@ -243,30 +273,63 @@ def graph_run(
     run_id = run_id or new_run_id(run_skill)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", run_id):
         fail(f"bad run id {run_id!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
-    if registry.run(run_id):
-        fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
     settings = Settings(
         skill=run_skill, seeds=[str(p.resolve()) for p in paths],
         out=str((out or home.default_out(run_id)).resolve()), limit=limit,
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
         concurrency=concurrency, base_url=base_url, model=model or embedded.MODEL_NAME,
-        structured=structured, max_tokens=max_tokens, temperature=temperature, mix=weights)
+        structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
+        mix=weights)
     if base_url and not model:
         fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
-    if base_url:  # before the run exists: a wrong URL must not leave a half-made run behind
+    if registry.run(run_id):
+        fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
+    strategy_note = ""
+    if base_url:  # before the run exists: a wrong URL, key or model must not leave a half-made run behind
         _preflight(base_url, _endpoint(settings)[1])
-    err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)
-    registry.create_run(run_id, run_skill, settings.to_json())
+        if structured == "auto":
+            settings.structured, strategy_note = _structured_strategy(registry, base_url, _endpoint(settings)[1],
+                                                                      settings.model)
+    with run_lock(home, run_id):
+        if registry.run(run_id):  # created by another process since the check above
+            fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
+        err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)
+        if strategy_note:
+            say(strategy_note)
+        registry.create_run(run_id, run_skill, settings.to_json())
+        _collect_seeds(registry, run_id, settings, paths)
+        execute(home, registry, run_id)
+
+
+def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: List[Path]) -> None:
+    if settings.mix:
+        dealer = Dealer([load_skill(name) for name in settings.mix], settings.mix)
+    else:
+        dealer = Dealer([load_skill(settings.skill)])
     # passages feed rag's retrieval of distractors, so they are cut to rag's size
     passage_chars = skills.load("rag").settings.get("context", {}).get("passage_chars", 420)
-    total = registry.add_corpus(run_id, collect(paths), limit=limit, assign=Dealer(dealt, weights),
+    total = registry.add_corpus(run_id, collect(paths), limit=settings.limit, assign=dealer,
                                 passage_chars=passage_chars,
-                                on_skip=lambda s: err.print(f"skipped {s.source}: {s.reason}", highlight=False))
+                                on_skip=lambda s: say(f"skipped {abbreviate(s.source)}: {s.reason}"))
     if total == 0:
         registry.set_run(run_id, status="empty")
         fail("no usable seed text in " + ", ".join(map(str, paths)))
-    err.print(f"{total} seeds from {', '.join(map(str, paths))}; output: {settings.out}", highlight=False)
-    execute(home, registry, run_id)
+    say(f"{total} seeds from {', '.join(map(str, paths))}; output: {settings.out}")
+
+
+def _structured_strategy(registry: Registry, base_url: str, api_key: str, model: str) -> tuple[str, str]:
+    """--structured auto: what `endpoint probe` found for this endpoint and model, probing it now if
+    need be. Returns the strategy and a line saying where it came from."""
+    known = probe.cached(registry.db, base_url, model)
+    if known is not None:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(known.probed))
+        return known.strategy, f"structured output: {known.strategy} (probed {when}; python cli.py endpoint probe re-probes)"
+    try:
+        known = asyncio.run(probe.probe(base_url, api_key, model))
+    except EndpointError as exc:
+        fail(str(exc))
+    probe.remember(registry.db, known)
+    return known.strategy, f"structured output: {known.strategy} (probed the endpoint just now; cached for later runs)"
 
 
 @graph_app.command("resume")
@@ -277,19 +340,27 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID")) -> None:
     run = registry.run(run_id)
     if run is None:
         fail(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
-    if run["status"] in ("collecting", "empty"):
-        fail(f"run {run_id} never finished collecting its seeds; start a new run instead")
-    counts = registry.counts(run_id)
-    if counts["total"] and not counts["pending"] and not counts["failed"]:
-        # A kill between the last seed's commit and its line in the file is mended here.
-        writer = SampleWriter(Path(run["settings"]["out"]))
-        writer.reconcile(registry.samples(run_id))
-        writer.close()
-        console.print(f"run {run_id} is already complete: nothing to do.")
-        _print_summary(registry, run_id, Settings(**run["settings"]))
-        return
-    err.print(f"resuming {run_id}: {counts['pending']} pending, {counts['failed']} failed seeds", highlight=False)
-    execute(home, registry, run_id)
+    with run_lock(home, run_id):
+        run = registry.run(run_id)  # as it is now that no other process runs it
+        settings = Settings(**run["settings"])
+        if run["status"] == "empty":
+            fail(f"run {run_id} found no usable seed text; start a new run with other --seeds")
+        if run["status"] == "collecting":
+            # Killed while collecting: no seed has run yet, so collecting again from scratch is safe.
+            say(f"run {run_id} was stopped while collecting its seeds; collecting them again")
+            registry.forget_corpus(run_id)
+            _collect_seeds(registry, run_id, settings, [Path(p) for p in settings.seeds])
+        counts = registry.counts(run_id)
+        if counts["total"] and not counts["pending"] and not counts["failed"]:
+            # A kill between the last seed's commit and its line in the file is mended here.
+            writer = SampleWriter(Path(settings.out))
+            writer.reconcile(registry.samples(run_id))
+            writer.close()
+            console.print(f"run {run_id} is already complete: nothing to do.")
+            _print_summary(registry, run_id, settings)
+            return
+        say(f"resuming {run_id}: {counts['pending']} pending, {counts['failed']} failed seeds")
+        execute(home, registry, run_id)
 
 
 # ---------------------------------------------------------------- runs
@@ -350,15 +421,93 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
     for status in ("rejected", "failed"):
         rows = registry.outcomes(run_id, status)
         if rows:
-            console.print(f"\n[bold]{status}[/bold] (seeds, node: reason)")
+            by_node: dict[str, int] = {}
             for row in rows:
-                console.print(f"  {row['seeds']:>4}  {row['node'] or '-'}: {row['reason']}", highlight=False)
+                by_node[row["node"] or "-"] = by_node.get(row["node"] or "-", 0) + row["seeds"]
+            nodes = ", ".join(f"{node} {n}" for node, n in sorted(by_node.items(), key=lambda kv: -kv[1]))
+            console.print(f"\n[bold]{status}[/bold] {sum(by_node.values())} (by node: {escape(nodes)}; "
+                          f"seeds, node: reason)", highlight=False)
+            for row in rows:
+                console.print(f"  {row['seeds']:>4}  {row['node'] or '-'}: {row['reason']}", highlight=False, markup=False)
+        if rows and status == "failed":
+            console.print(f"  see every seed: python cli.py runs failures {run_id}", highlight=False, markup=False)
     skipped = registry.skipped(run_id)
     if skipped:
         console.print(f"\n[bold]skipped inputs[/bold] ({len(skipped)})")
         for row in skipped:
-            console.print(f"  {row['source']}: {row['reason']}", highlight=False)
+            console.print(f"  {row['source']}: {row['reason']}", highlight=False, markup=False)
+
+
+@runs_app.command("failures")
+def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
+                  as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+    """Every seed that ended failed or rejected, one per line: status, seed id, source, node, error or reason."""
+    registry = Registry(Home.from_env().registry_path)
+    if registry.run(run_id) is None:
+        fail(f"no run {run_id!r} (see: python cli.py runs list)")
+    tally = {"failed": 0, "rejected": 0}
+    for row in registry.failures(run_id):
+        tally[row["status"]] += 1
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print("\t".join(str(row[k] if row[k] is not None else "-").replace("\t", " ").replace("\n", " ")
+                            for k in ("status", "seed", "source", "node", "why")))
+    say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)")
+
+
+# ---------------------------------------------------------------- endpoint
+
+@endpoint_app.command("probe")
+def endpoint_probe(
+    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
+    model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="seconds each probe request may take"),
+) -> None:
+    """Find the structured output an endpoint honours (json_schema, json_object with a schema, tool calls, or the prompt alone).
+
+    `graph run --structured auto` uses the result, cached per endpoint and model."""
+    if base_url and not model:
+        fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
+    home = Home.from_env()
+    api_key = os.environ.get("OPENAI_API_KEY") or "not-needed"
+
+    def run_probe(url: str, name: str):
+        try:
+            return asyncio.run(probe.probe(url, api_key, name, timeout=timeout))
+        except EndpointError as exc:
+            fail(str(exc))
+
+    if base_url:
+        _preflight(base_url, api_key)
+        result = run_probe(base_url, model)
+        probe.remember(Registry(home.registry_path).db, result)
+        where = f"{base_url} {model}"
+    else:
+        try:
+            with embedded.embedded_server(home.root, log=say) as url:
+                result = run_probe(url, embedded.MODEL_NAME)
+        except embedded.EmbeddedError as exc:
+            fail(str(exc))
+        where = f"the embedded model ({embedded.MODEL_NAME}; runs on it always use json_object)"
+    for check in result.checks:
+        print(f"{check.mode:<12}{check.outcome:<9}{check.detail}")
+    print(f"strategy: {result.strategy}  <- {where}")
+
+
+def main() -> None:
+    """The entry point: app(), except that usage errors are one line too (typer draws a box of several)."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors: unknown option, bad value ...
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help is printed already
+            sys.exit(2)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        print_error(exc.format_message() + where)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
-    app()
+    main()

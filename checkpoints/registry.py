@@ -141,6 +141,12 @@ class Registry:
         self.set_run(run_id, seeds_total=count, status="running")
         return count
 
+    def forget_corpus(self, run_id: str) -> None:
+        """Drop a run's seeds, passages and skipped inputs (a collection cut short, to be redone)."""
+        with self.db.conn:
+            for table in ("seeds", "passages", "skipped"):
+                self.db.execute(f"delete from {table} where run_id = ?", [run_id])
+
     def seed(self, run_id: str, seed_id: str) -> dict:
         rows = list(self.db.query("select * from seeds where run_id = ? and id = ?", [run_id, seed_id]))
         if not rows:
@@ -180,7 +186,7 @@ class Registry:
         last = -1
         while True:
             rows = list(self.db.query(
-                """select id, ordinal, skill, transformation, task_type, status from seeds
+                """select id, ordinal, skill, transformation, task_type, status, llm_calls, tokens from seeds
                    where run_id = ? and ordinal > ?
                    and status not in ('accepted', 'rejected') order by ordinal limit ?""",
                 [run_id, last, batch]))
@@ -219,6 +225,13 @@ class Registry:
         return list(self.db.query(
             """select coalesce(node, '') as node, coalesce(reason, error, '') as reason, count(*) as seeds
                from seeds where run_id = ? and status = ? group by 1, 2 order by 3 desc""", [run_id, status]))
+
+    def failures(self, run_id: str) -> Iterator[dict]:
+        """Failed, then rejected seeds, in corpus order: what went wrong with each and where."""
+        yield from self.db.query(
+            """select status, id as seed, source, node, coalesce(error, reason) as why, llm_calls, tokens
+               from seeds where run_id = ? and status in ('failed', 'rejected')
+               order by status, ordinal""", [run_id])
 
     def task_types(self, run_id: str) -> list[dict]:
         return list(self.db.query(

@@ -21,7 +21,7 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
 from graphs.refinement import add_refinement_loop
-from nodes.agent import SeedState, agent_node, ask, stop_refining, usage_update
+from nodes.agent import NodeFailed, SeedState, agent_node, ask, stop_refining, usage_update
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput, Usage
 from skills import Skill
@@ -250,6 +250,9 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
             if samples:  # the refined item failed; the seed item's sample still stands
                 break
             return {"rejected": str(exc), "rejected_by": "answer", **usage_update(used)}
+        except NodeFailed as exc:  # the calls for the items before it were spent too
+            exc.usage.add(used)
+            raise
         used.add(call)
         samples.append(make_sample(ctx, state, item, user, out,
                                    parent=samples[0]["id"] if samples else None))

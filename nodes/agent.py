@@ -16,11 +16,13 @@ from nodes.llm import UnusableOutput, Usage
 
 class NodeFailed(RuntimeError):
     """A node could not finish for a reason outside the model's output (endpoint down, bug).
-    The seed is recorded as failed with the node and error; resume runs the node again."""
+    The seed is recorded as failed with the node and error; resume runs the node again.
+    `usage` holds the calls the node made before it failed, so the seed's figures stay right."""
 
-    def __init__(self, node: str, error: BaseException):
+    def __init__(self, node: str, error: BaseException, usage: Usage | None = None):
         self.node = node
         self.error = error
+        self.usage = usage if usage is not None else Usage()
         super().__init__(f"{node}: {type(error).__name__}: {error}")
 
 
@@ -54,15 +56,16 @@ async def ask(ctx: RunContext, agent: str, values: dict[str, Any], schema: type[
     """One structured call for `agent`; endpoint errors become NodeFailed(agent)."""
     prompt = ctx.skill.prompt(agent)
     system, user = prompt.render(**values)
+    used = Usage()
     try:
         return await ctx.llm.structured(
             system, user, schema,
             max_tokens=max_tokens or min(filter(None, (prompt.max_tokens, ctx.llm.max_tokens))),
-            check=(lambda value: check(state, value)) if check else None)
+            check=(lambda value: check(state, value)) if check else None, used=used)
     except UnusableOutput:
         raise
     except Exception as exc:  # endpoint, network, or our bug: the seed fails at this node
-        raise NodeFailed(agent, exc) from exc
+        raise NodeFailed(agent, exc, used) from exc
 
 
 def reject(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:

@@ -1,9 +1,8 @@
-"""Every model call goes through here: one OpenAI-compatible endpoint, bounded concurrency,
-usage counters, and structured output validated with pydantic (with correction rounds)."""
+"""Every model call goes through here: one OpenAI-compatible endpoint (retries, deadlines and
+the in-flight limit are nodes/endpoint.py's), usage counters, and structured output validated with pydantic (with correction rounds)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -13,10 +12,15 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
+from nodes.endpoint import Endpoint
+
 # How to ask an endpoint for JSON. Servers differ (see DEVELOPERS.md): OpenAI and vLLM take
 # "json_schema"; llama-cpp-python's server rejects it but constrains output with a grammar
-# when given {"type": "json_object", "schema": ...}; "prompt" sends no response_format at all.
-StructuredMode = Literal["json_schema", "json_object", "prompt"]
+# when given {"type": "json_object", "schema": ...}; "tools" forces a call of one function whose
+# parameters are the schema; "prompt" sends no response_format at all. `endpoint probe` finds out
+# which of these an endpoint honours (teachgraph/probe.py).
+StructuredMode = Literal["json_schema", "json_object", "tools", "prompt"]
+STRUCTURED_MODES: tuple[str, ...] = ("json_schema", "json_object", "tools", "prompt")
 
 
 class UnusableOutput(ValueError):
@@ -64,6 +68,27 @@ def response_format(mode: StructuredMode, schema: type[BaseModel]) -> dict | Non
     return None
 
 
+def structured_request(mode: StructuredMode, schema: type[BaseModel]) -> dict[str, Any]:
+    """The request options that ask for `schema` in `mode`."""
+    if mode == "tools":
+        name = schema.__name__
+        return {"tools": [{"type": "function", "function": {
+                    "name": name, "description": "Record the reply.",
+                    "parameters": wire_schema(schema.model_json_schema())}}],
+                "tool_choice": {"type": "function", "function": {"name": name}}}
+    fmt = response_format(mode, schema)
+    return {"response_format": fmt} if fmt is not None else {}
+
+
+def reply_text(reply: AIMessage) -> str:
+    """The JSON text of a reply: a tool call's arguments if there is one, else the content."""
+    if reply.tool_calls:
+        return json.dumps(reply.tool_calls[0]["args"])
+    if reply.invalid_tool_calls:
+        return str(reply.invalid_tool_calls[0].get("args") or "")
+    return str(reply.content)
+
+
 def schema_hint(schema: type[BaseModel]) -> str:
     """A compact description of the expected JSON, appended to the system prompt."""
     props = schema.model_json_schema().get("properties", {})
@@ -92,19 +117,14 @@ class LLM:
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     fix_attempts: int = 2
     usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar
+    endpoint: Endpoint | None = None             # retries, deadline, adaptive in-flight limit
 
     def __post_init__(self) -> None:
-        self._slots: asyncio.Semaphore | None = None
-
-    @property
-    def slots(self) -> asyncio.Semaphore:
-        # Created lazily so it binds to the running event loop.
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_concurrency)
-        return self._slots
+        if self.endpoint is None:
+            self.endpoint = Endpoint(self.model_name, self.max_concurrency)
 
     async def _call(self, messages: list[BaseMessage], max_tokens: int | None,
-                    fmt: dict | None, used: Usage) -> AIMessage:
+                    options: dict[str, Any], used: Usage) -> AIMessage:
         limit = max_tokens or self.max_tokens
         if self.token_param == "max_tokens":
             # langchain-openai renames max_tokens to max_completion_tokens, which llama-cpp-python
@@ -112,17 +132,19 @@ class LLM:
             kwargs: dict[str, Any] = {"extra_body": {"max_tokens": limit}}
         else:
             kwargs = {"max_tokens": limit}  # sent as max_completion_tokens (OpenAI reasoning models)
-        if fmt is not None:
-            kwargs["response_format"] = fmt
-        async with self.slots:
+        kwargs.update(options)
+
+        async def send() -> AIMessage:
             try:
-                reply = await self.chat.bind(**kwargs).ainvoke(messages)
+                return await self.chat.bind(**kwargs).ainvoke(messages)
             except openai.LengthFinishReasonError as exc:
                 # langchain-openai raises this (instead of returning) when a response_format is set
                 usage = getattr(exc.completion, "usage", None)
-                reply = AIMessage("", response_metadata={"finish_reason": "length"},
-                                  usage_metadata={"input_tokens": 0, "output_tokens": 0,
-                                                  "total_tokens": getattr(usage, "total_tokens", 0) or 0})
+                return AIMessage("", response_metadata={"finish_reason": "length"},
+                                 usage_metadata={"input_tokens": 0, "output_tokens": 0,
+                                                 "total_tokens": getattr(usage, "total_tokens", 0) or 0})
+
+        reply = await self.endpoint.request(send)
         call = Usage(1, _usage_tokens(reply))
         used.add(call)
         self.usage.add(call)
@@ -130,26 +152,27 @@ class LLM:
 
     async def structured(self, system: str, user: str, schema: type[BaseModel], *,
                          check: Callable[[Any], None] | None = None,
-                         max_tokens: int | None = None) -> tuple[Any, Usage]:
+                         max_tokens: int | None = None, used: Usage | None = None) -> tuple[Any, Usage]:
         """Ask for `schema`; on invalid output send the error back, up to `fix_attempts` times.
 
         `check` may raise ValueError for semantic problems pydantic cannot see (e.g. a cited
         passage id that is not in the context); it gets the same correction treatment.
+        Calls are counted into `used` (given, it still holds them if an endpoint error escapes).
         """
-        used = Usage()
-        fmt = response_format(self.structured_mode, schema)
+        used = used if used is not None else Usage()
+        options = structured_request(self.structured_mode, schema)
         messages: list[BaseMessage] = [SystemMessage(f"{system}\n\n{schema_hint(schema)}"), HumanMessage(user)]
         problem = ""
         for _ in range(self.fix_attempts + 1):
-            reply = await self._call(messages, max_tokens, fmt, used)
-            content = str(reply.content)
+            reply = await self._call(messages, max_tokens, options, used)
+            content = reply_text(reply)
             if _finish_reason(reply) == "length":
                 problem = f"output truncated at max_tokens={max_tokens or self.max_tokens}"
                 correction = "Your reply was cut off. Reply again with a shorter, complete JSON object."
             else:
                 try:
                     # strict=False: grammar-constrained output may hold raw newlines inside strings.
-                    value = schema.model_validate(json.loads(_strip_fences(content), strict=False))
+                    value = schema.model_validate(json.loads(strip_fences(content), strict=False))
                     if check is not None:
                         check(value)
                     return value, used
@@ -160,7 +183,7 @@ class LLM:
         raise UnusableOutput(f"{schema.__name__}: {problem} (after {self.fix_attempts} corrections)", used)
 
 
-def _strip_fences(content: str) -> str:
+def strip_fences(content: str) -> str:
     """Small models often wrap JSON in ``` fences even when asked not to."""
     text = content.strip()
     if text.startswith("```"):

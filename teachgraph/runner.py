@@ -12,20 +12,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import openai
 from langchain_openai import ChatOpenAI
 
 from checkpoints.registry import Registry
 from checkpoints.saver import forget_thread, open_saver, thread_id
 from nodes.agent import NodeFailed
 from nodes.context import RunContext
-from nodes.llm import LLM
+from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
+from nodes.llm import LLM, Usage
 import skills
 from skills import Skill
 from teachgraph.output import SampleWriter
 
-# Errors no retry can fix: stop the whole run (seeds stay resumable) instead of failing every seed.
-FATAL_ERRORS = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
 
 class FatalRunError(RuntimeError):
@@ -44,10 +42,11 @@ class Settings:
     concurrency: int = 4
     base_url: str | None = None          # None: the embedded llama.cpp server
     model: str = "SmolLM2-135M-Instruct"
-    structured: str = "auto"             # auto | json_schema | json_object | prompt
+    structured: str = "auto"             # auto | json_schema | json_object | tools | prompt
     temperature: float = 0.7
     max_tokens: int = 384
-    timeout: float = 120.0
+    timeout: float = 120.0               # seconds per request attempt
+    retries: int = 10                    # attempts per request for transient endpoint errors
     mix: dict[str, float] | None = None  # skill -> weight, for multi-skill runs
 
     def to_json(self) -> dict[str, Any]:
@@ -143,14 +142,18 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool) ->
     structured = settings.structured
     if structured == "auto":
         # llama-cpp-python's server rejects json_schema but constrains json_object+schema.
+        # (`graph run` resolves auto for other endpoints by probing them: teachgraph/probe.py.)
         structured = "json_object" if embedded else "json_schema"
+    # max_retries=0: nodes/endpoint.py owns retries, so its in-flight limit sees every 429.
     chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.model,
-                      temperature=settings.temperature, timeout=settings.timeout,
-                      max_retries=5)  # the openai SDK retries 408/409/429/5xx/connection errors, honouring Retry-After
+                      temperature=settings.temperature, timeout=settings.timeout, max_retries=0)
     # llama-cpp-python's server generates one reply at a time: more requests in flight only queue
     # there, each burning its own client timeout. Seeds still interleave; model calls take turns.
+    concurrency = 1 if embedded else settings.concurrency
+    endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
+                        secrets=[api_key])
     return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
-               max_concurrency=1 if embedded else settings.concurrency, max_tokens=settings.max_tokens)
+               max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint)
 
 
 class RunCorpus:
@@ -174,7 +177,8 @@ class RunCorpus:
 
 
 def _error_text(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}"
+    # EndpointErrors are already one clear line; for anything else the type helps.
+    text = str(error) if isinstance(error, EndpointError) else f"{type(error).__name__}: {error}"
     return text if len(text) <= 500 else text[:497] + "..."
 
 
@@ -226,7 +230,7 @@ class Execution:
                         fatal.append(exc)
                     except Exception as exc:  # our bug, a full disk ...: the seed still ends accounted for
                         self.registry.finish_seed(self.run_id, seed["id"], status="failed", node="runner",
-                                                  error=_error_text(exc))
+                                                  error=self._error_text(exc))
                         self.reporter.seed_done("failed", 0)
                     finally:
                         slots.release()
@@ -252,6 +256,13 @@ class Execution:
         config = {"configurable": {"thread_id": thread}, "recursion_limit": 200}
         snapshot = await graph.aget_state(config)
         started = snapshot.metadata is not None  # the thread has a checkpoint
+        # A seed that failed before keeps the calls its failed attempts spent (they are not in its
+        # checkpointed state): carry them, so its final figures count every call made for it.
+        carry = Usage()
+        if seed.get("status") == "failed":
+            values = snapshot.values or {}
+            carry = Usage(max(0, seed.get("llm_calls", 0) - values.get("llm_calls", 0)),
+                          max(0, seed.get("tokens", 0) - values.get("tokens", 0)))
         # get_state leaves out of `next` the tasks whose writes are already saved, so "no next" alone
         # does not mean finished: a kill between a node's writes and the next checkpoint looks the
         # same. Finished means no next node and no task at all.
@@ -268,16 +279,19 @@ class Execution:
             try:
                 final = await graph.ainvoke(start, config, context=ctx, durability="sync")
             except NodeFailed as exc:
-                if isinstance(exc.error, FATAL_ERRORS):
-                    raise FatalRunError(f"{exc.node}: {_error_text(exc.error)}") from exc
-                await self._fail(graph, config, seed, exc.node, exc.error)
+                # No retry can fix it (bad key, unknown model, endpoint down): stop the whole run,
+                # seeds stay resumable, instead of failing every seed alike.
+                if isinstance(exc.error, EndpointFatal):
+                    raise FatalRunError(f"{exc.node}: {self._error_text(exc.error)}") from None
+                exc.usage.add(carry)
+                await self._fail(graph, config, seed, exc.node, exc.error, exc.usage)
                 return
             except Exception as exc:  # a bug in a node or in LangGraph: record it, keep going
                 state = await graph.aget_state(config)
-                await self._fail(graph, config, seed, ",".join(state.next) or "graph", exc)
+                await self._fail(graph, config, seed, ",".join(state.next) or "graph", exc, carry)
                 return
         samples = final.get("samples") or []
-        calls, tokens = final.get("llm_calls", 0), final.get("tokens", 0)
+        calls, tokens = final.get("llm_calls", 0) + carry.calls, final.get("tokens", 0) + carry.tokens
         if final.get("rejected") or not samples:
             self.registry.finish_seed(self.run_id, seed["id"], status="rejected",
                                       node=final.get("rejected_by"),
@@ -292,10 +306,15 @@ class Execution:
             self.reporter.seed_done("accepted", len(samples))
         await forget_thread(saver, thread)
 
-    async def _fail(self, graph, config, seed: dict, node: str, error: BaseException) -> None:
+    def _error_text(self, error: BaseException) -> str:
+        return self.llm.endpoint.redact(_error_text(error))  # whatever the error quotes, never the key
+
+    async def _fail(self, graph, config, seed: dict, node: str, error: BaseException, spent: Usage) -> None:
+        """`spent`: calls not in the checkpointed state (the failed node's, earlier failed attempts')."""
         values = (await graph.aget_state(config)).values or {}
-        self.registry.finish_seed(self.run_id, seed["id"], status="failed", node=node, error=_error_text(error),
-                                  llm_calls=values.get("llm_calls", 0), tokens=values.get("tokens", 0))
+        self.registry.finish_seed(self.run_id, seed["id"], status="failed", node=node, error=self._error_text(error),
+                                  llm_calls=values.get("llm_calls", 0) + spent.calls,
+                                  tokens=values.get("tokens", 0) + spent.tokens)
         self.reporter.seed_done("failed", 0)
 
 

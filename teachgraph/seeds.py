@@ -1,12 +1,19 @@
 """Seed collection: files and folders -> documents -> chunks -> passages.
 
-Anything that cannot be read as text is skipped with a reason, never silently dropped."""
+Anything that cannot be read as text is skipped with a reason, never silently dropped (hidden
+files and folders, such as .git, are the one exception: they are not part of a corpus). Corpora
+come from anywhere, so nothing here trusts them: folders are walked without recursion and without
+following directory symlinks (no depth or loop can break the walk), only regular files are opened
+(a FIFO would block forever), and text that SQLite, JSON or the model cannot carry is refused."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -76,25 +83,85 @@ def html_to_text(markup: str) -> tuple[str, str]:
     return parser.title.strip(), re.sub(r"\n\s*\n+", "\n\n", text).strip()
 
 
+def display(path: Path | str) -> str:
+    """A path as one printable line: undecodable bytes and control characters are escaped."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def abbreviate(text: str, limit: int = 240) -> str:
+    """For messages: a path thousands of characters long is kept whole in the registry, not on screen."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a seed file, or None if it is a regular file."""
+    try:
+        mode = path.stat().st_mode  # follows a file symlink to its target
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if path.is_symlink():
+            return "broken symlink"
+        return exc.strerror or str(exc)
+    return None if stat.S_ISREG(mode) else "not a regular file (device, FIFO or socket)"
+
+
 def iter_files(paths: Iterable[Path]) -> Iterator[Path | Skipped]:
     for path in paths:
-        if not path.exists():
-            yield Skipped(str(path), "no such file or directory")
+        if not os.path.lexists(path):
+            yield Skipped(display(path), "no such file or directory")
         elif path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not any(part.startswith(".") for part in child.relative_to(path).parts):
-                    yield child
+            yield from _walk(path)
+        elif problem := _file_problem(path):
+            yield Skipped(display(path), problem)
         else:
             yield path
+
+
+def _walk(root: Path) -> Iterator[Path | Skipped]:
+    """Files under `root` in sorted order, depth first, with an explicit stack (no recursion limit)."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield Skipped(display(folder), f"cannot list folder: {exc.strerror or exc}")
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                linked_dir = not is_dir and entry.is_symlink() and entry.is_dir()
+            except OSError:
+                is_dir = linked_dir = False
+            if is_dir:
+                subfolders.append(path)
+            elif linked_dir:
+                yield Skipped(display(path), "symlink to a folder (not followed)")
+            elif problem := _file_problem(path):
+                yield Skipped(display(path), problem)
+            else:
+                yield path
+        stack.extend(reversed(subfolders))
 
 
 def _read_text(path: Path) -> str:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ValueError(f"too large ({size} bytes, limit {MAX_FILE_BYTES})")
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise ValueError("binary file")
+    with path.open("rb") as fh:
+        data = fh.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"too large (over {MAX_FILE_BYTES} bytes)")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ValueError("binary file" if nul < 8192 else f"binary file (NUL byte at offset {nul})")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -104,51 +171,69 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _unusable_text(text: str) -> str | None:
+    """Text decoded from JSON escapes may hold what no UTF-8 file can: say why it cannot be a seed."""
+    if "\x00" in text:
+        return "text contains NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text is not valid Unicode (lone surrogate)"
+    return None
+
+
 def _title_from(path: Path, text: str) -> str:
     for line in text.splitlines()[:5]:
         heading = line.strip().lstrip("#").strip()
         if heading and len(heading) <= 100 and not line.startswith(("import ", "from ", "\"\"\"", "'''")):
             return heading
-    return path.stem.replace("_", " ")
+    return display(path.stem).replace("_", " ")
 
 
 def read_documents(path: Path) -> Iterator[tuple[str, str, str, str] | Skipped]:
     """(source, title, text, kind) per document in `path`, or Skipped entries."""
     suffix = path.suffix.lower()
+    name = display(path)
     if suffix not in SUPPORTED:
-        yield Skipped(str(path), f"unsupported file type {suffix or '(none)'}")
+        yield Skipped(name, f"unsupported file type {display(suffix) or '(none)'}")
         return
     try:
         text = _read_text(path)
     except (OSError, ValueError) as exc:
-        yield Skipped(str(path), getattr(exc, "strerror", None) or str(exc))
+        yield Skipped(name, getattr(exc, "strerror", None) or str(exc))
         return
     if suffix in JSONL_SUFFIXES:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            source = f"{path}#line{number}"
+            source = f"{name}#line{number}"
             try:
                 record = json.loads(line)
                 body = record.get("text") or record.get("content") if isinstance(record, dict) else None
             except json.JSONDecodeError as exc:
                 yield Skipped(source, f"malformed JSON: {exc.msg}")
                 continue
+            except RecursionError:
+                yield Skipped(source, "malformed JSON: nested too deeply")
+                continue
             if not isinstance(body, str) or not body.strip():
                 yield Skipped(source, "no non-empty 'text' field")
                 continue
-            title = str(record.get("title") or record.get("id") or path.stem)
+            title = str(record.get("title") or record.get("id") or path.stem)[:200]
+            if problem := _unusable_text(body) or _unusable_text(title):
+                yield Skipped(source, problem)
+                continue
             yield source, title, body, "text"
     elif suffix in HTML_SUFFIXES:
         title, body = html_to_text(text)
         if not body:
-            yield Skipped(str(path), "no text in HTML")
+            yield Skipped(name, "no text in HTML")
             return
-        yield str(path), title or path.stem, body, "text"
+        yield name, title or display(path.stem), body, "text"
     else:
         kind = "code" if suffix in CODE_SUFFIXES else "text"
-        title = f"{path.name}" if kind == "code" else _title_from(path, text)
-        yield str(path), title, text, kind
+        title = display(path.name) if kind == "code" else _title_from(path, text)
+        yield name, title, text, kind
 
 
 def _split(text: str, limit: int) -> list[str]:

@@ -13,6 +13,12 @@ or run it as a script (prints ``listening on http://127.0.0.1:PORT/v1`` first)::
 
     python tests/fake_openai.py --port 0 --delay 0.05 --faults 429=0.1,500=0.05
 
+Faults (each at its own rate, drawn from one seeded RNG): ``timeout`` (stall ``timeout_sleep``
+seconds), ``429`` (with ``Retry-After: retry_after``), ``429-bare`` (no Retry-After), ``500``,
+``503``, ``reset`` (the connection is dropped with no reply), ``garbled`` (200 with a body that
+is not JSON), ``malformed`` (a completion whose content is cut, invalid JSON) and ``truncated``
+(cut content with ``finish_reason="length"``).
+
 Endpoints: ``GET /v1/models`` and ``POST /v1/chat/completions`` (non-streaming,
 plus a simple SSE stream when ``"stream": true``).  Structured-output requests
 (``response_format`` with a JSON schema) get a minimal valid instance of the
@@ -29,6 +35,8 @@ import itertools
 import json
 import math
 import random
+import socket
+import struct
 import sys
 import threading
 import time
@@ -37,7 +45,8 @@ from typing import Any, Callable
 
 __all__ = ["FakeOpenAI", "instance_from_schema", "parse_faults", "FAULT_KINDS"]
 
-FAULT_KINDS = ("timeout", "429", "500", "malformed", "truncated")
+# New kinds go at the end: the order maps the seeded RNG's draws to faults.
+FAULT_KINDS = ("timeout", "429", "500", "malformed", "truncated", "429-bare", "503", "reset", "garbled")
 MODEL_ID = "fake-model"
 _MAX_DEPTH = 8  # beyond this nesting depth, generate only what is required
 
@@ -343,6 +352,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     fake: "FakeOpenAI"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout) or a "reset" fault drops the connection: not news.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -433,7 +447,8 @@ class FakeOpenAI:
     timeout_sleep = 30.0  # seconds the "timeout" fault stalls before replying
 
     def __init__(self, responder: Responder | None = None, delay: float = 0.0,
-                 faults: dict | None = None, seed: int = 0, *, host: str = "127.0.0.1", port: int = 0):
+                 faults: dict | None = None, seed: int = 0, *, host: str = "127.0.0.1", port: int = 0,
+                 retry_after: str = "1", timeout_sleep: float | None = None):
         faults = {str(k): float(v) for k, v in (faults or {}).items()}
         unknown = set(faults) - set(FAULT_KINDS)
         if unknown:
@@ -442,6 +457,9 @@ class FakeOpenAI:
             raise ValueError(f"fault rates must be in [0,1] and sum to <= 1: {faults}")
         self.responder = responder
         self.delay = float(delay)
+        self.retry_after = retry_after
+        if timeout_sleep is not None:
+            self.timeout_sleep = timeout_sleep
         self.faults = faults
         self.seed = seed
         self.host, self.port = host, port
@@ -528,10 +546,22 @@ class FakeOpenAI:
             if self._stop.wait(self.timeout_sleep):
                 return
         elif fault == "429":
-            h._error(429, "rate limited", "rate_limit", {"Retry-After": "1"})
+            h._error(429, "rate limited", "rate_limit", {"Retry-After": self.retry_after})
             return
-        elif fault == "500":
-            h._error(500, "internal server error", "server_error")
+        elif fault == "429-bare":
+            h._error(429, "rate limited", "rate_limit")
+            return
+        elif fault in ("500", "503"):
+            h._error(int(fault), "internal server error" if fault == "500" else "overloaded", "server_error")
+            return
+        elif fault == "reset":
+            # SO_LINGER 0: close() sends a TCP RST, as a crashed server or a proxy dropping the line does.
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            h.close_connection = True
+            return
+        elif fault == "garbled":
+            h._send(200, b"<html>502 Bad Gateway</html>")
             return
 
         reply: Any = self.responder(body) if self.responder is not None else None

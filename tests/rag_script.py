@@ -53,8 +53,10 @@ class RagScript:
                                "relevant_passages": ids[:2]})
         return "fake answer"
 
-    def http_responder(self, body: dict) -> str:
+    def http_responder(self, body: dict) -> str | None:
         messages = body.get("messages", [])
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
         user = next((m["content"] for m in messages if m["role"] == "user"), "")
+        if agent_of(system) == "unknown":
+            return None  # not a rag agent (e.g. `endpoint probe`): the fake server's own reply
         return self.reply(system, user)

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from teachgraph import probe
 from tests.conftest import SAMPLE, run_cli
 from tests.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
@@ -20,6 +21,10 @@ def fake():
 
 def endpoint(fake) -> list[str]:
     return ["--base-url", fake.base_url, "--model", "fake-model"]
+
+
+def is_probe(body: dict) -> bool:
+    return body["messages"][0]["content"] == probe.SYSTEM
 
 
 def run_id_of(result) -> str:
@@ -57,9 +62,13 @@ def test_run_writes_samples_and_runs_show_adds_up(tmp_path, fake):
     shown = json.loads(run_cli("runs", "show", "demo", "--json", home=tmp_path / "home").stdout)
     counts = shown["counts"]
     assert counts["total"] == 5 == counts["accepted"] + counts["rejected"] + counts["failed"]
-    assert counts["samples"] == 10 and counts["llm_calls"] == fake.request_count
+    # --structured auto probed the endpoint first (4 tiny requests), then used what it found
+    model_calls = [body for body in fake.requests if not is_probe(body)]
+    assert fake.request_count - len(model_calls) == 4 and shown["run"]["settings"]["structured"] == "json_schema"
+    assert counts["samples"] == 10 and counts["llm_calls"] == len(model_calls)
+    assert all(body["response_format"]["type"] == "json_schema" for body in model_calls)
     # every request caps the reply length under the name every server knows (not only OpenAI's new name)
-    caps = {body.get("max_tokens") for body in fake.requests}
+    caps = {body.get("max_tokens") for body in model_calls}
     assert None not in caps and max(caps) <= 384 and len(caps) > 1   # per-agent caps from prompts.toml
     assert shown["run"]["status"] == "complete" and "OPENAI_API_KEY" not in json.dumps(shown)
     listed = run_cli("runs", "list", home=tmp_path / "home").stdout
@@ -68,7 +77,7 @@ def test_run_writes_samples_and_runs_show_adds_up(tmp_path, fake):
     before = out.read_text()
     again = run_cli("graph", "resume", "demo", home=tmp_path / "home")
     assert again.returncode == 0 and "already complete" in again.stdout
-    assert out.read_text() == before and fake.request_count == counts["llm_calls"]
+    assert out.read_text() == before and fake.request_count == counts["llm_calls"] + 4
 
 
 def test_api_key_never_reaches_the_databases_or_output(tmp_path, fake):
