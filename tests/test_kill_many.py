@@ -185,6 +185,7 @@ def test_a_second_process_resuming_the_same_run_refuses(tmp_path):
         assert second.returncode == 2 and "Traceback" not in second.stderr
         assert second.stderr.strip() == f"error: run twice is already being run by pid {first.pid}"
         assert again.returncode == 2 and "already" in again.stderr
+        fake.delay = 0.02
         resumed = run_cli("graph", "resume", "twice", home=home)        # the holder is gone: this one runs
         assert resumed.returncode == 0, resumed.stderr
     counts = Registry(home / "runs.db").counts("twice")

@@ -66,11 +66,10 @@ def test_the_key_appears_nowhere_even_when_the_endpoint_quotes_it(tmp_path):
                       "--base-url", fake.base_url, "--model", "fake-model", "--retries", "3", home=home, env=env)
         outputs += [run.stdout, run.stderr]
         assert run.returncode == 1, run.stderr                     # the 400s failed some seeds
-        for args in (["runs", "show", "s"], ["runs", "show", "s", "--json"], ["runs", "failures", "s"],
-                     ["runs", "failures", "s", "--json"], ["runs", "list"]):
+        for args in (["runs", "show", "s"], ["runs", "failures", "s"]):
             shown = run_cli(*args, home=home, env=env)
             outputs += [shown.stdout, shown.stderr]
-        assert "request with key *** refused" in run_cli("runs", "failures", "s", home=home).stdout
+        assert "request with key *** refused" in outputs[-2]
         script.revoked = True
         resumed = run_cli("graph", "resume", "s", home=home, env=env)
         outputs += [resumed.stdout, resumed.stderr]
