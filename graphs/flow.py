@@ -174,7 +174,9 @@ def item_schema(state: dict, ctx: RunContext, *, with_content: bool = False) -> 
     extra: dict[str, Any] = {}
     names = api_names(state)
     for name, s in dynamic.items():
-        extra[name] = (list[Literal[names]] if names else list[str], Field(description=s["description"]))
+        # min_length: a grammar-constrained endpoint then cannot send an empty list (small models do)
+        extra[name] = (list[Literal[names]] if names else list[str],
+                       Field(min_length=1, description=s["description"]))
     if with_content:
         extra["content"] = (str, Field(min_length=20, max_length=4000,
                                        description="the material, rewritten if the goal needs it, else unchanged"))
@@ -196,12 +198,6 @@ def _tools_shown(state: dict, ctx: RunContext, item: dict) -> list[str] | None:
         needed = set(item.get("needed_apis") or [])
         return [n for n in names if n not in needed]
     return list(names)
-
-
-def generate_check(state: dict, out: BaseModel) -> None:
-    data = out.model_dump()
-    if "needed_apis" in data and not data["needed_apis"]:
-        raise ValueError("needed_apis is empty: name the APIs the task needs")
 
 
 def generate_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
@@ -502,8 +498,7 @@ def after_answer(state: dict) -> str:
 def build(skill: Skill) -> StateGraph:
     builder = StateGraph(FlowState, context_schema=RunContext)
     builder.add_node("transform", transform)
-    builder.add_node("generate", agent_node("generate", item_schema, generate_inputs, generate_apply,
-                                            check=generate_check))
+    builder.add_node("generate", agent_node("generate", item_schema, generate_inputs, generate_apply))
     builder.add_node("suggest", agent_node("suggest", suggest_schema, suggest_inputs, suggest_apply,
                                            on_unusable=stop_refining))
     builder.add_node("edit", agent_node("edit", edit_schema, edit_inputs, edit_apply, on_unusable=stop_refining))
