@@ -324,8 +324,12 @@ def answer_schema(state: dict, ctx: RunContext, answering: dict) -> type[BaseMod
         return create_model("FinalReply", message=(str, Field(min_length=1, max_length=2000,
                                                               description="the reply to the user")))
     tools = tuple(items_to_answer(state)[answering["index"]].get("tools") or ())
-    call = create_model("Call", __base__=ToolCall,
-                        name=(Literal[tools], Field(description="the tool to call"))) if tools else ToolCall
+    if not tools:  # every API the task needs was taken away: there is nothing to call
+        return create_model("ToolReply",
+                            action=(Literal["ask_user", "cannot_do"], Field(description="cannot_do: no tool given can do it")),
+                            calls=(list[ToolCall], Field(default_factory=list, max_length=0, description="always []")),
+                            message=(str, Field(min_length=1, max_length=1000, description="what to tell the user")))
+    call = create_model("Call", __base__=ToolCall, name=(Literal[tools], Field(description="the tool to call")))
     return create_model("ToolReply",
                         action=(Literal["call_tools", "ask_user", "cannot_do"],
                                 Field(description="call_tools if the tools can do it with the values given; "

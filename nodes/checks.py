@@ -8,9 +8,11 @@ sandbox (nodes/sandbox.py), never in this process.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -65,11 +67,22 @@ def python_tests(item: dict, response: dict) -> Verdict:
         return Verdict("python_tests", True, detail="no code in reply")
     code = _strip_fences(response["code"])
     tests = _strip_fences(item.get("tests", ""))
-    if not tests.strip():
-        return Verdict("python_tests", False, "the task has no tests to run")
-    result = run_python(f"{code}\n\n# ---- tests ----\n{tests}\n", Limits(seconds=10))
+    try:
+        asserts = sum(isinstance(node, ast.Assert) for node in ast.walk(ast.parse(tests)))
+    except SyntaxError as exc:
+        return Verdict("python_tests", False, f"the task's tests do not parse: {exc.msg} (line {exc.lineno})")
+    if not asserts:
+        return Verdict("python_tests", False, "the task has no assert statements to run")
+    # Not run as __main__ (a solution's `if __name__ == "__main__":` block stays out of the way), and
+    # the tests must reach the end: code that exits early has not passed them.
+    done = f"teachgraph-tests-finished-{secrets.token_hex(8)}"
+    result = run_python(f"{code}\n\n# ---- tests ----\n{tests}\nprint({done!r})\n", Limits(seconds=10),
+                        run_name="solution")
+    if result.ok and done in result.stdout:
+        return Verdict("python_tests", True, detail=f"{asserts} asserts passed ({result.isolation})")
     if result.ok:
-        return Verdict("python_tests", True, detail=f"tests passed ({result.isolation})")
+        return Verdict("python_tests", False, "the program exited before its tests finished (remove sys.exit calls)",
+                   detail="exited early")
     return Verdict("python_tests", False, f"the code failed its tests: {result.explain()}",
                    detail=result.status)
 
@@ -131,15 +144,21 @@ def label_in_set(item: dict, response: dict) -> Verdict:
 
 
 _ELEMENT = re.compile(r"\[(\d+)\]")
+_ACTION = re.compile(r'^\s*(?:\d+[.)]\s*)?(?:click \[(\d+)\]|type \[(\d+)\] ".*"|select \[(\d+)\] ".*"'
+                     r'|scroll (?:up|down)|answer ".*")\s*$', re.I)
 
 
 @check("web_actions")
 def web_actions(item: dict, response: dict) -> Verdict:
-    """Every element an action targets must exist on the page."""
+    """Every line is an action of the grammar the prompt gives, on an element that is on the page."""
     on_page = set(_ELEMENT.findall(item.get("content", "")))
-    used = _ELEMENT.findall(response.get("actions", ""))
-    if not used and "answer" not in response.get("actions", "").lower():
-        return Verdict("web_actions", False, "give at least one action such as click [3] or answer \"...\"")
+    lines = [line for line in response.get("actions", "").splitlines() if line.strip()]
+    bad = [line.strip() for line in lines if not _ACTION.match(line)]
+    if not lines or bad:
+        shown = f"; not an action: {bad[0][:80]!r}" if bad else ""
+        return Verdict("web_actions", False, 'write one action per line: click [id], type [id] "text", '
+                                             f'select [id] "option", scroll down, or answer "..."{shown}')
+    used = [n for line in lines for n in _ACTION.match(line).groups() if n]
     missing = sorted(set(used) - on_page, key=int)
     if missing:
         return Verdict("web_actions", False, f"elements {', '.join('[' + m + ']' for m in missing)} "
@@ -155,8 +174,12 @@ def tool_arguments(item: dict, response: dict) -> Verdict:
     if not response.get("calls"):
         return Verdict("tool_arguments", False, "call_tools needs at least one call")
     apis = {api["name"]: api for api in item.get("apis", [])}
+    offered = set(item.get("tools") or ())
     problems = []
     for call in response["calls"]:
+        if call["name"] not in offered:
+            problems.append(f"{call['name']} is not one of the tools given ({', '.join(sorted(offered)) or 'none'})")
+            continue
         try:
             args = json.loads(call["arguments"] or "{}")
         except json.JSONDecodeError:

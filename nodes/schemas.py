@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
 
@@ -47,7 +47,7 @@ class ApiList(BaseModel):
     apis: list[Api] = Field(min_length=1, max_length=6, description="the APIs")
 
 
-NAMED_TYPES: dict[str, Any] = {"api_list": list[Api]}
+NAMED_TYPES: dict[str, Any] = {"api_list": Annotated[list[Api], Field(min_length=1)]}
 
 
 class SchemaError(ValueError):

@@ -318,3 +318,24 @@ def test_flow_resumes_from_every_step_boundary(tmp_path, monkeypatch, name):
         redone.append(len(again.calls))
     # a later cut never redoes more, and the last ones redo at most the final call
     assert redone == sorted(redone, reverse=True) and redone[-1] <= 1, redone
+
+
+def test_web_actions_must_follow_the_action_grammar():
+    from nodes.checks import web_actions
+    page = {"content": '[1] link "Home"\n[2] textbox "Search"'}
+    assert web_actions(page, {"actions": 'type [2] "shoes"\nclick [1]'}).ok
+    assert web_actions(page, {"actions": 'answer "impossible: no checkout on this page"'}).ok
+    assert not web_actions(page, {"actions": "I cannot answer this"}).ok
+    assert not web_actions(page, {"actions": "click [7]"}).ok
+
+
+def test_tool_calls_must_use_tools_the_sample_offers():
+    from nodes.checks import tool_arguments
+    from tests.flow_script import APIS
+    item = {"apis": APIS, "tools": ["get_forecast"]}   # get_weather was taken away
+    hidden = {"action": "call_tools", "calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]}
+    assert "not one of the tools given" in tool_arguments(item, hidden).feedback
+    missing = {"action": "call_tools", "calls": [{"name": "get_forecast", "arguments": '{"days": 2}'}]}
+    assert "missing required ['city']" in tool_arguments(item, missing).feedback
+    assert tool_arguments(item, {"action": "call_tools", "calls": [
+        {"name": "get_forecast", "arguments": '{"city": "Paris", "days": 2}'}]}).ok
