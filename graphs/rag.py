@@ -11,6 +11,7 @@ transform -> generate -> [suggest <-> edit]* -> answer
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -219,7 +220,11 @@ def edit_apply(state: dict, out: Edited, ctx: RunContext) -> dict[str, Any]:
 def answer_schema(item: dict) -> type[Answer]:
     """Answer, with relevant_passages limited to this item's ids: a grammar-constrained endpoint
     then cannot cite a passage that is not in the context, and pydantic checks it everywhere."""
-    ids = tuple(sorted(item["pids"]))
+    return _answer_schema(tuple(sorted(item["pids"])))
+
+
+@functools.lru_cache(maxsize=256)  # one class per id set: building a model costs ~1 ms (profiled)
+def _answer_schema(ids: tuple[int, ...]) -> type[Answer]:
     if not ids:  # every passage was removed: the only right citation list is []
         return create_model("Answer", __base__=Answer, relevant_passages=(
             list[int], Field(max_length=0, description="always [] (there are no passages)")))

@@ -102,7 +102,7 @@ class SchemaChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
         system = next((str(m.content) for m in messages if isinstance(m, SystemMessage)), "")
-        fmt = kwargs.get("response_format") or {}
+        fmt = kwargs.get("response_format") or kwargs.get("extra_body", {}).get("response_format") or {}
         schema = fmt.get("schema") or fmt.get("json_schema", {}).get("schema") or {}
         content = self.script.reply(system, str(messages[-1].content), schema)
         message = AIMessage(content=content, response_metadata={"finish_reason": "stop"},
