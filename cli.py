@@ -197,6 +197,7 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
                 await Execution(registry, home, run_id, skill, llm, settings, reporter).run()
             finally:
                 ticker.cancel()
+                await llm.aclose()
                 show_stats()  # the last frame shows the final figures
 
         interrupted = False

@@ -127,6 +127,12 @@ class LLM:
         if self.endpoint is None:
             self.endpoint = Endpoint(self.model_name, self.max_concurrency)
 
+    async def aclose(self) -> None:
+        """Close the chat model's HTTP client inside the loop that used it (aiohttp warns otherwise)."""
+        client = getattr(self.chat, "http_async_client", None)
+        if client is not None:
+            await client.aclose()
+
     async def _call(self, messages: list[BaseMessage], max_tokens: int | None,
                     options: dict[str, Any], used: Usage) -> AIMessage:
         limit = max_tokens or self.max_tokens

@@ -23,6 +23,7 @@ from nodes.llm import LLM, Usage
 import skills
 from skills import Skill
 from teachgraph.output import SampleWriter
+from teachgraph.transport import async_http_client
 
 
 
@@ -146,7 +147,8 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool) ->
         structured = "json_object" if embedded else "json_schema"
     # max_retries=0: nodes/endpoint.py owns retries, so its in-flight limit sees every 429.
     chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.model,
-                      temperature=settings.temperature, timeout=settings.timeout, max_retries=0)
+                      temperature=settings.temperature, timeout=settings.timeout, max_retries=0,
+                      http_async_client=async_http_client())
     # llama-cpp-python's server generates one reply at a time: more requests in flight only queue
     # there, each burning its own client timeout. Seeds still interleave; model calls take turns.
     concurrency = 1 if embedded else settings.concurrency

@@ -1,0 +1,35 @@
+"""The HTTP client every model call goes out on: one per run, shared by all seeds.
+
+The openai SDK's default httpx stack costs more CPU per request than a fast endpoint takes to
+answer; its aiohttp transport (`openai[aiohttp]`) costs markedly less (bench/throughput.py
+prints both). teachgraph uses aiohttp when it is installed and no proxy is configured (aiohttp
+ignores the HTTP(S)_PROXY variables httpx honours), and the SDK's tuned httpx client otherwise."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import openai
+
+
+def async_http_client() -> object:
+    """An `httpx2.AsyncClient` (what `openai>=3` expects) for ChatOpenAI's `http_async_client`.
+
+    Timeouts and retries stay with the SDK: ChatOpenAI passes its `timeout` with every request.
+    The client opens its connections lazily, inside the running event loop; close it with
+    `await client.aclose()` before that loop ends."""
+    aiohttp_client = getattr(openai, "DefaultAioHttpClient", None)
+    if aiohttp_client is not None and not _proxy_configured():
+        try:
+            return aiohttp_client()
+        except RuntimeError:  # the SDK's stand-in when aiohttp is not installed
+            pass
+    return openai.DefaultAsyncHttpxClient()
+
+
+def transport_name(client: object) -> str:
+    return "aiohttp" if "AioHttp" in type(client).__name__ else "httpx"
+
+
+def _proxy_configured() -> bool:
+    return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
