@@ -14,11 +14,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
+from checkpoints import terms
+from checkpoints.terms import STOPWORDS
 from teachgraph.seeds import Chunk, Skipped, split_passages
-
-STOPWORDS = frozenset("""a an and are as at be but by for from has have how if in into is it its of on or
-that the their then there these this to was were what when where which while who why will with you your
-not can does do did than also may such other more most some any each""".split())
 
 
 def fts_query(text: str, max_terms: int = 12) -> str:
@@ -67,6 +65,7 @@ class Registry:
             db["passages"].create({"run_id": str, "seed_id": str, "idx": int, "title": str, "text": str})
             db["passages"].create_index(["run_id", "seed_id"])
             db["passages"].enable_fts(["title", "text"], tokenize="porter", create_triggers=True)
+        terms.ensure_table(db)
 
     # ---- runs ----
     def create_run(self, run_id: str, skill: str, settings: dict[str, Any]) -> None:
@@ -110,6 +109,7 @@ class Registry:
             with self.db.conn:
                 self.db["seeds"].insert_all(seed_rows, ignore=True)
                 self.db["passages"].insert_all(passage_rows)
+                terms.count(self.db, run_id, (row["text"] for row in passage_rows))
             seed_rows.clear()
             passage_rows.clear()
 
@@ -158,7 +158,7 @@ class Registry:
 
     def search(self, run_id: str, query: str, *, exclude_seed: str, limit: int,
                exclude_texts: Iterable[str] = ()) -> list[dict]:
-        match = fts_query(query)
+        match = fts_query(" ".join(terms.rarest(self.db, run_id, query)))
         if not match or limit <= 0:
             return []
         skip = set(exclude_texts)
