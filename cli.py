@@ -23,6 +23,7 @@ from rich.table import Table
 
 import skills
 from checkpoints.registry import Registry
+from nodes.cache import ResponseCache
 from nodes.endpoint import EndpointError
 from nodes.llm import STRUCTURED_MODES
 from teachgraph import embedded, probe
@@ -163,7 +164,7 @@ def endpoint_for(settings: Settings, home: Home) -> Iterator[tuple[str, str, boo
         fail(str(exc))
 
 
-def execute(home: Home, registry: Registry, run_id: str) -> None:
+def execute(home: Home, registry: Registry, run_id: str, no_cache: bool = False) -> None:
     """Run the run's unfinished seeds. The caller holds the run's lock (run_lock)."""
     run = registry.run(run_id)
     settings = Settings(**run["settings"])
@@ -171,7 +172,10 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
     counts = registry.counts(run_id)
     with ExitStack() as stack:
         base_url, api_key, is_embedded = stack.enter_context(endpoint_for(settings, home))
-        llm = make_llm(settings, base_url, api_key, is_embedded)
+        cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path)
+        if cache is not None:
+            stack.callback(cache.close)
+        llm = make_llm(settings, base_url, api_key, is_embedded, cache=cache)
         registry.set_run(run_id, status="running")
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("seeds | {task.fields[stats]}"), TimeElapsedColumn(),
@@ -179,13 +183,14 @@ def execute(home: Home, registry: Registry, run_id: str) -> None:
         task = progress.add_task(settings.skill, total=counts["total"],
                                  completed=counts["total"] - counts["pending"] - counts["failed"], stats="")
         reporter = ProgressReporter(progress, task, counts)
-        calls0, tokens0 = counts["llm_calls"], counts["tokens"]
+        calls0, tokens0, hits0 = counts["llm_calls"], counts["tokens"], counts["cache_hits"]
 
         def show_stats() -> None:
             d = reporter.done
             progress.update(task, stats=(
                 f"{reporter.samples} samples | {d['accepted']} ok {d['rejected']} rejected {d['failed']} failed | "
-                f"{calls0 + llm.usage.calls} LLM calls | {tokens0 + llm.usage.tokens} tokens"))
+                f"{calls0 + llm.usage.calls} LLM calls | {tokens0 + llm.usage.tokens} tokens"
+                + (f" | {hits0 + llm.usage.cache_hits} cached" if hits0 + llm.usage.cache_hits else "")))
 
         async def main() -> None:
             async def tick() -> None:
@@ -248,6 +253,7 @@ def graph_run(
     temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0),
     timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="seconds one model request may take before it is retried"),
     retries: int = typer.Option(10, "--retries", min=1, help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model: no replies from (or to) the response cache"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     if skill_name == "all":
@@ -280,7 +286,7 @@ def graph_run(
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
         concurrency=concurrency, base_url=base_url, model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
-        mix=weights)
+        mix=weights, cache=not no_cache)
     if base_url and not model:
         fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     if registry.run(run_id):
@@ -334,7 +340,8 @@ def _structured_strategy(registry: Registry, base_url: str, api_key: str, model:
 
 
 @graph_app.command("resume")
-def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID")) -> None:
+def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
+                 no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model, this time")) -> None:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint."""
     home = Home.from_env()
     registry = Registry(home.registry_path)
@@ -361,7 +368,7 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID")) -> None:
             _print_summary(registry, run_id, settings)
             return
         say(f"resuming {run_id}: {counts['pending']} pending, {counts['failed']} failed seeds")
-        execute(home, registry, run_id)
+        execute(home, registry, run_id, no_cache=no_cache)
 
 
 # ---------------------------------------------------------------- runs
@@ -386,7 +393,8 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("run", run_id), ("skill", run["skill"]), ("status", shown_status(Home.from_env(), run)),
         ("seeds", f"{c['total']} total: {c['accepted']} accepted, {c['rejected']} rejected, "
                   f"{c['failed']} failed, {c['pending']} pending"),
-        ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("tokens", c["tokens"]),
+        ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
+        ("tokens", c["tokens"]),
         ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
         ("endpoint", settings.base_url or "embedded llama.cpp"), ("output", settings.out),
     ]:

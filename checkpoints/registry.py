@@ -55,6 +55,8 @@ class Registry:
         for column in ("skill", "transformation"):  # added with multi-skill runs; older databases lack them
             if column not in db["seeds"].columns_dict:
                 db["seeds"].add_column(column, str)
+        if "cache_hits" not in db["seeds"].columns_dict:  # added with the response cache
+            db["seeds"].add_column("cache_hits", int, not_null_default=0)
         if "samples" not in db.table_names():
             db["samples"].create({"id": str, "run_id": str, "seed_id": str, "seq": int, "body": str}, pk="id")
             db["samples"].create_index(["run_id", "seq"])
@@ -186,7 +188,8 @@ class Registry:
         last = -1
         while True:
             rows = list(self.db.query(
-                """select id, ordinal, skill, transformation, task_type, status, llm_calls, tokens from seeds
+                """select id, ordinal, skill, transformation, task_type, status, llm_calls, tokens, cache_hits
+                   from seeds
                    where run_id = ? and ordinal > ?
                    and status not in ('accepted', 'rejected') order by ordinal limit ?""",
                 [run_id, last, batch]))
@@ -197,7 +200,7 @@ class Registry:
 
     def finish_seed(self, run_id: str, seed_id: str, *, status: str, samples: list[dict] = (),
                     reason: str | None = None, node: str | None = None, error: str | None = None,
-                    llm_calls: int = 0, tokens: int = 0) -> None:
+                    llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0) -> None:
         """The seed's outcome and its samples, atomically."""
         with self.db.conn:
             next_seq = self.db.execute("select coalesce(max(seq), 0) from samples where run_id = ?",
@@ -208,8 +211,9 @@ class Registry:
                                  json.dumps(sample, ensure_ascii=False)])
             self.db.execute(
                 """update seeds set status = ?, reason = ?, node = ?, error = ?, llm_calls = ?, tokens = ?,
-                   samples = ?, updated = ? where run_id = ? and id = ?""",
-                [status, reason, node, error, llm_calls, tokens, len(samples), time.time(), run_id, seed_id])
+                   cache_hits = ?, samples = ?, updated = ? where run_id = ? and id = ?""",
+                [status, reason, node, error, llm_calls, tokens, cache_hits, len(samples), time.time(), run_id,
+                 seed_id])
 
     def counts(self, run_id: str) -> dict[str, Any]:
         row = next(self.db.query(
@@ -217,6 +221,7 @@ class Registry:
                       sum(status = 'accepted') as accepted, sum(status = 'rejected') as rejected,
                       sum(status = 'failed') as failed, sum(status = 'pending') as pending,
                       coalesce(sum(llm_calls), 0) as llm_calls, coalesce(sum(tokens), 0) as tokens,
+                      coalesce(sum(cache_hits), 0) as cache_hits,
                       coalesce(sum(samples), 0) as samples
                from seeds where run_id = ?""", [run_id]))
         return {k: (v or 0) for k, v in row.items()}

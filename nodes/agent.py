@@ -39,10 +39,11 @@ class SeedState(TypedDict, total=False):
     samples: list[dict]                              # finished (prompt, response) samples
     llm_calls: Annotated[int, operator.add]
     tokens: Annotated[int, operator.add]
+    cache_hits: Annotated[int, operator.add]         # replies the response cache served
 
 
 def usage_update(used: Usage) -> dict[str, int]:
-    return {"llm_calls": used.calls, "tokens": used.tokens}
+    return {"llm_calls": used.calls, "tokens": used.tokens, "cache_hits": used.cache_hits}
 
 
 Inputs = Callable[[dict, RunContext], dict[str, Any]]

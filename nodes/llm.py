@@ -12,6 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
+from nodes.cache import ResponseCache
 from nodes.endpoint import Endpoint
 
 # How to ask an endpoint for JSON. Servers differ (see DEVELOPERS.md): OpenAI and vLLM take
@@ -33,12 +34,14 @@ class UnusableOutput(ValueError):
 
 @dataclass
 class Usage:
-    calls: int = 0
+    calls: int = 0          # requests the endpoint answered
     tokens: int = 0
+    cache_hits: int = 0     # replies served by the response cache (no request, no tokens)
 
     def add(self, other: "Usage") -> None:
         self.calls += other.calls
         self.tokens += other.tokens
+        self.cache_hits += other.cache_hits
 
 
 # Large length bounds stay in pydantic validation but are not sent: llama.cpp turns maxLength=400
@@ -122,6 +125,7 @@ class LLM:
     fix_attempts: int = 2
     usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar
     endpoint: Endpoint | None = None             # retries, deadline, adaptive in-flight limit
+    cache: ResponseCache | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
@@ -149,11 +153,18 @@ class LLM:
             # raised as an exception instead of returned.
             kwargs["extra_body"]["response_format"] = kwargs.pop("response_format")
 
-        async def send() -> AIMessage:
-            return await self.chat.ainvoke(messages, **kwargs)
+        key = self.cache.key(self.chat, messages, kwargs) if self.cache is not None else None
+        reply = self.cache.get(key) if key else None
+        if reply is not None:
+            call = Usage(cache_hits=1)
+        else:
+            async def send() -> AIMessage:
+                return await self.chat.ainvoke(messages, **kwargs)
 
-        reply = await self.endpoint.request(send)
-        call = Usage(1, _usage_tokens(reply))
+            reply = await self.endpoint.request(send)
+            if key:
+                self.cache.put(key, reply)
+            call = Usage(1, _usage_tokens(reply))
         used.add(call)
         self.usage.add(call)
         return reply

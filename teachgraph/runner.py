@@ -17,6 +17,7 @@ from langchain_openai import ChatOpenAI
 from checkpoints.registry import Registry
 from checkpoints.saver import forget_thread, open_saver, thread_id
 from nodes.agent import NodeFailed
+from nodes.cache import ResponseCache
 from nodes.context import RunContext
 from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
 from nodes.llm import LLM, Usage
@@ -48,6 +49,7 @@ class Settings:
     max_tokens: int = 384
     timeout: float = 120.0               # seconds per request attempt
     retries: int = 10                    # attempts per request for transient endpoint errors
+    cache: bool = True                   # the LLM response cache (TEACHGRAPH_HOME/cache.db)
     mix: dict[str, float] | None = None  # skill -> weight, for multi-skill runs
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +74,10 @@ class Home:
     @property
     def checkpoints_path(self) -> Path:
         return self.root / "checkpoints.db"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.root / "cache.db"
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
@@ -139,7 +145,8 @@ class Reporter(Protocol):
     def seed_done(self, status: str, samples: int) -> None: ...
 
 
-def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool) -> LLM:
+def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
+             cache: ResponseCache | None = None) -> LLM:
     structured = settings.structured
     if structured == "auto":
         # llama-cpp-python's server rejects json_schema but constrains json_object+schema.
@@ -155,7 +162,7 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool) ->
     endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
                         secrets=[api_key])
     return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
-               max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint)
+               max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache)
 
 
 class RunCorpus:
@@ -264,7 +271,8 @@ class Execution:
         if seed.get("status") == "failed":
             values = snapshot.values or {}
             carry = Usage(max(0, seed.get("llm_calls", 0) - values.get("llm_calls", 0)),
-                          max(0, seed.get("tokens", 0) - values.get("tokens", 0)))
+                          max(0, seed.get("tokens", 0) - values.get("tokens", 0)),
+                          max(0, seed.get("cache_hits", 0) - values.get("cache_hits", 0)))
         # get_state leaves out of `next` the tasks whose writes are already saved, so "no next" alone
         # does not mean finished: a kill between a node's writes and the next checkpoint looks the
         # same. Finished means no next node and no task at all.
@@ -294,15 +302,16 @@ class Execution:
                 return
         samples = final.get("samples") or []
         calls, tokens = final.get("llm_calls", 0) + carry.calls, final.get("tokens", 0) + carry.tokens
+        hits = final.get("cache_hits", 0) + carry.cache_hits
         if final.get("rejected") or not samples:
             self.registry.finish_seed(self.run_id, seed["id"], status="rejected",
                                       node=final.get("rejected_by"),
                                       reason=final.get("rejected") or "no sample produced",
-                                      llm_calls=calls, tokens=tokens)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits)
             self.reporter.seed_done("rejected", 0)
         else:
             self.registry.finish_seed(self.run_id, seed["id"], status="accepted", samples=samples,
-                                      llm_calls=calls, tokens=tokens)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits)
             for sample in samples:
                 self.writer.append(sample)
             self.reporter.seed_done("accepted", len(samples))
@@ -316,7 +325,8 @@ class Execution:
         values = (await graph.aget_state(config)).values or {}
         self.registry.finish_seed(self.run_id, seed["id"], status="failed", node=node, error=self._error_text(error),
                                   llm_calls=values.get("llm_calls", 0) + spent.calls,
-                                  tokens=values.get("tokens", 0) + spent.tokens)
+                                  tokens=values.get("tokens", 0) + spent.tokens,
+                                  cache_hits=values.get("cache_hits", 0) + spent.cache_hits)
         self.reporter.seed_done("failed", 0)
 
 

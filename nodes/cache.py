@@ -1,0 +1,83 @@
+"""The LLM response cache: each reply stored under the full request that produced it.
+
+The key is a SHA-256 of the request exactly as it goes on the wire (model, messages, sampling
+parameters such as temperature and max_tokens, response_format with its JSON schema, anything
+else in the body) plus the endpoint's base URL. Never the API key: it travels in a header, which
+is not part of the key. Nothing random goes into the key either, so the same request always gets
+the same reply, whatever the run and whatever the temperature: re-running a step with identical
+inputs (a resumed node, a re-run over the same seeds, another run id over the same corpus with
+the same settings) costs no model call. To draw fresh replies, run with `--no-cache`.
+
+Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL). A reply is written as soon as it arrives,
+so a kill loses at most the replies still in flight. Deleting the file empties the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, message_to_dict
+
+
+def rendered_request(chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What the cache key is made of: the request body and where it is sent."""
+    render = getattr(chat, "_get_request_payload", None)   # langchain-openai's own request builder
+    client = getattr(chat, "root_async_client", None)
+    if render is not None and client is not None:
+        payload = render(messages, **kwargs)
+        # extra_body is merged into the body by the SDK: key on the body as the endpoint sees it
+        body = {**{k: v for k, v in payload.items() if k != "extra_body"}, **(payload.get("extra_body") or {})}
+        return {"endpoint": str(client.base_url), "query": getattr(chat, "default_query", None), "body": body}
+    # any other LangChain chat model (tests use in-process fakes): its parameters and the messages
+    return {"endpoint": f"{type(chat).__module__}.{type(chat).__qualname__}",
+            "params": getattr(chat, "_identifying_params", {}), "kwargs": kwargs,
+            "body": {"messages": [message_to_dict(m) for m in messages]}}
+
+
+def request_key(request: dict[str, Any]) -> str:
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # autocommit: every put is its own short transaction; the event loop never waits long
+        self.conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("""create table if not exists replies (
+            key text primary key, content text not null, finish_reason text, model text,
+            tokens integer not null default 0, created real not null) without rowid""")
+
+    def key(self, chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str:
+        return request_key(rendered_request(chat, messages, kwargs))
+
+    def get(self, key: str) -> AIMessage | None:
+        row = self.conn.execute("select content, finish_reason, model from replies where key = ?", [key]).fetchone()
+        if row is None:
+            return None
+        content, finish_reason, model = row
+        return AIMessage(json.loads(content),
+                         response_metadata={"finish_reason": finish_reason, "model_name": model, "cache_hit": True},
+                         usage_metadata={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
+
+    def put(self, key: str, reply: AIMessage) -> None:
+        meta = reply.response_metadata or {}
+        tokens = int((reply.usage_metadata or {}).get("total_tokens") or 0)
+        self.conn.execute("insert or replace into replies (key, content, finish_reason, model, tokens, created) "
+                          "values (?, ?, ?, ?, ?, ?)",
+                          [key, json.dumps(reply.content, ensure_ascii=False), meta.get("finish_reason"),
+                           meta.get("model_name"), tokens, time.time()])
+
+    def __len__(self) -> int:
+        return self.conn.execute("select count(*) from replies").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,169 @@
+"""The LLM response cache: a repeated request costs no call, any change to the request misses,
+`--no-cache` turns it off, cached replies are counted apart from LLM calls, and the API key is
+never part of what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+
+import openai
+from langchain_openai import ChatOpenAI
+
+from nodes.cache import ResponseCache, rendered_request
+from nodes.llm import LLM, Usage
+from tests.conftest import SAMPLE, run_cli
+from tests.fake_openai import FakeOpenAI
+from tests.rag_script import RagScript
+from tests.test_llm import Pick
+
+SECRET = "sk-test-never-store-me-42"
+
+
+def chat_for(fake, **params) -> ChatOpenAI:
+    # its own client: the default one is shared between instances and bound to the first event loop
+    return ChatOpenAI(**{"base_url": fake.base_url, "api_key": SECRET, "model": "fake-model", "max_retries": 0,
+                         "temperature": 0.7, "http_async_client": openai.DefaultAsyncHttpxClient(), **params})
+
+
+async def ask(llm: LLM, system: str = "system", user: str = "user", schema=Pick, max_tokens: int | None = None):
+    return await llm.structured(system, user, schema, max_tokens=max_tokens)
+
+
+def reply(body: dict) -> str:
+    return json.dumps({"name": "alpha", "score": 3})
+
+
+def test_a_repeated_request_is_served_from_the_cache_and_counted_apart(tmp_path):
+    async def main(fake):
+        llm = LLM(chat=chat_for(fake), model_name="fake-model", cache=ResponseCache(tmp_path / "cache.db"))
+        first, used_first = await ask(llm)
+        second, used_second = await ask(llm)
+        assert first == second == Pick(name="alpha", score=3)
+        assert fake.request_count == 1                                  # the second one never went out
+        assert (used_first.calls, used_first.cache_hits) == (1, 0) and used_first.tokens > 0
+        assert used_second == Usage(calls=0, tokens=0, cache_hits=1)   # not an LLM call, no tokens
+        assert (llm.usage.calls, llm.usage.cache_hits) == (1, 1)
+        # another process (a resumed run) sees the same entry
+        again = LLM(chat=chat_for(fake), model_name="fake-model", cache=ResponseCache(tmp_path / "cache.db"))
+        assert (await ask(again))[1].cache_hits == 1 and fake.request_count == 1
+
+    with FakeOpenAI(responder=reply) as fake:
+        asyncio.run(main(fake))
+
+
+def test_any_change_to_the_request_misses(tmp_path):
+    class Other(Pick):  # another schema: another response_format on the wire
+        pass
+
+    async def main(fake, elsewhere):
+        cache = ResponseCache(tmp_path / "cache.db")
+
+        def llm(chat=None, **kwargs):
+            return LLM(chat=chat or chat_for(fake), model_name="m", cache=cache, **kwargs)
+
+        await ask(llm())
+        variants = [
+            lambda: ask(llm(), system="another system prompt"),
+            lambda: ask(llm(), user="another user message"),
+            lambda: ask(llm(chat_for(fake, model="other-model"))),
+            lambda: ask(llm(chat_for(fake, temperature=0.2))),
+            lambda: ask(llm(chat_for(fake, top_p=0.5))),
+            lambda: ask(llm(), max_tokens=99),
+            lambda: ask(llm(), schema=Other),
+            lambda: ask(llm(structured_mode="json_object")),
+            lambda: ask(llm(token_param="max_completion_tokens")),
+        ]
+        for number, variant in enumerate(variants, start=2):
+            await variant()
+            assert fake.request_count == number, f"variant {number - 1} was served from the cache"
+        await ask(llm(chat_for(elsewhere)))                             # same request, another endpoint
+        assert elsewhere.request_count == 1
+        for variant in variants:                                        # each is now cached in turn
+            await variant()
+        assert fake.request_count == len(variants) + 1
+        assert len(cache) == len(variants) + 2
+
+    with FakeOpenAI(responder=reply) as fake, FakeOpenAI(responder=reply) as elsewhere:
+        asyncio.run(main(fake, elsewhere))
+
+
+def test_the_key_and_the_stored_data_never_hold_the_api_key(tmp_path):
+    async def main(fake):
+        cache = ResponseCache(tmp_path / "cache.db")
+        llm = LLM(chat=chat_for(fake), model_name="m", cache=cache)
+        await ask(llm)
+        request = rendered_request(llm.chat, [], {"extra_body": {"max_tokens": 5}})
+        assert SECRET not in json.dumps(request, default=repr)
+        assert request["endpoint"].startswith(fake.base_url.rstrip("/"))
+        cache.close()
+
+    with FakeOpenAI(responder=reply) as fake:
+        asyncio.run(main(fake))
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("cache.db*"))
+    assert b"alpha" in stored and SECRET.encode() not in stored
+
+
+def cli_counts(home, run_id):
+    return json.loads(run_cli("runs", "show", run_id, "--json", home=home).stdout)["counts"]
+
+
+def test_cli_reuses_replies_across_runs_and_no_cache_turns_it_off(tmp_path):
+    home = tmp_path / "home"
+    args = ["--seeds", str(SAMPLE), "--limit", "3", "--rounds", "1", "--model", "fake-model",
+            "--structured", "json_schema"]  # no endpoint probe: its requests would count too
+    with FakeOpenAI(responder=RagScript().http_responder) as fake:
+        first = run_cli("graph", "run", "rag", "--run-id", "a", "--base-url", fake.base_url, *args, home=home,
+                        env={"OPENAI_API_KEY": SECRET})
+        assert first.returncode == 0, first.stderr
+        calls = fake.request_count
+        assert cli_counts(home, "a")["llm_calls"] == calls > 0 and cli_counts(home, "a")["cache_hits"] == 0
+
+        # Another run id over the same seeds and settings asks the same questions: all cached.
+        second = run_cli("graph", "run", "rag", "--run-id", "b", "--base-url", fake.base_url, *args, home=home)
+        assert second.returncode == 0, second.stderr
+        assert fake.request_count == calls
+        counts = cli_counts(home, "b")
+        assert counts["llm_calls"] == 0 and counts["cache_hits"] == calls and counts["accepted"] == 3
+        assert "cache hits" in run_cli("runs", "show", "b", home=home).stdout
+        same = lambda run: [json.loads(line)["messages"] for line in  # noqa: E731
+                            (home / "runs" / run / "samples.jsonl").read_text().splitlines()]
+        assert same("a") == same("b")
+
+        third = run_cli("graph", "run", "rag", "--run-id", "c", "--no-cache", "--base-url", fake.base_url, *args,
+                        home=home)
+        assert third.returncode == 0, third.stderr
+        assert fake.request_count == 2 * calls and cli_counts(home, "c")["cache_hits"] == 0
+    assert SECRET.encode() not in b"".join(p.read_bytes() for p in home.glob("*.db*"))
+
+
+def test_resume_no_cache_asks_the_model_again(tmp_path):
+    home = tmp_path / "home"
+    denied = {"on": True}
+    script = RagScript()
+
+    def responder(body):
+        return {"status": 401, "content": "bad key"} if denied["on"] else script.http_responder(body)
+
+    args = ["--seeds", str(SAMPLE), "--limit", "2", "--rounds", "0", "--model", "fake-model",
+            "--structured", "json_schema"]  # no endpoint probe: the 401 must come from a seed's call
+    with FakeOpenAI(responder=responder) as fake:
+        stopped = run_cli("graph", "run", "rag", "--run-id", "e", "--base-url", fake.base_url, *args, home=home)
+        assert stopped.returncode == 2 and cli_counts(home, "e")["pending"] == 2   # a 401 stops the run
+        denied["on"] = False
+        done = run_cli("graph", "run", "rag", "--run-id", "a", "--base-url", fake.base_url, *args, home=home)
+        assert done.returncode == 0, done.stderr                                  # fills the cache
+        calls = cli_counts(home, "a")["llm_calls"]
+        shutil.copytree(home, tmp_path / "copy")
+
+        before = fake.request_count
+        cached = run_cli("graph", "resume", "e", home=home)
+        assert cached.returncode == 0, cached.stderr
+        assert fake.request_count == before and cli_counts(home, "e")["cache_hits"] == calls
+
+        fresh = run_cli("graph", "resume", "e", "--no-cache", home=tmp_path / "copy")
+        assert fresh.returncode == 0, fresh.stderr
+        assert fake.request_count == before + calls
+        counts = cli_counts(tmp_path / "copy", "e")
+        assert counts["llm_calls"] == calls and counts["cache_hits"] == 0
