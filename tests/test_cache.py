@@ -127,9 +127,10 @@ def test_cli_reuses_replies_across_runs_and_no_cache_turns_it_off(tmp_path):
         counts = cli_counts(home, "b")
         assert counts["llm_calls"] == 0 and counts["cache_hits"] == calls and counts["accepted"] == 3
         assert "cache hits" in run_cli("runs", "show", "b", home=home).stdout
-        same = lambda run: [json.loads(line)["messages"] for line in  # noqa: E731
-                            (home / "runs" / run / "samples.jsonl").read_text().splitlines()]
-        assert same("a") == same("b")
+        def samples(run):  # sample id (without the run id) -> messages
+            lines = (home / "runs" / run / "samples.jsonl").read_text().splitlines()
+            return {json.loads(line)["id"].split(":", 1)[1]: json.loads(line)["messages"] for line in lines}
+        assert samples("a") == samples("b")
 
         third = run_cli("graph", "run", "rag", "--run-id", "c", "--no-cache", "--base-url", fake.base_url, *args,
                         home=home)

@@ -64,3 +64,22 @@ def test_reply_length_is_always_capped(param, key):
     with FakeOpenAI(responder=lambda body: json.dumps({"name": "abc", "score": 1})) as fake:
         ask(fake, structured_mode="prompt", token_param=param, max_tokens=77)
         assert fake.requests[0][key] == 77 and "response_format" not in fake.requests[0]
+
+
+def test_callbacks_still_see_every_call():
+    """Calls skip LangChain's callback machinery only when nothing is listening to it."""
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    class Count(AsyncCallbackHandler):
+        starts = 0
+
+        async def on_chat_model_start(self, *args, **kwargs):
+            Count.starts += 1
+
+    with FakeOpenAI(responder=lambda body: json.dumps({"name": "abc", "score": 1})) as fake:
+        async def main():
+            chat = ChatOpenAI(base_url=fake.base_url, api_key="k", model="m", max_retries=0, callbacks=[Count()])
+            value, used = await LLM(chat=chat, model_name="m").structured("system", "user", Pick)
+            return value, used
+        value, used = asyncio.run(main())
+    assert value == Pick(name="abc", score=1) and used.calls == 1 and Count.starts == 1
