@@ -17,15 +17,18 @@ from langgraph.graph import END, StateGraph
 
 def add_refinement_loop(builder: StateGraph, *, entry: str, exit: str,
                         suggester: str = "suggest", editor: str = "edit") -> None:
-    def after_entry(state: dict) -> str:
+    # The routers are async only so that LangGraph runs them on the event loop: a plain function in
+    # an async graph goes to a worker thread and back on every step (measured: that hop is most of
+    # a step's wall time on a busy machine).
+    async def after_entry(state: dict) -> str:
         if state.get("rejected"):
             return END
         return suggester if state.get("max_rounds", 0) > 0 else exit
 
-    def after_suggest(state: dict) -> str:
+    async def after_suggest(state: dict) -> str:
         return exit if state.get("refine_done") else editor
 
-    def after_edit(state: dict) -> str:
+    async def after_edit(state: dict) -> str:
         if state.get("refine_done"):
             return exit
         return suggester if state.get("round", 0) < state.get("max_rounds", 0) else exit

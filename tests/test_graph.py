@@ -3,6 +3,7 @@ rejections and lineage."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from langgraph.graph import END
@@ -32,9 +33,11 @@ def test_topology_has_the_agentinstruct_flow():
 
 def test_routing_decisions():
     branches = compiled().builder.branches
-    after_generate = next(iter(branches["generate"].values())).path.func
-    after_suggest = next(iter(branches["suggest"].values())).path.func
-    after_edit = next(iter(branches["edit"].values())).path.func
+
+    def router(node):  # the routers are async (they run on the event loop, not in a worker thread)
+        route = next(iter(branches[node].values())).path.afunc
+        return lambda state: asyncio.run(route(state))
+    after_generate, after_suggest, after_edit = router("generate"), router("suggest"), router("edit")
     assert after_generate({"max_rounds": 0}) == "answer"
     assert after_generate({"max_rounds": 2}) == "suggest"
     assert after_generate({"max_rounds": 2, "rejected": "generate: junk"}) == END
