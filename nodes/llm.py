@@ -169,7 +169,8 @@ class LLM:
             # raised as an exception instead of returned.
             kwargs["extra_body"]["response_format"] = kwargs.pop("response_format")
 
-        key = self.cache.key(self.chat, messages, kwargs) if self.cache is not None else None
+        # The cache keeps reply text: tool-call replies (the tools strategy) are not cached.
+        key = self.cache.key(self.chat, messages, kwargs) if self.cache is not None and "tools" not in kwargs else None
         reply = self.cache.get(key) if key else None
         if reply is not None:
             call = Usage(cache_hits=1)

@@ -57,7 +57,10 @@ def test_flow_skills_on_the_embedded_model(tmp_path, skill, seed):
     counts = shown["counts"]
     assert counts["total"] == 1 and counts["failed"] == 0 and counts["pending"] == 0, shown
     assert counts["llm_calls"] >= 2
-    for line in (home / "runs" / "flow" / "samples.jsonl").read_text().splitlines():
+    out = home / "runs" / "flow" / "samples.jsonl"
+    lines = out.read_text().splitlines() if out.exists() else []   # a rejected seed writes no sample
+    assert len(lines) == counts["samples"]
+    for line in lines:
         sample = json.loads(line)
         assert sample["skill"] == skill and sample["messages"][-1]["role"] == "assistant"
 

@@ -27,7 +27,8 @@ SEEDS, ROUNDS, CONCURRENCY, KILLS = 10, 1, 2, 14
 def args(fake, run_id: str) -> list[str]:
     return ["graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", str(SEEDS), "--rounds", str(ROUNDS),
             "--concurrency", str(CONCURRENCY), "--run-id", run_id, "--base-url", fake.base_url,
-            "--model", "fake-model", "--structured", "json_schema"]
+            "--model", "fake-model", "--structured", "json_schema",
+            "--no-cache"]  # every resume asks the endpoint again: the harshest case, and kills land mid-graph
 
 
 def start(cmd: list[str], home: Path) -> subprocess.Popen:
