@@ -4,6 +4,7 @@ it waits, how the in-flight limit reacts to 429s, and the one-line errors for wh
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import threading
 import time
@@ -192,10 +193,12 @@ def test_an_endpoint_that_stays_down_fails_a_few_requests_then_stops_the_run():
     policy = RetryPolicy(attempts=3, backoff=0.01, give_up_after=3)
     with FakeOpenAI(faults={"500": 1.0}) as fake:
         results, endpoint = call_n(fake, 5, policy, concurrency=1)
-    kinds = [type(r) for r in results]
-    assert kinds[:2] == [EndpointUnavailable, EndpointUnavailable]
-    assert kinds[2:] == [EndpointFatal] * 3 and "looks down" in str(results[2])
-    assert "still failing after 3 attempts" in str(results[0])
+    # the requests may finish in any order: the first two to spend their retries are reported, the third
+    # declares the endpoint down, and the rest are refused at once
+    kinds = collections.Counter(type(r) for r in results)
+    assert kinds == {EndpointUnavailable: 2, EndpointFatal: 3}
+    assert all("looks down" in str(r) for r in results if isinstance(r, EndpointFatal))
+    assert all("still failing after 3 attempts" in str(r) for r in results if isinstance(r, EndpointUnavailable))
 
 
 def test_connection_refused_is_retried_then_reported_in_one_line():
