@@ -10,10 +10,11 @@ is also the single writer: seeds never race each other for the database lock."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -23,7 +24,43 @@ def thread_id(run_id: str, seed_id: str) -> str:
 
 
 class LoopSqliteSaver(SqliteSaver):
-    """SqliteSaver's synchronous methods behind the async interface LangGraph's async graphs call."""
+    """SqliteSaver's synchronous methods behind the async interface LangGraph's async graphs call,
+    with group commit: the writes of every seed that saves in the same turn of the event loop are
+    committed together, and each async write returns only once its commit is done (so durability
+    "sync" still means: saved before the next step starts). One commit per write made every step
+    cost ~20 WAL pages of I/O per LLM call (84 KB; measured with strace)."""
+
+    def __init__(self, conn: sqlite3.Connection, **kwargs: Any):
+        super().__init__(conn, **kwargs)
+        self._commit: asyncio.Future | None = None
+
+    @contextmanager
+    def cursor(self, transaction: bool = True) -> Iterator[sqlite3.Cursor]:
+        # SqliteSaver's own cursor() commits on every use; the transaction is left open here and
+        # committed by _committed(), which every async write awaits.
+        with self.lock:
+            self.setup()
+            cur = self.conn.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
+    async def _committed(self) -> None:
+        if self._commit is None:
+            loop = asyncio.get_running_loop()
+            self._commit = loop.create_future()
+            loop.call_soon(self._commit_now)
+        await asyncio.shield(self._commit)
+
+    def _commit_now(self) -> None:
+        done, self._commit = self._commit, None
+        try:
+            self.conn.commit()
+        except BaseException as exc:  # every writer waiting on this commit sees the error
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
 
     async def aget_tuple(self, config):
         return self.get_tuple(config)
@@ -34,13 +71,17 @@ class LoopSqliteSaver(SqliteSaver):
             yield item
 
     async def aput(self, config, checkpoint, metadata, new_versions):
-        return self.put(config, checkpoint, metadata, new_versions)
+        saved = self.put(config, checkpoint, metadata, new_versions)
+        await self._committed()
+        return saved
 
     async def aput_writes(self, config, writes, task_id, task_path: str = "") -> None:
         self.put_writes(config, writes, task_id, task_path)
+        await self._committed()
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.delete_thread(thread_id)
+        await self._committed()
 
     async def aget_delta_channel_history(self, *, config, channels):
         return self.get_delta_channel_history(config=config, channels=channels)
@@ -56,10 +97,9 @@ async def open_saver(path: Path) -> AsyncIterator[LoopSqliteSaver]:
         conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL survives a process crash
-        # Checkpoint the WAL every ~1 MB and cut it back to that size: only a few seeds' threads
-        # are live at a time, so a bigger WAL would be most of the file (measured: 4 MB of 5.5 MB).
-        conn.execute("PRAGMA wal_autocheckpoint=256")
-        conn.execute("PRAGMA journal_size_limit=1048576")
+        # The WAL is checkpointed every 1000 pages (SQLite's default; checkpointing every 256 doubled
+        # the pages written and the fsyncs, strace) and cut back to 4 MB afterwards.
+        conn.execute("PRAGMA journal_size_limit=4194304")
         saver = LoopSqliteSaver(conn)
         saver.setup()
         yield saver
