@@ -201,7 +201,9 @@ def teachgraph_run(url: str, corpus: Path, home: Path, seeds: int, concurrency: 
     stats(url, reset=True)
     code, wall, usage = run_measured(
         cli("graph", "run", "rag", "--seeds", str(corpus), "--limit", str(seeds), "--concurrency", str(concurrency),
-            "--rounds", str(rounds), "--base-url", url, "--model", FAKE_MODEL, "--run-id", run_id, *extra),
+            "--rounds", str(rounds), "--base-url", url, "--model", FAKE_MODEL,
+            "--structured", "json_schema",   # no endpoint probe: its requests would count in the window
+            "--run-id", run_id, *extra),
         env={"TEACHGRAPH_HOME": str(home)}, watch=watch)
     return code, wall, usage, stats(url)
 
@@ -279,7 +281,7 @@ def kill_resume(url: str, corpus: Path, work: Path, seeds: int, concurrency: int
         stats(url, reset=True)
         proc = subprocess.Popen(cli("graph", "run", "rag", "--seeds", str(corpus), "--limit", str(seeds),
                                     "--concurrency", str(concurrency), "--rounds", "2", "--base-url", url,
-                                    "--model", FAKE_MODEL, "--run-id", "k", *extra),
+                                    "--model", FAKE_MODEL, "--structured", "json_schema", "--run-id", "k", *extra),
                                 cwd=ROOT, env={**os.environ, "TEACHGRAPH_HOME": str(home)},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while stats(url)["requests"] < baseline // 2 and proc.poll() is None:
