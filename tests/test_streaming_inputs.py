@@ -1,0 +1,45 @@
+"""JSON Lines seeds are checked and read without holding the file in memory, with the same
+outcomes as reading it whole: same records, same line numbers, same reasons to skip it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from teachgraph import seeds
+from teachgraph.seeds import _check_text, collect
+
+
+def test_lines_and_numbers_match_reading_the_file_whole(tmp_path):
+    path = tmp_path / "r.jsonl"
+    records = ['{"text": "first record, long enough to be a seed on its own"}', "",
+               '{"text": "a second one\\u2028with an escaped line separator"}', "not json",
+               '{"text": "third\\r\\nrecord with escapes"}']
+    raw = "\r\n".join(records) + "\x0c" + '{"text": "after a form feed, which splitlines also splits on"}\n'
+    path.write_text(raw, encoding="utf-8")
+    assert list(seeds._lines(path)) == raw.splitlines()
+    found = {c.source.split("#")[-1] for c in collect([path]) if isinstance(c, seeds.Chunk)}
+    assert found == {"line1", "line3", "line5", "line6"}
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_streamed_checks_give_the_whole_file_reasons(tmp_path, chunk):
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "caf\u00e9 " * 20}).encode() + b"\n")
+    _check_text(good, chunk)                                     # BOM and multi-byte characters split anywhere
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "ok"}\n' * 3 + b'{"text": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"not UTF-8 text \(byte 55\)"):
+        _check_text(bad, chunk)
+    with pytest.raises(ValueError) as whole:
+        seeds._read_text(bad)
+    assert str(whole.value) == "not UTF-8 text (byte 55)"
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b'{"text": "ok"}\n' * 1000 + b"\x00")
+    with pytest.raises(ValueError, match="binary file \\(NUL byte at offset 15000\\)"):
+        _check_text(binary, chunk)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_bytes(b"\n \n")
+    with pytest.raises(ValueError, match="empty file"):
+        _check_text(blank, chunk)
