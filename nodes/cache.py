@@ -20,26 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, message_to_dict
-
-
-def rendered_request(chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """What the cache key is made of: the request body and where it is sent."""
-    render = getattr(chat, "_get_request_payload", None)   # langchain-openai's own request builder
-    client = getattr(chat, "root_async_client", None)
-    if render is not None and client is not None:
-        payload = render(messages, **kwargs)
-        # extra_body is merged into the body by the SDK: key on the body as the endpoint sees it
-        body = {**{k: v for k, v in payload.items() if k != "extra_body"}, **(payload.get("extra_body") or {})}
-        return {"endpoint": str(client.base_url), "query": getattr(chat, "default_query", None), "body": body}
-    # any other LangChain chat model (tests use in-process fakes): its parameters and the messages
-    return {"endpoint": f"{type(chat).__module__}.{type(chat).__qualname__}",
-            "params": getattr(chat, "_identifying_params", {}), "kwargs": kwargs,
-            "body": {"messages": [message_to_dict(m) for m in messages]}}
+from langchain_core.messages import AIMessage
 
 
 def request_key(request: dict[str, Any]) -> str:
+    """SHA-256 of a rendered request (nodes/chat_call.py: ChatRequest.rendered)."""
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -55,9 +40,6 @@ class ResponseCache:
         self.conn.execute("""create table if not exists replies (
             key text primary key, content text not null, finish_reason text, model text,
             tokens integer not null default 0, created real not null) without rowid""")
-
-    def key(self, chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str:
-        return request_key(rendered_request(chat, messages, kwargs))
 
     def get(self, key: str) -> AIMessage | None:
         row = self.conn.execute("select content, finish_reason, model from replies where key = ?", [key]).fetchone()

@@ -10,10 +10,10 @@ from typing import Any, Callable, Literal
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langsmith.utils import tracing_is_enabled
 from pydantic import BaseModel, ValidationError
 
-from nodes.cache import ResponseCache
+from nodes.cache import ResponseCache, request_key
+from nodes.chat_call import ChatRequest
 from nodes.endpoint import Endpoint
 
 # How to ask an endpoint for JSON. Servers differ (see DEVELOPERS.md): OpenAI and vLLM take
@@ -104,21 +104,6 @@ def schema_hint(schema: type[BaseModel]) -> str:
     return "Reply with one JSON object only, with these fields:\n" + "\n".join(lines)
 
 
-async def complete(chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]) -> AIMessage:
-    """One model call, straight into the chat model's own request code when nothing listens to
-    LangChain's per-call callbacks: that machinery (callback managers, deprecation-warning guards,
-    signature inspection) costs ~1.2 ms of CPU per call, a fifth of a call against a fast endpoint
-    (bench/throughput.py, py-spy). With callbacks, a rate limiter or LangSmith tracing configured,
-    the public `ainvoke` runs so they still see every call."""
-    if chat.callbacks or getattr(chat, "rate_limiter", None) or tracing_is_enabled():
-        return await chat.ainvoke(messages, **kwargs)
-    generation = (await chat._agenerate(messages, **kwargs)).generations[0]
-    reply = generation.message
-    # what ainvoke does too: finish_reason and the like travel in generation_info
-    reply.response_metadata = {**(generation.generation_info or {}), **reply.response_metadata}
-    return reply
-
-
 def _usage_tokens(message: AIMessage) -> int:
     usage = getattr(message, "usage_metadata", None) or {}
     return int(usage.get("total_tokens") or 0)
@@ -169,16 +154,14 @@ class LLM:
             # raised as an exception instead of returned.
             kwargs["extra_body"]["response_format"] = kwargs.pop("response_format")
 
+        request = ChatRequest(self.chat, messages, kwargs)
         # The cache keeps reply text: tool-call replies (the tools strategy) are not cached.
-        key = self.cache.key(self.chat, messages, kwargs) if self.cache is not None and "tools" not in kwargs else None
+        key = request_key(request.rendered()) if self.cache is not None and "tools" not in kwargs else None
         reply = self.cache.get(key) if key else None
         if reply is not None:
             call = Usage(cache_hits=1)
         else:
-            async def send() -> AIMessage:
-                return await complete(self.chat, messages, kwargs)
-
-            reply = await self.endpoint.request(send)
+            reply = await self.endpoint.request(request.send)
             if key:
                 self.cache.put(key, reply)
             call = Usage(1, _usage_tokens(reply))

@@ -11,7 +11,8 @@ import shutil
 import openai
 from langchain_openai import ChatOpenAI
 
-from nodes.cache import ResponseCache, rendered_request
+from nodes.cache import ResponseCache
+from nodes.chat_call import ChatRequest
 from nodes.llm import LLM, Usage
 from tests.conftest import SAMPLE, run_cli
 from tests.fake_openai import FakeOpenAI
@@ -94,7 +95,7 @@ def test_the_key_and_the_stored_data_never_hold_the_api_key(tmp_path):
         cache = ResponseCache(tmp_path / "cache.db")
         llm = LLM(chat=chat_for(fake), model_name="m", cache=cache)
         await ask(llm)
-        request = rendered_request(llm.chat, [], {"extra_body": {"max_tokens": 5}})
+        request = ChatRequest(llm.chat, [], {"extra_body": {"max_tokens": 5}}).rendered()
         assert SECRET not in json.dumps(request, default=repr)
         assert request["endpoint"].startswith(fake.base_url.rstrip("/"))
         cache.close()

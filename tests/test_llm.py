@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import openai
 import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
@@ -83,3 +84,21 @@ def test_callbacks_still_see_every_call():
             return value, used
         value, used = asyncio.run(main())
     assert value == Pick(name="abc", score=1) and used.calls == 1 and Count.starts == 1
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object", "tools", "prompt"])
+def test_the_direct_call_sends_and_reads_what_ainvoke_does(mode):
+    """nodes/chat_call.py sends ChatOpenAI's own request body without LangChain's per-call
+    machinery: the endpoint must see the same request, and the reply must read the same."""
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    reply = json.dumps({"name": "abc", "score": 1})
+    with FakeOpenAI(responder=None if mode == "tools" else (lambda body: reply)) as fake:
+        async def main(callbacks):
+            chat = ChatOpenAI(base_url=fake.base_url, api_key="k", model="m", max_retries=0, callbacks=callbacks,
+                              http_async_client=openai.DefaultAsyncHttpxClient())  # one per event loop
+            return await LLM(chat=chat, model_name="m", structured_mode=mode).structured("system", "user", Pick)
+        direct = asyncio.run(main(None))
+        public = asyncio.run(main([AsyncCallbackHandler()]))     # a listener: the public ainvoke path
+        assert direct[0] == public[0] and direct[1] == public[1]
+        assert fake.requests[0] == fake.requests[1]
