@@ -1,5 +1,6 @@
 """The LLM response cache: each reply stored under the full request that produced it.
 
+A reply is its text, or the tool calls it made (the tools strategy), and its finish reason.
 The key is a SHA-256 of the request exactly as it goes on the wire (model, messages, sampling
 parameters such as temperature and max_tokens, response_format with its JSON schema, anything
 else in the body) plus the endpoint's base URL. Never the API key: it travels in a header, which
@@ -40,23 +41,31 @@ class ResponseCache:
         self.conn.execute("""create table if not exists replies (
             key text primary key, content text not null, finish_reason text, model text,
             tokens integer not null default 0, created real not null) without rowid""")
+        columns = {row[1] for row in self.conn.execute("pragma table_info(replies)")}
+        if "tool_calls" not in columns:  # added for the tools strategy; older files lack it
+            self.conn.execute("alter table replies add column tool_calls text")
 
     def get(self, key: str) -> AIMessage | None:
-        row = self.conn.execute("select content, finish_reason, model from replies where key = ?", [key]).fetchone()
+        row = self.conn.execute("select content, tool_calls, finish_reason, model from replies where key = ?",
+                                [key]).fetchone()
         if row is None:
             return None
-        content, finish_reason, model = row
-        return AIMessage(json.loads(content),
+        content, tool_calls, finish_reason, model = row
+        calls = json.loads(tool_calls) if tool_calls else {}
+        return AIMessage(json.loads(content), tool_calls=calls.get("valid", []),
+                         invalid_tool_calls=calls.get("invalid", []),
                          response_metadata={"finish_reason": finish_reason, "model_name": model, "cache_hit": True},
                          usage_metadata={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
 
     def put(self, key: str, reply: AIMessage) -> None:
         meta = reply.response_metadata or {}
         tokens = int((reply.usage_metadata or {}).get("total_tokens") or 0)
-        self.conn.execute("insert or replace into replies (key, content, finish_reason, model, tokens, created) "
-                          "values (?, ?, ?, ?, ?, ?)",
-                          [key, json.dumps(reply.content, ensure_ascii=False), meta.get("finish_reason"),
-                           meta.get("model_name"), tokens, time.time()])
+        calls = {"valid": reply.tool_calls, "invalid": reply.invalid_tool_calls}
+        self.conn.execute("insert or replace into replies (key, content, tool_calls, finish_reason, model, tokens, "
+                          "created) values (?, ?, ?, ?, ?, ?, ?)",
+                          [key, json.dumps(reply.content, ensure_ascii=False),
+                           json.dumps(calls, ensure_ascii=False) if reply.tool_calls or reply.invalid_tool_calls
+                           else None, meta.get("finish_reason"), meta.get("model_name"), tokens, time.time()])
 
     def __len__(self) -> int:
         return self.conn.execute("select count(*) from replies").fetchone()[0]

@@ -155,8 +155,7 @@ class LLM:
             kwargs["extra_body"]["response_format"] = kwargs.pop("response_format")
 
         request = ChatRequest(self.chat, messages, kwargs)
-        # The cache keeps reply text: tool-call replies (the tools strategy) are not cached.
-        key = request_key(request.rendered()) if self.cache is not None and "tools" not in kwargs else None
+        key = request_key(request.rendered()) if self.cache is not None else None
         reply = self.cache.get(key) if key else None
         if reply is not None:
             call = Usage(cache_hits=1)

@@ -169,3 +169,30 @@ def test_resume_no_cache_asks_the_model_again(tmp_path):
         assert fake.request_count == before + calls
         counts = cli_counts(tmp_path / "copy", "e")
         assert counts["llm_calls"] == calls and counts["cache_hits"] == 0
+
+
+def test_tool_call_replies_are_cached_with_their_calls(tmp_path):
+    async def main(fake):
+        llm = LLM(chat=chat_for(fake), model_name="m", structured_mode="tools",
+                  cache=ResponseCache(tmp_path / "cache.db"))
+        first = await ask(llm)
+        second = await ask(llm)
+        return first, second
+
+    with FakeOpenAI() as fake:   # a forced tool call gets arguments made from the function's schema
+        (first, used_first), (second, used_second) = asyncio.run(main(fake))
+        assert first == second and isinstance(first, Pick)
+        assert fake.request_count == 1 and used_first.calls == 1 and used_second.cache_hits == 1
+
+
+def test_a_cache_file_from_before_tool_calls_is_upgraded(tmp_path):
+    import sqlite3
+    from langchain_core.messages import AIMessage
+    with sqlite3.connect(tmp_path / "cache.db") as old:
+        old.execute("""create table replies (key text primary key, content text not null, finish_reason text,
+                       model text, tokens integer not null default 0, created real not null) without rowid""")
+        old.execute("insert into replies values ('k', '\"old text\"', 'stop', 'm', 3, 0)")
+    cache = ResponseCache(tmp_path / "cache.db")
+    assert cache.get("k").content == "old text" and cache.get("k").tool_calls == []
+    cache.put("t", AIMessage("", tool_calls=[{"name": "Pick", "args": {"name": "abc"}, "id": "c1"}]))
+    assert cache.get("t").tool_calls[0]["args"] == {"name": "abc"}
