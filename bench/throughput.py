@@ -1,15 +1,16 @@
 """Throughput benchmark (issue 6): is the endpoint the only bottleneck? A benchmark, not a test.
 
     python bench/throughput.py               # fake endpoint: calls/s ratio, RSS, checkpoint bytes, kill+resume
-    python bench/throughput.py --quick       # the same with small sizes (about 2 minutes)
+    python bench/throughput.py --quick       # the same with small sizes (about 6 minutes)
     python bench/throughput.py --embedded    # the embedded llama.cpp model: generated tokens/s ratio
 
 Default mode, against bench/fake_endpoint.py (its own process; an instant OpenAI-compatible server):
   1. the endpoint's ceiling, with a raw aiohttp client;
-  2. a bare `ChatOpenAI.ainvoke` loop at concurrency C (the reference), then teachgraph
-     (`cli.py graph run rag`, checkpoints and response cache on, a fresh TEACHGRAPH_HOME) over many
-     seeds at the same concurrency, then the bare loop again; the ratio is teachgraph's calls/s over
-     the mean of the two bare runs around it, all measured at the endpoint (first to last request);
+  2. a bare `ChatOpenAI.ainvoke` loop at concurrency C (the reference) and teachgraph (`cli.py graph
+     run rag`, checkpoints and response cache on, a fresh TEACHGRAPH_HOME) over many seeds at the same
+     concurrency, alternated (bare, graph, bare, graph, ..., bare); each graph run's calls/s (at the
+     endpoint, first to last request) is divided by the mean of the bare runs around it, and the
+     median is reported, with CPU per call (the graph run's steady part, from /proc) the same way;
   3. checkpoint database bytes (peak during the run, and after it) against the output's bytes;
   4. peak RSS of `graph run` at 1k / 5k / 20k seeds, each in a fresh process (--rounds 0);
   5. SIGKILL of `graph run` mid-run, then `graph resume`: LLM calls repeated, against the seeds in flight.
@@ -105,7 +106,7 @@ def run_measured(args: list[str], env: dict | None = None, watch=None,
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG if watch else 0)
             if pid:
                 break
-            watch()
+            watch(proc.pid)
             time.sleep(0.2)
         code = os.waitstatus_to_exitcode(status)
         if output is not None:
@@ -208,40 +209,59 @@ def teachgraph_run(url: str, corpus: Path, home: Path, seeds: int, concurrency: 
     return code, wall, usage, stats(url)
 
 
-def throughput(url: str, corpus: Path, work: Path, seeds: int, concurrency: int, bare_calls: int) -> None:
-    say(f"\n## 1-2. calls/s at concurrency {concurrency}  [{load()}]")
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(url: str, corpus: Path, work: Path, seeds: int, concurrency: int, bare_calls: int,
+               reps: int) -> Path:
+    """Bare loop and teachgraph, alternated `reps` times (the machine's load drifts; alternating
+    and taking medians keeps the comparison fair). Returns the last teachgraph run's home."""
+    say(f"\n## 1-2. calls/s at concurrency {concurrency}: bare loop and graph run alternated {reps} times  [{load()}]")
     raw, raw_cpu = client_run("_raw", url, concurrency, max(bare_calls, 5000))
-    say(f"endpoint ceiling (raw aiohttp client)              {raw:7.0f} calls/s   client CPU {raw_cpu:.2f} ms/call")
-    # A small run first: the difference between the two runs' CPU is what the extra calls cost,
-    # without the process's start (imports, opening databases) that a short run would be dominated by.
-    _, _, small_usage, small = teachgraph_run(url, corpus, work / "tg-small", max(20, seeds // 4), concurrency, 2)
-    bare1, bare1_cpu = client_run("_bare", url, concurrency, bare_calls)
-    say(f"bare ChatOpenAI.ainvoke loop (default client)      {bare1:7.0f} calls/s   client CPU {bare1_cpu:.2f} ms/call")
+    say(f"endpoint ceiling (raw aiohttp client)                {raw:7.0f} calls/s   client CPU {raw_cpu:.2f} ms/call")
+    bares, bare_cpus, tgs, tg_cpus = [], [], [], []
+    for rep in range(1, reps + 1):
+        rate, cpu = client_run("_bare", url, concurrency, bare_calls)
+        bares.append(rate), bare_cpus.append(cpu)
+        say(f"[{rep}] bare ChatOpenAI.ainvoke loop (default client)  {rate:7.0f} calls/s   client CPU {cpu:.2f} ms/call")
+        home = work / f"tg{rep}"
+        samples: list[tuple[int, float]] = []
+        peak = {"checkpoints": 0}
 
-    home = work / "tg"
-    peak = {"checkpoints": 0}
+        def watch(pid: int) -> None:
+            path = home / "checkpoints.db"
+            if path.exists():
+                peak["checkpoints"] = max(peak["checkpoints"], db_bytes(path))
+            try:
+                samples.append((stats(url)["requests"], process_cpu(pid)))
+            except OSError:
+                pass
 
-    def watch() -> None:
-        path = home / "checkpoints.db"
-        if path.exists():
-            peak["checkpoints"] = max(peak["checkpoints"], db_bytes(path))
-
-    code, wall, usage, s = teachgraph_run(url, corpus, home, seeds, concurrency, 2, watch=watch)
-    tg = window_rate(s)
-    c = counts(home, "bench")
-    cpu = lambda u: u.ru_utime + u.ru_stime  # noqa: E731
-    marginal = 1000 * (cpu(usage) - cpu(small_usage)) / max(1, s["requests"] - small["requests"])
-    say(f"teachgraph graph run rag, {seeds} seeds, 2 rounds    {tg:7.0f} calls/s   process CPU {marginal:.2f} ms/call "
-        f"(marginal)   [{s['requests']} calls, {c['accepted']} accepted, {c['cache_hits']} cache hits, "
-        f"wall {wall:.0f} s]")
-    bare2, bare2_cpu = client_run("_bare", url, concurrency, bare_calls)
-    say(f"bare ChatOpenAI.ainvoke loop again                 {bare2:7.0f} calls/s   client CPU {bare2_cpu:.2f} ms/call")
+        code, wall, usage, st = teachgraph_run(url, corpus, home, seeds, concurrency, 2, watch=watch)
+        rate = window_rate(st)
+        # CPU per call in the steady part of the run: between 20% and 90% of its calls, so neither
+        # the start (imports, collecting seeds) nor the last seeds count
+        steady = [x for x in samples if 0.2 * st["requests"] <= x[0] <= 0.9 * st["requests"]]
+        cpu = 1000 * (steady[-1][1] - steady[0][1]) / max(1, steady[-1][0] - steady[0][0]) if len(steady) > 1 else 0
+        tgs.append(rate), tg_cpus.append(cpu)
+        c = counts(home, "bench")
+        say(f"[{rep}] teachgraph graph run rag, {seeds} seeds, 2 rounds  {rate:7.0f} calls/s   process CPU {cpu:.2f} "
+            f"ms/call   [{st['requests']} calls, {c['accepted']} accepted, wall {wall:.0f} s]")
+    rate, cpu = client_run("_bare", url, concurrency, bare_calls)
+    bares.append(rate), bare_cpus.append(cpu)
+    say(f"[{reps + 1}] bare ChatOpenAI.ainvoke loop (default client)  {rate:7.0f} calls/s   client CPU {cpu:.2f} ms/call")
     aio, aio_cpu = client_run("_bare_aiohttp", url, concurrency, bare_calls)
-    say(f"(the bare loop on teachgraph's aiohttp client      {aio:7.0f} calls/s   client CPU {aio_cpu:.2f} ms/call)")
-    bare, bare_cpu = (bare1 + bare2) / 2, (bare1_cpu + bare2_cpu) / 2
-    say(f"RATIO teachgraph / bare loop: calls/s {tg / bare:.2f}, CPU per call {bare_cpu / marginal:.2f}   "
+    say(f"(the bare loop on teachgraph's aiohttp client        {aio:7.0f} calls/s   client CPU {aio_cpu:.2f} ms/call)")
+    # each teachgraph run against the mean of the bare runs just before and after it
+    ratios = sorted(tgs[i] / ((bares[i] + bares[i + 1]) / 2) for i in range(reps))
+    cpu_ratios = sorted(((bare_cpus[i] + bare_cpus[i + 1]) / 2) / tg_cpus[i] for i in range(reps) if tg_cpus[i])
+    say(f"RATIO teachgraph / bare loop, calls/s: median {ratios[len(ratios) // 2]:.2f} (runs: "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}); CPU per call: median {cpu_ratios[len(cpu_ratios) // 2]:.2f}   "
         f"(goal >= 0.90)  [{load()}]")
-    say(f"(mean request body: teachgraph {s['bytes'] // max(1, s['requests'])} bytes, "
+    say(f"(mean request body: teachgraph {st['bytes'] // max(1, st['requests'])} bytes, "
         f"bare loop {len(SYSTEM) + len(USER) + 150} bytes)")
 
     say("\n## 3. checkpoint database vs output, same run")
@@ -251,6 +271,7 @@ def throughput(url: str, corpus: Path, work: Path, seeds: int, concurrency: int,
         f"({peak['checkpoints'] / out:.2f}x), after the run {after:,} bytes ({after / out:.3f}x)   (goal <= 2x)")
     say(f"(also in TEACHGRAPH_HOME: runs.db {db_bytes(home / 'runs.db'):,} bytes, "
         f"cache.db {db_bytes(home / 'cache.db'):,} bytes)")
+    return home
 
 
 def memory(url: str, work: Path, sizes: list[int], concurrency: int) -> None:
@@ -313,7 +334,7 @@ def default_mode(args) -> None:
         say(f"# teachgraph throughput bench, fake endpoint {url}; work dir {work}")
         say(f"# {versions()}")
         corpus = make_corpus(work / "corpus.jsonl", max(args.seeds, args.kill_seeds))
-        throughput(url, corpus, work, args.seeds, args.concurrency, args.bare_calls)
+        throughput(url, corpus, work, args.seeds, args.concurrency, args.bare_calls, args.reps)
         if args.rss:
             memory(url, work, args.rss, args.concurrency)
         kill_resume(url, corpus, work, args.kill_seeds, args.concurrency)
@@ -459,8 +480,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--concurrency", type=int, default=16, help="requests (and seeds) in flight")
-    parser.add_argument("--seeds", type=int, default=1000, help="seeds of the throughput run (7 calls each)")
-    parser.add_argument("--bare-calls", type=int, default=5000, help="calls of each bare-loop run")
+    parser.add_argument("--seeds", type=int, default=400, help="seeds of each graph run (8 calls each)")
+    parser.add_argument("--bare-calls", type=int, default=3000, help="calls of each bare-loop run")
+    parser.add_argument("--reps", type=int, default=3, help="bare loop / graph run alternations")
     parser.add_argument("--rss", default="1000,5000,20000", help="seed counts of the RSS runs ('' to skip)")
     parser.add_argument("--kill-seeds", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="small sizes: 300 seeds, RSS at 500/1000/2000")
@@ -470,7 +492,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.bare_calls, args.rss, args.kill_seeds = 300, 2000, "500,1000,2000", 120
+        args.seeds, args.bare_calls, args.rss, args.kill_seeds, args.reps = 200, 1500, "500,1000,2000", 120, 2
     args.rss = [int(x) for x in args.rss.split(",") if x.strip()]
     if args.embedded:
         asyncio.run(embedded_main(args))
