@@ -10,16 +10,27 @@ endpoint that is ~1 ms of CPU per call less than `ChatOpenAI._agenerate` and ~2 
 `ainvoke` (bench/throughput.py). Errors are the SDK's own (openai.APIStatusError and the rest), so
 nodes/endpoint.py classifies them as before.
 
-Whatever the shortcut cannot serve goes the public way: LangChain callbacks, a rate limiter or
+For a plain ChatOpenAI (an API key, no proxy, no custom auth or HTTP client of the caller's) a
+`Wire` goes one step further: the body goes out on one aiohttp session of its own and the JSON reply
+goes to `_create_chat_result` as a dict. The SDK's request machinery (building an httpx request,
+headers, URL, auth hooks, its aiohttp adapter, reading the reply into a ChatCompletion that
+langchain-openai then dumps back to a dict) was half of teachgraph's CPU per call against a fast
+endpoint (py-spy). HTTP errors are still made by the SDK (`_make_status_error_from_response`),
+so nodes/endpoint.py sees the same exception types, bodies and Retry-After headers.
+
+Whatever the shortcuts cannot serve goes the public way: LangChain callbacks, a rate limiter or
 LangSmith tracing to notify (`ainvoke`), the Responses API or a response_format given as a keyword
 (`_agenerate`), and any other chat model class.
 """
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from functools import cached_property
 from typing import Any
 
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, message_to_dict
 from langchain_core.outputs import ChatResult
@@ -27,9 +38,78 @@ from langsmith.utils import tracing_is_enabled
 from openai.types.chat import ChatCompletion
 
 
+class Wire:
+    """Chat completions POSTed straight over one aiohttp session: for one plain ChatOpenAI, see
+    `Wire.for_chat`. Deadlines are nodes/endpoint.py's (every attempt runs under its timeout)."""
+
+    def __init__(self, client: openai.AsyncOpenAI):
+        import aiohttp
+        import openai._base_client as sdk
+
+        self._aiohttp, self._client = aiohttp, client
+        self._httpx = getattr(sdk, "httpx2", None) or sdk.httpx   # openai>=3 ships httpx2
+        self.url = str(client.base_url).rstrip("/") + "/chat/completions"
+        self._session: Any = None
+        self._headers: dict[str, str] | None = None
+
+    @classmethod
+    def for_chat(cls, chat: BaseChatModel) -> "Wire | None":
+        """A Wire when `chat` is a ChatOpenAI whose requests it can send exactly as the SDK would:
+        a fixed API key (no workload identity, custom auth or refreshing key), no proxy in the
+        environment (aiohttp and httpx read proxy settings differently), aiohttp installed."""
+        from langchain_openai import ChatOpenAI
+
+        if type(chat) is not ChatOpenAI or getattr(chat, "openai_proxy", None) or proxy_configured():
+            return None
+        client = chat.root_async_client
+        if (not isinstance(getattr(client, "api_key", None), str) or getattr(client, "custom_auth", None) is not None
+                or getattr(client, "_workload_identity_auth", None) is not None
+                or not hasattr(client, "_make_status_error_from_response")
+                or not all(isinstance(v, str) for v in (client.default_query or {}).values())):
+            return None
+        try:
+            return cls(client)
+        except (ImportError, AttributeError):
+            return None
+
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:   # built in the event loop: the SDK's headers name the async library
+            merged = {**self._client.default_headers, **self._client.auth_headers}
+            self._headers = {k: v for k, v in merged.items() if isinstance(v, str)}
+        return self._headers
+
+    async def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        aiohttp = self._aiohttp
+        if self._session is None:
+            # no total timeout here: nodes/endpoint.py bounds every attempt
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        try:
+            async with self._session.post(self.url, data=json.dumps(body), headers=self.headers(),
+                                          params=self._client.default_query or None) as reply:
+                content = await reply.read()
+                status, reply_headers = reply.status, list(reply.headers.items())
+        except aiohttp.ClientError as exc:      # refused, reset, cut short: retried as connection errors
+            raise openai.APIConnectionError(request=self._httpx.Request("POST", self.url)) from exc
+        if status >= 400:
+            raise self._client._make_status_error_from_response(self._httpx.Response(
+                status, headers=reply_headers, content=content, request=self._httpx.Request("POST", self.url)))
+        return json.loads(content)   # a body that is not JSON: nodes/endpoint.py retries it as garbled
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def proxy_configured() -> bool:
+    """HTTP(S)_PROXY and the like are set (httpx honours them; aiohttp sessions here do not)."""
+    return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
+
+
 class ChatRequest:
-    def __init__(self, chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]):
-        self.chat, self.messages, self.kwargs = chat, messages, kwargs
+    def __init__(self, chat: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any],
+                 wire: Wire | None = None):
+        self.chat, self.messages, self.kwargs, self.wire = chat, messages, kwargs, wire
 
     @cached_property
     def _openai(self) -> bool:
@@ -73,8 +153,11 @@ class ChatRequest:
         if self._listened():
             return await self.chat.ainvoke(self.messages, **self.kwargs)
         if self._direct():
-            response = await self.chat.root_async_client.post("/chat/completions", body=self.body,
-                                                              cast_to=ChatCompletion)
+            if self.wire is not None:
+                response = await self.wire.post(self.body)
+            else:
+                response = await self.chat.root_async_client.post("/chat/completions", body=self.body,
+                                                                  cast_to=ChatCompletion)
             result = self.chat._create_chat_result(response)
         else:
             result = await self.chat._agenerate(self.messages, **self.kwargs)

@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ValidationError
 
 from nodes.cache import ResponseCache, request_key
-from nodes.chat_call import ChatRequest
+from nodes.chat_call import ChatRequest, Wire
 from nodes.endpoint import Endpoint
 
 # How to ask an endpoint for JSON. Servers differ (see DEVELOPERS.md): OpenAI and vLLM take
@@ -127,13 +127,16 @@ class LLM:
     usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar
     endpoint: Endpoint | None = None             # retries, deadline, adaptive in-flight limit
     cache: ResponseCache | None = None
+    wire: Wire | None = None                     # the shortest path for a plain ChatOpenAI (nodes/chat_call.py)
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
             self.endpoint = Endpoint(self.model_name, self.max_concurrency)
 
     async def aclose(self) -> None:
-        """Close the chat model's HTTP client inside the loop that used it (aiohttp warns otherwise)."""
+        """Close the HTTP clients inside the loop that used them (aiohttp warns otherwise)."""
+        if self.wire is not None:
+            await self.wire.aclose()
         client = getattr(self.chat, "http_async_client", None)
         if client is not None:
             await client.aclose()
@@ -154,7 +157,7 @@ class LLM:
             # raised as an exception instead of returned.
             kwargs["extra_body"]["response_format"] = kwargs.pop("response_format")
 
-        request = ChatRequest(self.chat, messages, kwargs)
+        request = ChatRequest(self.chat, messages, kwargs, self.wire)
         key = request_key(request.rendered()) if self.cache is not None else None
         reply = self.cache.get(key) if key else None
         if reply is not None:

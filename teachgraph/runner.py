@@ -17,6 +17,7 @@ from langchain_openai import ChatOpenAI
 from checkpoints.registry import Registry
 from checkpoints.saver import forget_thread, open_saver, thread_id
 from nodes.agent import NodeFailed
+from nodes.chat_call import Wire
 from nodes.cache import ResponseCache
 from nodes.context import RunContext
 from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
@@ -162,7 +163,8 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
     endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
                         secrets=[api_key])
     return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
-               max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache)
+               max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache,
+               wire=Wire.for_chat(chat))
 
 
 class RunCorpus:

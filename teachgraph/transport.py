@@ -7,9 +7,9 @@ ignores the HTTP(S)_PROXY variables httpx honours), and the SDK's tuned httpx cl
 
 from __future__ import annotations
 
-import urllib.request
-
 import openai
+
+from nodes.chat_call import proxy_configured
 
 
 def async_http_client() -> object:
@@ -19,7 +19,7 @@ def async_http_client() -> object:
     The client opens its connections lazily, inside the running event loop; close it with
     `await client.aclose()` before that loop ends."""
     aiohttp_client = getattr(openai, "DefaultAioHttpClient", None)
-    if aiohttp_client is not None and not _proxy_configured():
+    if aiohttp_client is not None and not proxy_configured():
         try:
             return aiohttp_client()
         except RuntimeError:  # the SDK's stand-in when aiohttp is not installed
@@ -30,6 +30,3 @@ def async_http_client() -> object:
 def transport_name(client: object) -> str:
     return "aiohttp" if "AioHttp" in type(client).__name__ else "httpx"
 
-
-def _proxy_configured() -> bool:
-    return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())

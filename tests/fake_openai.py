@@ -464,6 +464,7 @@ class FakeOpenAI:
         self.seed = seed
         self.host, self.port = host, port
         self.requests: list[dict] = []
+        self.request_lines: list[tuple[str, dict[str, str]]] = []   # (path with query, headers), per request
         self.injected: collections.Counter = collections.Counter()
         self.base_url = ""
         self._lock = threading.Lock()
@@ -511,6 +512,7 @@ class FakeOpenAI:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.request_lines.clear()
 
     def _pick_fault(self) -> str | None:
         if not self.faults:
@@ -539,6 +541,7 @@ class FakeOpenAI:
     def _handle_chat(self, h: _Handler, body: dict) -> None:
         with self._lock:
             self.requests.append(body)
+            self.request_lines.append((h.path, {k.lower(): v for k, v in h.headers.items()}))
         if self.delay > 0 and self._stop.wait(self.delay):
             return
         fault = self._pick_fault()

@@ -102,3 +102,114 @@ def test_the_direct_call_sends_and_reads_what_ainvoke_does(mode):
         public = asyncio.run(main([AsyncCallbackHandler()]))     # a listener: the public ainvoke path
         assert direct[0] == public[0] and direct[1] == public[1]
         assert fake.requests[0] == fake.requests[1]
+
+
+def _three_ways(fake, mode: str, **chat_kwargs):
+    """The same structured call over the Wire, the SDK's post and the public ainvoke."""
+    from langchain_core.callbacks import AsyncCallbackHandler
+    from nodes.chat_call import Wire
+
+    async def main(way):
+        chat = ChatOpenAI(base_url=fake.base_url, api_key="sk-test-key-1234", model="m", max_retries=0,
+                          callbacks=[AsyncCallbackHandler()] if way == "public" else None,
+                          http_async_client=openai.DefaultAsyncHttpxClient(), **chat_kwargs)
+        wire = Wire.for_chat(chat) if way == "wire" else None
+        assert (wire is not None) == (way == "wire")
+        llm = LLM(chat=chat, model_name="m", structured_mode=mode, wire=wire)
+        try:
+            return await llm.structured("system", "user", Pick)
+        finally:
+            await llm.aclose()
+    return {way: asyncio.run(main(way)) for way in ("wire", "sdk", "public")}
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object", "prompt"])
+def test_the_wire_sends_what_the_sdk_sends(monkeypatch, mode):
+    """nodes/chat_call.py's Wire posts the body itself: the endpoint must see the same request
+    (path, query, body, key, custom headers) and the reply must read the same."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    reply = json.dumps({"name": "abc", "score": 1})
+    with FakeOpenAI(responder=lambda body: reply) as fake:
+        results = _three_ways(fake, mode, default_headers={"X-Team": "data"}, default_query={"api-version": "7"})
+        assert results["wire"] == results["sdk"] == results["public"]
+        assert fake.requests[0] == fake.requests[1] == fake.requests[2]
+        for path, headers in fake.request_lines:
+            assert path == "/v1/chat/completions?api-version=7"
+            assert headers["authorization"] == "Bearer sk-test-key-1234" and headers["x-team"] == "data"
+            assert headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("reply, error", [
+    ({"status": 429, "headers": {"Retry-After": "7"}, "content": "slow down"}, openai.RateLimitError),
+    ({"status": 500, "content": "boom"}, openai.InternalServerError),
+    ({"status": 401, "content": "bad key"}, openai.AuthenticationError),
+    ({"status": 400, "content": "maximum context length exceeded"}, openai.BadRequestError),
+])
+def test_the_wire_raises_the_sdks_errors(monkeypatch, reply, error):
+    """Retries and their classification (nodes/endpoint.py) read the SDK's exceptions: the Wire must
+    raise the same types with the same status, body and headers."""
+    from nodes.chat_call import Wire
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with FakeOpenAI(responder=lambda body: reply) as fake:
+        async def main():
+            chat = ChatOpenAI(base_url=fake.base_url, api_key="k", model="m", max_retries=0)
+            wire = Wire.for_chat(chat)
+            raised = []
+            for send in (lambda: wire.post({"model": "m", "messages": []}),
+                         lambda: chat.root_async_client.post("/chat/completions", body={"model": "m", "messages": []},
+                                                             cast_to=object)):
+                with pytest.raises(error) as caught:
+                    await send()
+                raised.append(caught.value)
+            await wire.aclose()
+            return raised
+        by_wire, by_sdk = asyncio.run(main())
+    assert type(by_wire) is type(by_sdk) and by_wire.status_code == by_sdk.status_code == reply["status"]
+    assert by_wire.body == by_sdk.body and by_wire.message == by_sdk.message
+    assert by_wire.response.headers.get("retry-after") == by_sdk.response.headers.get("retry-after")
+
+
+def test_the_wire_reports_a_refused_connection_and_garbled_bodies_as_the_endpoint_layer_expects():
+    from nodes.chat_call import Wire
+
+    async def refused():
+        chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m", max_retries=0)
+        wire = Wire.for_chat(chat)
+        try:
+            with pytest.raises(openai.APIConnectionError):
+                await wire.post({"model": "m", "messages": []})
+        finally:
+            await wire.aclose()
+    asyncio.run(refused())
+
+    with FakeOpenAI(responder=lambda body: {"status": 200, "body": b"<html>502</html>"}) as fake:
+        async def garbled():
+            wire = Wire.for_chat(ChatOpenAI(base_url=fake.base_url, api_key="k", model="m"))
+            try:
+                with pytest.raises(json.JSONDecodeError):
+                    await wire.post({"model": "m", "messages": []})
+            finally:
+                await wire.aclose()
+        asyncio.run(garbled())
+
+
+@pytest.mark.parametrize("case", ["proxy", "subclass", "no-key"])
+def test_no_wire_where_it_could_send_differently(monkeypatch, case):
+    from langchain_openai import AzureChatOpenAI
+    from nodes.chat_call import Wire
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    if case == "proxy":
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m")
+    elif case == "subclass":   # Azure's token providers and URL rules stay with the SDK
+        chat = AzureChatOpenAI(azure_endpoint="http://127.0.0.1:9", api_key="k", api_version="2024-10-21",
+                               azure_deployment="d")
+    else:
+        chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m")
+        monkeypatch.setattr(type(chat.root_async_client), "custom_auth", property(lambda self: object()))
+    assert Wire.for_chat(chat) is None

@@ -49,6 +49,8 @@ def test_calls_go_out_on_the_shared_client_and_it_closes(monkeypatch, proxy):
             finally:
                 await llm.aclose()
         results = asyncio.run(main())
+        # without a proxy the calls go out on nodes/chat_call.py's Wire; with one, on the SDK's httpx client
+        assert (llm.wire is None) == bool(proxy)
         assert [value for value, _ in results] == [Pick(name="alpha", score=3)] * 6
         assert fake.request_count == 6 and llm.usage.calls == 6
         assert all(body["response_format"]["type"] == "json_schema" for body in fake.requests)
