@@ -16,7 +16,7 @@ from nodes.cache import ResponseCache, request_key
 from nodes.chat_call import ChatRequest, Wire
 from nodes.endpoint import Endpoint
 
-# How to ask an endpoint for JSON. Servers differ (see DEVELOPERS.md): OpenAI and vLLM take
+# How to ask an endpoint for JSON. Servers differ (README, "Using another endpoint"): OpenAI and vLLM take
 # "json_schema"; llama-cpp-python's server rejects it but constrains output with a grammar
 # when given {"type": "json_object", "schema": ...}; "tools" forces a call of one function whose
 # parameters are the schema; "prompt" sends no response_format at all. `endpoint probe` finds out
