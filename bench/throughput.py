@@ -371,6 +371,7 @@ class RecordingProxy:
     def reset(self) -> None:
         self.first = self.last = 0.0
         self.requests = self.tokens = 0
+        self.serving = 0.0   # seconds the server spent on requests; the rest of the window is the client's
 
     async def start(self) -> str:
         import aiohttp
@@ -399,10 +400,16 @@ class RecordingProxy:
                 self.requests += 1
                 self.tokens += json.loads(data).get("usage", {}).get("completion_tokens", 0)
                 self.last = time.monotonic()
+                self.serving += self.last - started
             return web.Response(body=data, status=reply.status, content_type="application/json")
 
     def rate(self) -> float:
         return self.tokens / (self.last - self.first) if self.last > self.first else 0.0
+
+    def split(self) -> str:
+        """Where the window went: the server answering, or the client between requests."""
+        window = self.last - self.first
+        return f"(server {self.serving:.1f} s, between requests {window - self.serving:.1f} s)"
 
     async def stop(self) -> None:
         await self.session.close()
@@ -449,13 +456,14 @@ async def embedded_main(args) -> None:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await run.wait()
             say(f"teachgraph graph run rag: {proxy.requests} calls, {proxy.tokens} generated tokens in "
-                f"{proxy.last - proxy.first:.1f} s = {proxy.rate():.2f} tokens/s  (exit {run.returncode})  [{load()}]")
+                f"{proxy.last - proxy.first:.1f} s = {proxy.rate():.2f} tokens/s  (exit {run.returncode})  {proxy.split()}"
+                f"  [{load()}]")
             return proxy.rate()
 
         # One small request first: the server's first forward pass pages the model in from disk, which
         # would count against whichever run came first.
         from langchain_openai import ChatOpenAI
-        await ChatOpenAI(base_url=url, api_key="bench", model=embedded.MODEL_NAME, max_retries=0,
+        await ChatOpenAI(base_url=upstream, api_key="bench", model=embedded.MODEL_NAME, max_retries=0,
                          timeout=600).ainvoke("Say hello.", extra_body={"max_tokens": 8})
         # A-B-B-A (teachgraph, bare, bare, teachgraph): a drift in the machine's speed cancels out.
         first = await teachgraph("emb1")
@@ -467,7 +475,7 @@ async def embedded_main(args) -> None:
             await replay(url, recorded)
             bares.append(proxy.rate())
             say(f"bare ChatOpenAI loop replaying the same {proxy.requests} requests: {proxy.tokens} generated tokens "
-                f"in {proxy.last - proxy.first:.1f} s = {bares[-1]:.2f} tokens/s  [{load()}]")
+                f"in {proxy.last - proxy.first:.1f} s = {bares[-1]:.2f} tokens/s  {proxy.split()}  [{load()}]")
         second = await teachgraph("emb2")   # the same requests again (temperature 0, no cache)
         say(f"RATIO teachgraph / bare loop = {(first + second) / sum(bares):.2f}   (order teachgraph, bare, bare, "
             f"teachgraph after one warm-up request; goal >= 0.95)")
