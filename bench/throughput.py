@@ -347,6 +347,8 @@ def default_mode(args) -> None:
 
 def versions() -> str:
     from importlib.metadata import version
+    from langchain_openai import ChatOpenAI
+    from nodes.chat_call import Wire
     from teachgraph.transport import async_http_client, transport_name
     names = ["openai", "langchain-openai", "langgraph", "langgraph-checkpoint-sqlite", "aiohttp"]
     found = []
@@ -355,7 +357,9 @@ def versions() -> str:
             found.append(f"{name} {version(name)}")
         except Exception:
             found.append(f"{name} -")
-    return ", ".join(found) + f"; teachgraph transport: {transport_name(async_http_client())}"
+    wire = Wire.for_chat(ChatOpenAI(base_url="http://127.0.0.1:1/v1", api_key="bench", model=FAKE_MODEL))
+    transport = "the Wire (aiohttp)" if wire else f"the SDK's client ({transport_name(async_http_client())})"
+    return ", ".join(found) + f"; teachgraph's model calls go out on {transport}"
 
 
 # ---------------------------------------------------------------- embedded mode
