@@ -46,23 +46,36 @@ class Wire:
         import aiohttp
         import openai._base_client as sdk
 
-        self._aiohttp, self._client = aiohttp, client
+        self._aiohttp, self._client, self._sdk = aiohttp, client, sdk
         self._httpx = getattr(sdk, "httpx2", None) or sdk.httpx   # openai>=3 ships httpx2
+        self._merge_headers = sdk._merge_headers                    # fail here, not mid-run, if it moved
+        try:
+            from openai._utils._json import openapi_dumps as dumps  # the SDK's own body encoding
+        except ImportError:
+            dumps = json.dumps
+        self._dumps = dumps
         self.url = str(client.base_url).rstrip("/") + "/chat/completions"
         self._session: Any = None
         self._headers: dict[str, str] | None = None
 
     @classmethod
-    def for_chat(cls, chat: BaseChatModel) -> "Wire | None":
+    def for_chat(cls, chat: BaseChatModel, own_client: bool = False) -> "Wire | None":
         """A Wire when `chat` is a ChatOpenAI whose requests it can send exactly as the SDK would:
-        a fixed API key (no workload identity, custom auth or refreshing key), no proxy in the
-        environment (aiohttp and httpx read proxy settings differently), aiohttp installed."""
+        a fixed API key (no workload identity, custom auth or key provider), no proxy in the
+        environment (aiohttp and httpx read proxy settings differently), aiohttp installed, and no
+        HTTP client of the caller's (its TLS, mounts or hooks would be bypassed); `own_client` says
+        the chat model's client is teachgraph's own (teachgraph/transport.py)."""
         from langchain_openai import ChatOpenAI
 
         if type(chat) is not ChatOpenAI or getattr(chat, "openai_proxy", None) or proxy_configured():
             return None
+        if not own_client and (getattr(chat, "http_async_client", None) is not None
+                               or getattr(chat, "http_client", None) is not None):
+            return None
         client = chat.root_async_client
-        if (not isinstance(getattr(client, "api_key", None), str) or getattr(client, "custom_auth", None) is not None
+        if (not isinstance(getattr(client, "api_key", None), str) or not client.api_key
+                or getattr(client, "_api_key_provider", None) is not None
+                or getattr(client, "custom_auth", None) is not None
                 or getattr(client, "_workload_identity_auth", None) is not None
                 or not hasattr(client, "_make_status_error_from_response")
                 or not all(isinstance(v, str) for v in (client.default_query or {}).values())):
@@ -74,26 +87,35 @@ class Wire:
 
     def headers(self) -> dict[str, str]:
         if self._headers is None:   # built in the event loop: the SDK's headers name the async library
-            merged = {**self._client.default_headers, **self._client.auth_headers}
-            self._headers = {k: v for k, v in merged.items() if isinstance(v, str)}
+            # as the SDK merges them: case-insensitively, the client's headers over the key's, Omit removes
+            self._headers = self._merge_headers(self._client.auth_headers, self._client.default_headers,
+                                                {"x-stainless-retry-count": "0"})
         return self._headers
 
     async def post(self, body: dict[str, Any]) -> dict[str, Any]:
         aiohttp = self._aiohttp
         if self._session is None:
-            # no total timeout here: nodes/endpoint.py bounds every attempt
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+            # The SDK's TLS context (its trust store), no pool limit (nodes/endpoint.py limits requests in
+            # flight) and no total timeout (nodes/endpoint.py bounds every attempt).
+            connector = aiohttp.TCPConnector(ssl=self._httpx.create_ssl_context(), limit=0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         try:
-            async with self._session.post(self.url, data=json.dumps(body), headers=self.headers(),
+            async with self._session.post(self.url, data=self._dumps(body), headers=self.headers(),
                                           params=self._client.default_query or None) as reply:
                 content = await reply.read()
                 status, reply_headers = reply.status, list(reply.headers.items())
         except aiohttp.ClientError as exc:      # refused, reset, cut short: retried as connection errors
             raise openai.APIConnectionError(request=self._httpx.Request("POST", self.url)) from exc
         if status >= 400:
+            # aiohttp has already decoded the body: the headers must not tell httpx to decode it again
+            reply_headers = [(k, v) for k, v in reply_headers
+                             if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
             raise self._client._make_status_error_from_response(self._httpx.Response(
                 status, headers=reply_headers, content=content, request=self._httpx.Request("POST", self.url)))
-        return json.loads(content)   # a body that is not JSON: nodes/endpoint.py retries it as garbled
+        try:
+            return json.loads(content)
+        except UnicodeDecodeError as exc:   # as a body that is not JSON: nodes/endpoint.py retries it as garbled
+            raise json.JSONDecodeError(f"reply is not UTF-8 ({exc.reason})", "", 0) from None
 
     async def aclose(self) -> None:
         if self._session is not None:

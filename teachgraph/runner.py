@@ -164,7 +164,7 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
                         secrets=[api_key])
     return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
                max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache,
-               wire=Wire.for_chat(chat))
+               wire=Wire.for_chat(chat, own_client=True))
 
 
 class RunCorpus:

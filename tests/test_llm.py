@@ -4,6 +4,7 @@ truncated or invalid output is corrected and then rejected."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 
 import openai
@@ -113,7 +114,7 @@ def _three_ways(fake, mode: str, **chat_kwargs):
         chat = ChatOpenAI(base_url=fake.base_url, api_key="sk-test-key-1234", model="m", max_retries=0,
                           callbacks=[AsyncCallbackHandler()] if way == "public" else None,
                           http_async_client=openai.DefaultAsyncHttpxClient(), **chat_kwargs)
-        wire = Wire.for_chat(chat) if way == "wire" else None
+        wire = Wire.for_chat(chat, own_client=True) if way == "wire" else None
         assert (wire is not None) == (way == "wire")
         llm = LLM(chat=chat, model_name="m", structured_mode=mode, wire=wire)
         try:
@@ -145,6 +146,9 @@ def test_the_wire_sends_what_the_sdk_sends(monkeypatch, mode):
     ({"status": 500, "content": "boom"}, openai.InternalServerError),
     ({"status": 401, "content": "bad key"}, openai.AuthenticationError),
     ({"status": 400, "content": "maximum context length exceeded"}, openai.BadRequestError),
+    # compressed: aiohttp decodes it, and the error must not be decoded a second time
+    ({"status": 429, "headers": {"Retry-After": "3", "Content-Encoding": "gzip"},
+      "body": gzip.compress(b'{"error": {"message": "slow down", "type": "rate_limit"}}')}, openai.RateLimitError),
 ])
 def test_the_wire_raises_the_sdks_errors(monkeypatch, reply, error):
     """Retries and their classification (nodes/endpoint.py) read the SDK's exceptions: the Wire must
@@ -185,18 +189,28 @@ def test_the_wire_reports_a_refused_connection_and_garbled_bodies_as_the_endpoin
             await wire.aclose()
     asyncio.run(refused())
 
-    with FakeOpenAI(responder=lambda body: {"status": 200, "body": b"<html>502</html>"}) as fake:
-        async def garbled():
-            wire = Wire.for_chat(ChatOpenAI(base_url=fake.base_url, api_key="k", model="m"))
-            try:
-                with pytest.raises(json.JSONDecodeError):
-                    await wire.post({"model": "m", "messages": []})
-            finally:
-                await wire.aclose()
-        asyncio.run(garbled())
+    for garbage in (b"<html>502</html>", b'{"id": "\xff\xfe"}'):   # not JSON; not UTF-8
+        with FakeOpenAI(responder=lambda body: {"status": 200, "body": garbage}) as fake:
+            async def garbled():
+                wire = Wire.for_chat(ChatOpenAI(base_url=fake.base_url, api_key="k", model="m"))
+                try:
+                    with pytest.raises(json.JSONDecodeError):
+                        await wire.post({"model": "m", "messages": []})
+                finally:
+                    await wire.aclose()
+            asyncio.run(garbled())
 
 
-@pytest.mark.parametrize("case", ["proxy", "subclass", "no-key"])
+def test_the_wire_lets_the_users_headers_win_as_the_sdk_does(monkeypatch):
+    """An Authorization header of the user's (a gateway token; any case) replaces the key's."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with FakeOpenAI(responder=lambda body: json.dumps({"name": "abc", "score": 1})) as fake:
+        _three_ways(fake, "json_schema", default_headers={"authorization": "Bearer gateway"})
+        assert [headers["authorization"] for _, headers in fake.request_lines] == ["Bearer gateway"] * 3
+
+
+@pytest.mark.parametrize("case", ["proxy", "subclass", "custom-auth", "key-provider", "users-client"])
 def test_no_wire_where_it_could_send_differently(monkeypatch, case):
     from langchain_openai import AzureChatOpenAI
     from nodes.chat_call import Wire
@@ -209,7 +223,17 @@ def test_no_wire_where_it_could_send_differently(monkeypatch, case):
     elif case == "subclass":   # Azure's token providers and URL rules stay with the SDK
         chat = AzureChatOpenAI(azure_endpoint="http://127.0.0.1:9", api_key="k", api_version="2024-10-21",
                                azure_deployment="d")
-    else:
+    elif case == "custom-auth":
         chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m")
         monkeypatch.setattr(type(chat.root_async_client), "custom_auth", property(lambda self: object()))
+    elif case == "key-provider":   # a key fetched per request: the SDK asks for it, the Wire could not
+        async def key() -> str:
+            return "k"
+        chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key=key, model="m")
+    else:                          # its TLS settings, mounts or hooks would be bypassed
+        chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m",
+                          http_async_client=openai.DefaultAsyncHttpxClient(verify=False))
     assert Wire.for_chat(chat) is None
+    # the control: a plain ChatOpenAI gets one (not under a proxy, nor with custom_auth patched on its class)
+    plain = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m")
+    assert (Wire.for_chat(plain) is None) == (case in ("proxy", "custom-auth"))
