@@ -1,7 +1,7 @@
 """Throughput benchmark (issue 6): is the endpoint the only bottleneck? A benchmark, not a test.
 
     python bench/throughput.py               # fake endpoint: calls/s ratio, RSS, checkpoint bytes, kill+resume
-    python bench/throughput.py --quick       # the same with small sizes (about 6 minutes)
+    python bench/throughput.py --quick       # the same with small sizes (about 3 minutes)
     python bench/throughput.py --embedded    # the embedded llama.cpp model: generated tokens/s ratio
 
 Default mode, against bench/fake_endpoint.py (its own process; an instant OpenAI-compatible server):
@@ -505,7 +505,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="bare loop / graph run alternations")
     parser.add_argument("--rss", default="1000,5000,20000", help="seed counts of the RSS runs ('' to skip)")
     parser.add_argument("--kill-seeds", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="small sizes: 300 seeds, RSS at 500/1000/2000")
+    parser.add_argument("--quick", action="store_true", help="small sizes: 200 seeds, 2 alternations, RSS at 500/1000/2000")
     parser.add_argument("--embedded", action="store_true", help="measure against the embedded llama.cpp model")
     parser.add_argument("--embedded-seeds", type=int, default=2)
     parser.add_argument("--embedded-rounds", type=int, default=1)
