@@ -21,6 +21,13 @@ import skills  # noqa: E402
 from tests.fake_chat import ScriptedChatModel  # noqa: E402
 
 
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """No HTTP(S) proxy in the environment: a proxy turns the Wire and the aiohttp client off."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
 class Tally:
     def __init__(self):
         self.done: dict[str, int] = {}

@@ -125,11 +125,9 @@ def _three_ways(fake, mode: str, **chat_kwargs):
 
 
 @pytest.mark.parametrize("mode", ["json_schema", "json_object", "prompt"])
-def test_the_wire_sends_what_the_sdk_sends(monkeypatch, mode):
+def test_the_wire_sends_what_the_sdk_sends(no_proxy, mode):
     """nodes/chat_call.py's Wire posts the body itself: the endpoint must see the same request
     (path, query, body, key, custom headers) and the reply must read the same."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
     reply = json.dumps({"name": "abc", "score": 1})
     with FakeOpenAI(responder=lambda body: reply) as fake:
         results = _three_ways(fake, mode, default_headers={"X-Team": "data"}, default_query={"api-version": "7"})
@@ -150,13 +148,11 @@ def test_the_wire_sends_what_the_sdk_sends(monkeypatch, mode):
     ({"status": 429, "headers": {"Retry-After": "3", "Content-Encoding": "gzip"},
       "body": gzip.compress(b'{"error": {"message": "slow down", "type": "rate_limit"}}')}, openai.RateLimitError),
 ])
-def test_the_wire_raises_the_sdks_errors(monkeypatch, reply, error):
+def test_the_wire_raises_the_sdks_errors(no_proxy, reply, error):
     """Retries and their classification (nodes/endpoint.py) read the SDK's exceptions: the Wire must
     raise the same types with the same status, body and headers."""
     from nodes.chat_call import Wire
 
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
     with FakeOpenAI(responder=lambda body: reply) as fake:
         async def main():
             chat = ChatOpenAI(base_url=fake.base_url, api_key="k", model="m", max_retries=0)
@@ -176,7 +172,7 @@ def test_the_wire_raises_the_sdks_errors(monkeypatch, reply, error):
     assert by_wire.response.headers.get("retry-after") == by_sdk.response.headers.get("retry-after")
 
 
-def test_the_wire_reports_a_refused_connection_and_garbled_bodies_as_the_endpoint_layer_expects():
+def test_the_wire_reports_a_refused_connection_and_garbled_bodies_as_the_endpoint_layer_expects(no_proxy):
     from nodes.chat_call import Wire
 
     async def refused():
@@ -201,22 +197,18 @@ def test_the_wire_reports_a_refused_connection_and_garbled_bodies_as_the_endpoin
             asyncio.run(garbled())
 
 
-def test_the_wire_lets_the_users_headers_win_as_the_sdk_does(monkeypatch):
+def test_the_wire_lets_the_users_headers_win_as_the_sdk_does(no_proxy):
     """An Authorization header of the user's (a gateway token; any case) replaces the key's."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
     with FakeOpenAI(responder=lambda body: json.dumps({"name": "abc", "score": 1})) as fake:
         _three_ways(fake, "json_schema", default_headers={"authorization": "Bearer gateway"})
         assert [headers["authorization"] for _, headers in fake.request_lines] == ["Bearer gateway"] * 3
 
 
 @pytest.mark.parametrize("case", ["proxy", "subclass", "custom-auth", "key-provider", "users-client"])
-def test_no_wire_where_it_could_send_differently(monkeypatch, case):
+def test_no_wire_where_it_could_send_differently(no_proxy, monkeypatch, case):
     from langchain_openai import AzureChatOpenAI
     from nodes.chat_call import Wire
 
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
     if case == "proxy":
         monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
         chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m")

@@ -19,10 +19,8 @@ def settings(fake) -> Settings:
 
 
 @pytest.mark.parametrize("proxy, expected", [(None, "aiohttp"), ("http://127.0.0.1:9", "httpx")])
-def test_the_run_client_is_aiohttp_unless_a_proxy_is_set(monkeypatch, proxy, expected):
+def test_the_run_client_is_aiohttp_unless_a_proxy_is_set(no_proxy, monkeypatch, proxy, expected):
     pytest.importorskip("aiohttp")
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
     if proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy)
     with FakeOpenAI() as fake:
@@ -33,9 +31,7 @@ def test_the_run_client_is_aiohttp_unless_a_proxy_is_set(monkeypatch, proxy, exp
 
 
 @pytest.mark.parametrize("proxy", [None, "http://127.0.0.1:9"])
-def test_calls_go_out_on_the_shared_client_and_it_closes(monkeypatch, proxy):
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("https_proxy", raising=False)
+def test_calls_go_out_on_the_shared_client_and_it_closes(no_proxy, monkeypatch, proxy):
     if proxy:  # the fake endpoint is on loopback: keep it out of the proxy
         monkeypatch.setenv("HTTP_PROXY", proxy)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
