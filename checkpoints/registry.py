@@ -7,7 +7,6 @@ either finished with all its samples or still pending. Never stores API keys."""
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -15,19 +14,12 @@ from typing import Any, Callable, Iterable, Iterator
 import sqlite_utils
 
 from checkpoints import terms
-from checkpoints.terms import STOPWORDS
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
 
 def fts_query(text: str, max_terms: int = 12) -> str:
     """A safe FTS5 OR-query of the distinctive words in `text` (user text never reaches FTS syntax)."""
-    words: list[str] = []
-    for word in re.findall(r"[A-Za-z][A-Za-z0-9_]{2,}", text.lower()):
-        if word not in STOPWORDS and word not in words:
-            words.append(word)
-        if len(words) >= max_terms:
-            break
-    return " OR ".join(f'"{w}"' for w in words)
+    return " OR ".join(f'"{w}"' for w in terms.words(text, max_terms))
 
 
 class Registry:
