@@ -152,17 +152,27 @@ def _walk(root: Path) -> Iterator[Path | Skipped]:
         stack.extend(reversed(subfolders))
 
 
-def _read_text(path: Path) -> str:
+def _refuse_large(path: Path) -> None:
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ValueError(f"too large ({size} bytes, limit {MAX_FILE_BYTES})")
+
+
+def _refuse_binary(data: bytes, offset: int = 0) -> None:
+    """`data` starts at byte `offset` of its file; a NUL byte makes the file binary."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        at = offset + nul
+        raise ValueError("binary file" if at < 8192 else f"binary file (NUL byte at offset {at})")
+
+
+def _read_text(path: Path) -> str:
+    _refuse_large(path)
     with path.open("rb") as fh:
         data = fh.read(MAX_FILE_BYTES + 1)  # the file may have grown since stat
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"too large (over {MAX_FILE_BYTES} bytes)")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise ValueError("binary file" if nul < 8192 else f"binary file (NUL byte at offset {nul})")
+    _refuse_binary(data)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -176,19 +186,14 @@ def _check_text(path: Path, chunk: int = 1 << 20) -> None:
     """_read_text's checks without holding the file: for JSON Lines, which is then read a line at a
     time, so a corpus of millions of records never sits in memory whole (a 23 MB file read whole
     raised peak RSS by 67 MB: bytes, text and the list of lines)."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"too large ({size} bytes, limit {MAX_FILE_BYTES})")
+    _refuse_large(path)
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     offset, has_text = 0, False
     with path.open("rb") as fh:
         while data := fh.read(chunk):
             if offset + len(data) > MAX_FILE_BYTES:
                 raise ValueError(f"too large (over {MAX_FILE_BYTES} bytes)")
-            nul = data.find(b"\x00")
-            if nul >= 0:
-                at = offset + nul
-                raise ValueError("binary file" if at < 8192 else f"binary file (NUL byte at offset {at})")
+            _refuse_binary(data, offset)
             pending = len(decoder.getstate()[0])
             try:
                 has_text = bool(decoder.decode(data).strip()) or has_text
@@ -238,7 +243,10 @@ def read_documents(path: Path) -> Iterator[tuple[str, str, str, str] | Skipped]:
         yield Skipped(name, f"unsupported file type {display(suffix) or '(none)'}")
         return
     try:
-        text = _check_text(path) if suffix in JSONL_SUFFIXES else _read_text(path)
+        if suffix in JSONL_SUFFIXES:
+            _check_text(path)   # then read a line at a time below
+        else:
+            text = _read_text(path)
     except (OSError, ValueError) as exc:
         yield Skipped(name, getattr(exc, "strerror", None) or str(exc))
         return
