@@ -46,7 +46,7 @@ class Wire:
         import aiohttp
         import openai._base_client as sdk
 
-        self._aiohttp, self._client, self._sdk = aiohttp, client, sdk
+        self._aiohttp, self._client = aiohttp, client
         self._httpx = getattr(sdk, "httpx2", None) or sdk.httpx   # openai>=3 ships httpx2
         self._merge_headers = sdk._merge_headers                    # fail here, not mid-run, if it moved
         try:
@@ -55,6 +55,7 @@ class Wire:
             dumps = json.dumps
         self._dumps = dumps
         self.url = str(client.base_url).rstrip("/") + "/chat/completions"
+        self.query = client.default_query or None
         self._session: Any = None
         self._headers: dict[str, str] | None = None
 
@@ -101,7 +102,7 @@ class Wire:
             self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         try:
             async with self._session.post(self.url, data=self._dumps(body), headers=self.headers(),
-                                          params=self._client.default_query or None) as reply:
+                                          params=self.query) as reply:
                 content = await reply.read()
                 status, reply_headers = reply.status, list(reply.headers.items())
         except aiohttp.ClientError as exc:      # refused, reset, cut short: retried as connection errors

@@ -1,9 +1,11 @@
-"""The HTTP client every model call goes out on: one per run, shared by all seeds.
+"""The openai SDK's HTTP client for a run: one per run, shared by all seeds. It carries the model
+calls nodes/chat_call.py's Wire does not (behind a proxy, with LangChain callbacks or tracing, or
+for requests the Wire cannot send).
 
-The openai SDK's default httpx stack costs more CPU per request than a fast endpoint takes to
-answer; its aiohttp transport (`openai[aiohttp]`) costs markedly less (bench/throughput.py
-prints both). teachgraph uses aiohttp when it is installed and no proxy is configured (aiohttp
-ignores the HTTP(S)_PROXY variables httpx honours), and the SDK's tuned httpx client otherwise."""
+The SDK's default httpx stack costs more CPU per request than a fast endpoint takes to answer; its
+aiohttp transport (`openai[aiohttp]`) costs markedly less (bench/throughput.py prints both).
+teachgraph uses aiohttp when it is installed and no proxy is configured (aiohttp ignores the
+HTTP(S)_PROXY variables httpx honours), and the SDK's tuned httpx client otherwise."""
 
 from __future__ import annotations
 
