@@ -29,8 +29,7 @@ from nodes.llm import STRUCTURED_MODES
 from teachgraph import embedded, probe
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
-                               new_run_id,
-                               run_status, shown_status)
+                               new_run_id, run_status, shown_status)
 from teachgraph.output import SampleWriter
 from teachgraph.seeds import abbreviate, collect
 

@@ -172,29 +172,24 @@ def test_the_wire_raises_the_sdks_errors(no_proxy, reply, error):
     assert by_wire.response.headers.get("retry-after") == by_sdk.response.headers.get("retry-after")
 
 
-def test_the_wire_reports_a_refused_connection_and_garbled_bodies_as_the_endpoint_layer_expects(no_proxy):
+def _wire_post_raises(base_url: str, error: type[Exception]) -> None:
     from nodes.chat_call import Wire
 
-    async def refused():
-        chat = ChatOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", model="m", max_retries=0)
-        wire = Wire.for_chat(chat)
+    async def main():
+        wire = Wire.for_chat(ChatOpenAI(base_url=base_url, api_key="k", model="m", max_retries=0))
         try:
-            with pytest.raises(openai.APIConnectionError):
+            with pytest.raises(error):
                 await wire.post({"model": "m", "messages": []})
         finally:
             await wire.aclose()
-    asyncio.run(refused())
+    asyncio.run(main())
 
+
+def test_the_wire_reports_a_refused_connection_and_garbled_bodies_as_the_endpoint_layer_expects(no_proxy):
+    _wire_post_raises("http://127.0.0.1:9/v1", openai.APIConnectionError)
     for garbage in (b"<html>502</html>", b'{"id": "\xff\xfe"}'):   # not JSON; not UTF-8
         with FakeOpenAI(responder=lambda body: {"status": 200, "body": garbage}) as fake:
-            async def garbled():
-                wire = Wire.for_chat(ChatOpenAI(base_url=fake.base_url, api_key="k", model="m"))
-                try:
-                    with pytest.raises(json.JSONDecodeError):
-                        await wire.post({"model": "m", "messages": []})
-                finally:
-                    await wire.aclose()
-            asyncio.run(garbled())
+            _wire_post_raises(fake.base_url, json.JSONDecodeError)
 
 
 def test_the_wire_lets_the_users_headers_win_as_the_sdk_does(no_proxy):
