@@ -52,7 +52,6 @@ class FlowState(SeedState, total=False):
     history: list[dict]          # one entry per refinement round
     answering: dict              # the conversation being answered (see _start)
     next_step: str               # where answer/follow_up/simulate_tools go next
-    refined_rejected: str        # why the refined task got no sample (the seed task's sample stands)
 
 
 # ---- configuration read from the skill ----

@@ -246,6 +246,7 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
         items.append(final)
     used = Usage()
     samples = []
+    refined_rejected: dict[str, str] = {}
     for item in items:
         user = sample_prompt(ctx.skill, state, item)
         try:
@@ -253,6 +254,7 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
         except UnusableOutput as exc:
             used.add(exc.usage)
             if samples:  # the refined item failed; the seed item's sample still stands
+                refined_rejected["refined_rejected"] = str(exc)
                 break
             return {"rejected": str(exc), "rejected_by": "answer", **usage_update(used)}
         except NodeFailed as exc:  # the calls for the items before it were spent too
@@ -261,7 +263,7 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
         used.add(call)
         samples.append(make_sample(ctx, state, item, user, out,
                                    parent=samples[0]["id"] if samples else None))
-    return {"samples": samples, **usage_update(used)}
+    return {"samples": samples, **refined_rejected, **usage_update(used)}
 
 
 def sample_prompt(skill: Skill, state: dict, item: dict) -> str:

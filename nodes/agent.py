@@ -36,6 +36,7 @@ class SeedState(TypedDict, total=False):
     refine_done: bool
     rejected: str                                    # set => the seed ends rejected, with this reason
     rejected_by: str                                 # the node that rejected it
+    refined_rejected: str                            # why the refined task got no sample (the seed's stands)
     samples: list[dict]                              # finished (prompt, response) samples
     llm_calls: Annotated[int, operator.add]
     tokens: Annotated[int, operator.add]

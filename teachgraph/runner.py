@@ -312,7 +312,9 @@ class Execution:
                                       llm_calls=calls, tokens=tokens, cache_hits=hits)
             self.reporter.seed_done("rejected", 0)
         else:
+            # an accepted seed's reason, if any, says why its refined task got no sample
             self.registry.finish_seed(self.run_id, seed["id"], status="accepted", samples=samples,
+                                      reason=final.get("refined_rejected"),
                                       llm_calls=calls, tokens=tokens, cache_hits=hits)
             for sample in samples:
                 self.writer.append(sample)

@@ -178,6 +178,26 @@ def test_a_failed_check_goes_back_to_the_answer_agent_then_rejects(tmp_path, cor
     assert len(answers) == 4  # per seed: the answer and one correction with the check's feedback
 
 
+class RefinedKeyDiffers(FlowScript):
+    """The editor's rewrite gets answer key A; the answer agent keeps saying B."""
+
+    def reply(self, system: str, user: str, schema: dict) -> str:
+        value = json.loads(super().reply(system, user, schema))
+        if system.startswith("You rewrite a task") and "answer_key" in value:
+            value["answer_key"] = "A"
+        return json.dumps(value)
+
+
+def test_a_refined_task_that_fails_leaves_the_seed_accepted_with_the_reason(tmp_path, corpus):
+    """The seed task's sample stands; why the refined task got none is kept in the registry."""
+    registry, samples = run_skill(tmp_path, corpus, skills.load("mcq"), RefinedKeyDiffers(), rounds=1)
+    counts = registry.counts("t")
+    assert counts["accepted"] == counts["total"] == 2 and len(samples) == 2
+    assert all(s["metadata"]["refinement_round"] == 0 for s in samples)
+    reasons = [row["reason"] for row in registry.db.query("select reason from seeds where run_id = 't'")]
+    assert all(r and "check choice_key failed" in r for r in reasons), reasons
+
+
 def test_a_skill_rejects_seeds_of_a_kind_it_cannot_use(tmp_path, corpus):
     text_only = skills.load("open_domain_qa")
     text_only = dataclasses.replace(text_only, transformations=tuple(
