@@ -30,7 +30,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from graphs.refinement import add_refinement_loop
+from graphs.refinement import add_refinement_loop, unless_rejected
 from nodes import checks, schemas
 from nodes.agent import SeedState, agent_node, ask, stop_refining, usage_update
 from nodes.context import RunContext
@@ -493,7 +493,7 @@ def _offset(seed_id: str) -> int:
     return int(hashlib.sha256(seed_id.encode()).hexdigest()[:6], 16)
 
 
-def after_answer(state: dict) -> str:
+async def after_answer(state: dict) -> str:  # async: see graphs/refinement.py
     step = state.get("next_step", "done")
     return END if step == "done" else step
 
@@ -511,9 +511,9 @@ def build(skill: Skill) -> StateGraph:
     if _cfg(skill, "transform").get("extend"):
         builder.add_node("extend", agent_node("extend", lambda s, c: content_schema(c.skill), extend_inputs,
                                               extend_apply, on_unusable=keep_material))
-        builder.add_conditional_edges("transform", lambda s: END if s.get("rejected") else "extend", ["extend", END])
+        builder.add_conditional_edges("transform", unless_rejected("extend"), ["extend", END])
         material = "extend"
-    builder.add_conditional_edges(material, lambda s: END if s.get("rejected") else "generate", ["generate", END])
+    builder.add_conditional_edges(material, unless_rejected("generate"), ["generate", END])
     add_refinement_loop(builder, entry="generate", exit="answer")
     after = ["answer", END]
     mode = response_mode(skill)

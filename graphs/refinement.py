@@ -15,11 +15,19 @@ from __future__ import annotations
 from langgraph.graph import END, StateGraph
 
 
+# Routers are async only so that LangGraph runs them on the event loop: a plain function in an
+# async graph goes to a worker thread and back on every step (measured: that hop is most of a
+# step's wall time on a busy machine). Every graph's routers follow this rule.
+
+def unless_rejected(then: str):
+    """A router: END for a seed its node rejected, else `then`."""
+    async def route(state: dict) -> str:
+        return END if state.get("rejected") else then
+    return route
+
+
 def add_refinement_loop(builder: StateGraph, *, entry: str, exit: str,
                         suggester: str = "suggest", editor: str = "edit") -> None:
-    # The routers are async only so that LangGraph runs them on the event loop: a plain function in
-    # an async graph goes to a worker thread and back on every step (measured: that hop is most of
-    # a step's wall time on a busy machine).
     async def after_entry(state: dict) -> str:
         if state.get("rejected"):
             return END
