@@ -20,6 +20,7 @@ One node, one model call: a resume repeats at most the call in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
@@ -92,8 +93,13 @@ def judged_content_schema(skill: Skill) -> type[BaseModel]:
     on a poem does not): a seed that does not fit is rejected with the agent's reason."""
     fit = _cfg(skill, "transform").get("fit")
     material = content_schema(skill)
-    if not fit:
-        return material
+    return _judged(material, fit) if fit else material
+
+
+# The schema builders below are cached on what the schema depends on: building a pydantic model
+# costs ~1 ms, and nodes/llm.py caches each class's JSON schema, which a fresh class per call misses.
+@functools.lru_cache(maxsize=256)
+def _judged(material: type[BaseModel], fit: str) -> type[BaseModel]:
     judged = create_model(f"{material.__name__}Judged",
                           fits=(bool, Field(description=f"true if {fit}; false otherwise")),
                           why_not=(str, Field(default="", max_length=300,
@@ -170,12 +176,19 @@ def item_schema(state: dict, ctx: RunContext, *, with_content: bool = False) -> 
     spec = _fields(ctx.skill, "item")
     dynamic = {name: s for name, s in spec.items() if isinstance(s, dict) and s.get("type") == "api_names"}
     base = schemas.build(f"{ctx.skill.name.title()}Item", {k: v for k, v in spec.items() if k not in dynamic})
+    if not dynamic and not with_content:
+        return base
+    return _item_with(base, tuple((name, s["description"]) for name, s in dynamic.items()), api_names(state),
+                      with_content)
+
+
+@functools.lru_cache(maxsize=256)
+def _item_with(base: type[BaseModel], dynamic: tuple[tuple[str, str], ...], names: tuple[str, ...],
+               with_content: bool) -> type[BaseModel]:
     extra: dict[str, Any] = {}
-    names = api_names(state)
-    for name, s in dynamic.items():
+    for name, description in dynamic:
         # min_length: a grammar-constrained endpoint then cannot send an empty list (small models do)
-        extra[name] = (list[Literal[names]] if names else list[str],
-                       Field(min_length=1, description=s["description"]))
+        extra[name] = (list[Literal[names]] if names else list[str], Field(min_length=1, description=description))
     if with_content:
         extra["content"] = (str, Field(min_length=20, max_length=4000,
                                        description="the material, rewritten if the goal needs it, else unchanged"))
@@ -212,7 +225,11 @@ def _clean(data: dict) -> dict:
 
 
 def suggest_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
-    names = tuple(g["name"] for g in goals(ctx.skill)) + ("none",)
+    return _suggestion(tuple(g["name"] for g in goals(ctx.skill)) + ("none",))
+
+
+@functools.lru_cache(maxsize=256)
+def _suggestion(names: tuple[str, ...]) -> type[BaseModel]:
     return create_model("Suggestion",
                         goal=(Literal[names], Field(description="one goal, or none")),
                         suggestion=(str, Field(max_length=600, description="what to change and why, briefly")))
@@ -320,9 +337,16 @@ def answer_schema(state: dict, ctx: RunContext, answering: dict) -> type[BaseMod
     if response_mode(ctx.skill) != "tool_calls":
         return schemas.build(f"{ctx.skill.name.title()}Response", _fields(ctx.skill, "response"))
     if any(m["role"] == "tool" for m in answering["messages"]):  # results are in: the final reply
-        return create_model("FinalReply", message=(str, Field(min_length=1, max_length=2000,
-                                                              description="the reply to the user")))
-    tools = tuple(items_to_answer(state)[answering["index"]].get("tools") or ())
+        return FinalReply
+    return _tool_reply(tuple(items_to_answer(state)[answering["index"]].get("tools") or ()))
+
+
+FinalReply = create_model("FinalReply", message=(str, Field(min_length=1, max_length=2000,
+                                                            description="the reply to the user")))
+
+
+@functools.lru_cache(maxsize=256)
+def _tool_reply(tools: tuple[str, ...]) -> type[BaseModel]:
     if not tools:  # every API the task needs was taken away: there is nothing to call
         return create_model("ToolReply",
                             action=(Literal["ask_user", "cannot_do"], Field(description="cannot_do: no tool given can do it")),
@@ -414,17 +438,19 @@ def _item_failed(ctx: RunContext, state: dict, answering: dict, reason: str) -> 
     return {"next_step": "done", "refined_rejected": reason}
 
 
+FollowUp = create_model("FollowUp", message=(str, Field(min_length=5, max_length=600,
+                                                       description="the user's next message")))
+
+
 async def follow_up(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The user's next turn in a conversation: one of the skill's follow-up kinds, in turn order."""
     ctx = runtime.context
     answering = state["answering"]
     kinds = _cfg(ctx.skill, "response").get("follow_ups", ["a natural follow-up question"])
     kind = kinds[(answering["turn"] - 1 + _offset(state["seed_id"])) % len(kinds)]
-    schema = create_model("FollowUp", message=(str, Field(min_length=5, max_length=600,
-                                                          description="the user's next message")))
     values = {"conversation": transcript(answering["messages"]), "follow_up_kind": kind, **_skill_values(ctx.skill)}
     try:
-        out, used = await ask(ctx, "follow_up", values, schema, state)
+        out, used = await ask(ctx, "follow_up", values, FollowUp, state)
     except UnusableOutput as exc:  # the conversation ends here, with the turns it has
         return {**_item_done(ctx, state, answering), **usage_update(exc.usage)}
     messages = [*answering["messages"], {"role": "user", "content": out.message.strip()}]
@@ -432,14 +458,18 @@ async def follow_up(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]
             "next_step": "answer", **usage_update(used)}
 
 
+@functools.lru_cache(maxsize=64)
+def _tool_results(calls: int) -> type[BaseModel]:
+    return create_model("ToolResults", results=(list[str], Field(
+        min_length=calls, max_length=calls, description=f"{calls} results, one JSON object per call, in order")))
+
+
 async def simulate_tools(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Invented results for the calls just made (the paper's tool results are LLM-simulated)."""
     ctx = runtime.context
     answering = state["answering"]
     calls = answering["messages"][-1]["tool_calls"]
-    schema = create_model("ToolResults", results=(list[str], Field(
-        min_length=len(calls), max_length=len(calls),
-        description=f"{len(calls)} results, one JSON object per call, in order")))
+    schema = _tool_results(len(calls))
     listing = "\n".join(f"{n + 1}. {c['function']['name']}({c['function']['arguments']})" for n, c in enumerate(calls))
     item = items_to_answer(state)[answering["index"]]
     values = {"calls": listing, "tools": sample_system(ctx, state, item), **_skill_values(ctx.skill)}
