@@ -93,10 +93,6 @@ def _build(model_name: str, frozen: tuple) -> type[BaseModel]:
     return create_model(model_name, **{name: field_definition(name, spec) for name, spec in fields.items()})
 
 
-def extend(base: type[BaseModel], model_name: str, **extra: tuple[Any, Any]) -> type[BaseModel]:
-    return create_model(model_name, __base__=base, **extra)
-
-
 def _freeze(value: Any) -> Any:
     if isinstance(value, dict):
         return ("__dict__", tuple((k, _freeze(v)) for k, v in value.items()))

@@ -67,7 +67,6 @@ class Skill:
     prompts: dict[str, Prompt]
     settings: dict[str, Any] = field(default_factory=dict)
     transformations: tuple[Transformation, ...] = ()
-    aliases: tuple[str, ...] = ()
 
     def transformations_for(self, kind: str) -> tuple[Transformation, ...]:
         return tuple(t for t in self.transformations if kind in t.kinds)
@@ -89,10 +88,6 @@ class Skill:
             if task.name == name:
                 return task
         raise SkillError(f"skill {self.name!r} has no task type {name!r}")
-
-    def task_for(self, ordinal: int) -> TaskType:
-        """Round-robin over the taxonomy, so a corpus covers every type evenly."""
-        return self.taxonomy[ordinal % len(self.taxonomy)]
 
     def prompt(self, agent: str) -> Prompt:
         try:
@@ -237,4 +232,4 @@ def load(name: str) -> Skill:
                  graph=definition["graph"],
                  taxonomy=_load_taxonomy(folder / "taxonomy.toml", transformations),
                  prompts=_prompts(folder / "prompts.toml"), settings=settings,
-                 transformations=transformations, aliases=tuple(definition.get("aliases", ())))
+                 transformations=transformations)

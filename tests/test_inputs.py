@@ -59,7 +59,8 @@ def test_rag_taxonomy_loads_and_covers_types_evenly():
     names = [t.name for t in skill.taxonomy]
     assert len(names) == len(set(names)) >= 7
     assert all(t.description for t in skill.taxonomy)
-    dealt = [skill.task_for(i).name for i in range(len(names) * 3)]
+    deal = skill.assigner()
+    dealt = [deal(f"seed{i}", "text")[1] for i in range(len(names) * 3)]
     assert all(dealt.count(n) == 3 for n in names)
     for agent in ("transform", "generate", "suggest", "edit", "answer", "sample"):
         assert skill.prompt(agent).system or skill.prompt(agent).user
