@@ -529,6 +529,7 @@ async def after_answer(state: dict) -> str:  # async: see graphs/refinement.py
 
 
 def build(skill: Skill) -> StateGraph:
+    checks.checks_for(skill)   # refuses unknown check names now, not at each seed's answer
     builder = StateGraph(FlowState, context_schema=RunContext)
     builder.add_node("transform", transform)
     builder.add_node("generate", agent_node("generate", item_schema, generate_inputs, generate_apply))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nodes.sandbox import Limits, run_python
-from skills import Skill
+from skills import Skill, SkillError
 
 
 @dataclass
@@ -44,15 +44,18 @@ def check(name: str):
     return register
 
 
+def checks_for(skill: Skill) -> list[Check]:
+    """The checks skill.toml names; flow.build calls it, so a misspelt name stops the skill before any
+    model call instead of failing each seed at its answer."""
+    names = skill.settings.get("checks", [])
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        raise SkillError(f"skill {skill.name}: unknown check {unknown[0]!r} (known: {sorted(CHECKS)})")
+    return [CHECKS[name] for name in names]
+
+
 def run_all(skill: Skill, item: dict, response: dict) -> list[Verdict]:
-    verdicts = []
-    for name in skill.settings.get("checks", []):
-        try:
-            fn = CHECKS[name]
-        except KeyError:
-            raise ValueError(f"skill {skill.name}: unknown check {name!r} (known: {sorted(CHECKS)})") from None
-        verdicts.append(fn(item, response))
-    return verdicts
+    return [fn(item, response) for fn in checks_for(skill)]
 
 
 def _strip_fences(code: str) -> str:

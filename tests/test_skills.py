@@ -198,6 +198,15 @@ def test_a_refined_task_that_fails_leaves_the_seed_accepted_with_the_reason(tmp_
     assert all(r and "check choice_key failed" in r for r in reasons), reasons
 
 
+def test_a_misspelt_check_stops_the_skill_before_any_model_call():
+    import dataclasses
+    mcq = skills.load("mcq")
+    misspelt = dataclasses.replace(mcq, settings={**mcq.settings, "checks": ["choice_kee"]})
+    with pytest.raises(skills.SkillError, match="unknown check 'choice_kee'"):
+        misspelt.build_graph()
+    mcq.build_graph()   # the real name builds
+
+
 def test_a_skill_rejects_seeds_of_a_kind_it_cannot_use(tmp_path, corpus):
     text_only = skills.load("open_domain_qa")
     text_only = dataclasses.replace(text_only, transformations=tuple(
