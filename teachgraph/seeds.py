@@ -209,11 +209,13 @@ def _check_text(path: Path, chunk: int = 1 << 20) -> None:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """The lines str.splitlines() would give for the whole file, read a line at a time."""
+    """The file's records, read a line at a time. JSON Lines records end at "\n" only (a "\r" before
+    it is dropped): str.splitlines() also splits at U+2028, U+0085 and form feeds, which a JSON string
+    may hold raw (json.dumps(ensure_ascii=False) writes them so), cutting one record in two."""
     # errors="replace": the file passed _check_text just before; one changed since must not crash a run
-    with path.open(encoding="utf-8-sig", errors="replace") as fh:
-        for physical in fh:
-            yield from physical.splitlines()
+    with path.open(encoding="utf-8-sig", errors="replace", newline="\n") as fh:
+        for line in fh:
+            yield line.removesuffix("\n").removesuffix("\r")
 
 
 def _unusable_text(text: str) -> str | None:
