@@ -353,9 +353,9 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         if run["status"] == "empty":
             fail(f"run {run_id} found no usable seed text; start a new run with other --seeds")
         if run["status"] == "collecting":
-            # Killed while collecting: no seed has run yet, so collecting again from scratch is safe.
+            # Killed while collecting: no seed has run yet, so collecting again from scratch is safe
+            # (add_corpus forgets what the cut-short collection stored).
             say(f"run {run_id} was stopped while collecting its seeds; collecting them again")
-            registry.forget_corpus(run_id)
             _collect_seeds(registry, run_id, settings, [Path(p) for p in settings.seeds])
         counts = registry.counts(run_id)
         if counts["total"] and not counts["pending"] and not counts["failed"]:

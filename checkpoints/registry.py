@@ -91,9 +91,12 @@ class Registry:
     # ---- corpus ----
     def add_corpus(self, run_id: str, items: Iterable[Chunk | Skipped], *, limit: int | None,
                    assign: Callable[[str, str], tuple[str, str | None, str | None]], passage_chars: int,
-                   on_skip=None) -> int:
+                   on_skip=None, batch: int = 500) -> int:
         """Store chunks as the run's seeds (and their passages), and skipped inputs with reasons.
-        `assign(seed_id, kind)` gives each seed its (skill, transformation, task type)."""
+        `assign(seed_id, kind)` gives each seed its (skill, transformation, task type).
+        Collection always starts from scratch: whatever a collection cut short by a kill stored is
+        forgotten first, so a resumed run gets the same seeds, word counts and distractors."""
+        self.forget_corpus(run_id)
         count = 0
         seen: set[str] = set()
         seed_rows: list[dict] = []
@@ -129,16 +132,16 @@ class Registry:
                 passage_rows.append({"run_id": run_id, "seed_id": item.id, "idx": idx,
                                      "title": item.title, "text": passage})
             count += 1
-            if len(seed_rows) >= 500:
+            if len(seed_rows) >= batch:
                 flush()
         flush()
         self.set_run(run_id, seeds_total=count, status="running")
         return count
 
     def forget_corpus(self, run_id: str) -> None:
-        """Drop a run's seeds, passages and skipped inputs (a collection cut short, to be redone)."""
+        """Drop a run's seeds, passages, word counts and skipped inputs (before collecting them)."""
         with self.db.conn:
-            for table in ("seeds", "passages", "skipped"):
+            for table in ("seeds", "passages", "terms", "skipped"):
                 self.db.execute(f"delete from {table} where run_id = ?", [run_id])
 
     def seed(self, run_id: str, seed_id: str) -> dict:
