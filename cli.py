@@ -31,7 +31,7 @@ from teachgraph.mix import Dealer, load_mix
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
                                new_run_id, run_status, shown_status)
 from teachgraph.output import SampleWriter
-from teachgraph.seeds import abbreviate, collect
+from teachgraph.seeds import Skipped, abbreviate, collect
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
 
@@ -314,13 +314,29 @@ def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: L
         dealer = Dealer([load_skill(settings.skill)])
     # passages feed rag's retrieval of distractors, so they are cut to rag's size
     passage_chars = skills.load("rag").settings.get("context", {}).get("passage_chars", 420)
-    total = registry.add_corpus(run_id, collect(paths), limit=settings.limit, assign=dealer,
-                                passage_chars=passage_chars,
-                                on_skip=lambda s: say(f"skipped {abbreviate(s.source)}: {s.reason}"))
+    shown = ", ".join(map(str, paths))
+    say(f"collecting seeds from {shown} ...")
+    started = time.monotonic()
+    try:
+        with err.status("collecting seeds ...") as status:   # drawn only on a terminal
+            def counted(items):
+                seen, last = 0, 0.0
+                for item in items:
+                    if not isinstance(item, Skipped):
+                        seen += 1
+                        if time.monotonic() - last > 0.2:
+                            last = time.monotonic()
+                            status.update(f"collecting seeds: {seen} from {escape(abbreviate(item.source, 80))}")
+                    yield item
+            total = registry.add_corpus(run_id, counted(collect(paths)), limit=settings.limit, assign=dealer,
+                                        passage_chars=passage_chars,
+                                        on_skip=lambda s: say(f"skipped {abbreviate(s.source)}: {s.reason}"))
+    finally:  # collecting is part of the run's time (a large corpus takes a while)
+        registry.add_wall_time(run_id, time.monotonic() - started)
     if total == 0:
         registry.set_run(run_id, status="empty")
-        fail("no usable seed text in " + ", ".join(map(str, paths)))
-    say(f"{total} seeds from {', '.join(map(str, paths))}; output: {settings.out}")
+        fail(f"no usable seed text in {shown}")
+    say(f"{total} seeds from {shown}; output: {settings.out}")
 
 
 def _structured_strategy(registry: Registry, base_url: str, api_key: str, model: str) -> tuple[str, str]:

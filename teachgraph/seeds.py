@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -286,44 +287,68 @@ def read_documents(path: Path) -> Iterator[tuple[str, str, str, str] | Skipped]:
         yield name, title, text, kind
 
 
-def _split(text: str, limit: int) -> list[str]:
-    """Greedy packing of paragraphs (then lines, then sentences) into pieces of <= limit chars."""
-    blocks = [b.strip() for b in re.split(r"\n\s*\n", text) if b.strip()]
-    pieces: list[str] = []
-    for block in blocks:
+_SPACES = re.compile(" *")
+
+
+def _blocks(text: str) -> Iterator[str]:
+    """The paragraphs of `text`, stripped and non-empty, as re.split(r"\n\s*\n") gives them, lazily."""
+    start = 0
+    for gap in re.finditer(r"\n\s*\n", text):
+        if block := text[start:gap.start()].strip():
+            yield block
+        start = gap.end()
+    if block := text[start:].strip():
+        yield block
+
+
+def _pieces(text: str, limit: int) -> Iterator[str]:
+    """Paragraphs (then lines, then sentences) of at most `limit` chars, in order."""
+    for block in _blocks(text):
         if len(block) <= limit:
-            pieces.append(block)
+            yield block
             continue
         units = block.splitlines() if "\n" in block else re.split(r"(?<=[.!?])\s+", block)
         current = ""
         for unit in units:
             if len(unit) > limit and current:  # keep the text in order: flush before cutting
-                pieces.append(current)
+                yield current
                 current = ""
-            while len(unit) > limit:  # one enormous line or sentence: cut at a space if there is one
-                cut = unit.rfind(" ", limit // 2, limit)
-                cut = cut if cut > 0 else limit
-                pieces.append(unit[:cut])
-                unit = unit[cut:].lstrip(" ")
+            # one enormous line or sentence: cut at a space if there is one. `start` moves along the
+            # unit; slicing off the rest at each cut would copy it, quadratic in the unit's length.
+            start = 0
+            while len(unit) - start > limit:
+                cut = unit.rfind(" ", start + limit // 2, start + limit)
+                cut = cut if cut > start else start + limit
+                yield unit[start:cut]
+                start = _SPACES.match(unit, cut).end()
+            unit = unit[start:] if start else unit
             if current and len(current) + len(unit) + 1 > limit:
-                pieces.append(current)
+                yield current
                 current = ""
             current = f"{current}\n{unit}" if current else unit
         if current:
-            pieces.append(current)
-    packed: list[str] = []
-    for piece in pieces:
-        if packed and len(packed[-1]) + len(piece) + 2 <= limit:
-            packed[-1] = f"{packed[-1]}\n\n{piece}"
+            yield current
+
+
+def _split(text: str, limit: int) -> Iterator[str]:
+    """Greedy packing of _pieces into pieces of <= limit chars, lazily."""
+    last = None
+    for piece in _pieces(text, limit):
+        if last is not None and len(last) + len(piece) + 2 <= limit:
+            last = f"{last}\n\n{piece}"
         else:
-            packed.append(piece)
-    return packed
+            if last is not None:
+                yield last
+            last = piece
+    if last is not None:
+        yield last
 
 
-def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
+def chunk_text(text: str, limit: int = CHUNK_CHARS) -> Iterator[str]:
     """Chunks of at most `limit` characters, except that a fragment shorter than MIN_CHUNK_CHARS
-    (a title line, a closing remark) joins its neighbour rather than becoming a thin seed."""
-    chunks: list[str] = []
+    (a title line, a closing remark) joins its neighbour rather than becoming a thin seed.
+    Lazily: a run with --limit cuts only the chunks it uses from a large document."""
+    held = None  # the last chunk, held back: a short fragment at the very end joins it
     carry = ""
     for piece in _split(text, limit):
         piece = f"{carry}\n\n{piece}" if carry else piece
@@ -331,17 +356,17 @@ def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
         if len(piece) < MIN_CHUNK_CHARS:
             carry = piece
         else:
-            chunks.append(piece)
+            if held is not None:
+                yield held
+            held = piece
     if carry:
-        if chunks:
-            chunks[-1] = f"{chunks[-1]}\n\n{carry}"
-        else:
-            chunks.append(carry)
-    return chunks
+        held = f"{held}\n\n{carry}" if held is not None else carry
+    if held is not None:
+        yield held
 
 
 def split_passages(text: str, target: int) -> list[str]:
-    return _split(text, target)
+    return list(_split(text, target))
 
 
 def seed_id(source: str, index: int, text: str) -> str:
@@ -359,8 +384,9 @@ def collect(paths: Iterable[Path], chunk_chars: int = CHUNK_CHARS) -> Iterator[C
                 continue
             source, title, text, kind = doc
             pieces = chunk_text(text, chunk_chars)
-            if not pieces or sum(len(p) for p in pieces) < 20:
+            first = next(pieces, None)
+            if first is None or len(first) < 20:  # a chunk this short is its document's only one
                 yield Skipped(source, "too little text to use as a seed")
                 continue
-            for index, piece in enumerate(pieces):
+            for index, piece in enumerate(itertools.chain([first], pieces)):
                 yield Chunk(seed_id(source, index, piece), source, index, title, piece, kind)
