@@ -197,6 +197,18 @@ def default_rounds(skill: Skill) -> int:
     return skill.settings.get("refinement", {}).get("rounds", 2)
 
 
+def step_limit(skill: Skill, rounds: int) -> int:
+    """LangGraph's recursion_limit for one seed: the most node runs its graph can make. A fixed
+    limit (200) failed every seed from --rounds 99 on. The graphs run transform [extend] generate
+    once, suggest + edit once per round, then answer each item (the seed task and the refined
+    one): each answer may be corrected, and between answers come follow-up turns or tool results."""
+    response = skill.settings.get("response", {})
+    attempts = response.get("corrections", 1) + 1
+    turns = response.get("turns", 1)
+    per_item = (turns + 1) * attempts + turns
+    return 3 + 2 * rounds + 2 * per_item + 10   # 10: room for a node added without updating this
+
+
 @dataclass
 class Execution:
     registry: Registry
@@ -264,7 +276,8 @@ class Execution:
 
     async def _run_seed(self, graph, saver, ctx: RunContext, seed: dict) -> None:
         thread = thread_id(self.run_id, seed["id"])
-        config = {"configurable": {"thread_id": thread}, "recursion_limit": 200}
+        rounds = default_rounds(ctx.skill) if self.settings.rounds is None else self.settings.rounds
+        config = {"configurable": {"thread_id": thread}, "recursion_limit": step_limit(ctx.skill, rounds)}
         snapshot = await graph.aget_state(config)
         started = snapshot.metadata is not None  # the thread has a checkpoint
         # A seed that failed before keeps the calls its failed attempts spent (they are not in its
@@ -281,10 +294,8 @@ class Execution:
         if started and not snapshot.next and not snapshot.tasks:
             final = snapshot.values          # finished before a kill, outcome not yet recorded
         else:
-            rounds = self.settings.rounds
             start = None if started else {
-                "seed_id": seed["id"], "task_type": seed["task_type"],
-                "max_rounds": default_rounds(ctx.skill) if rounds is None else rounds,
+                "seed_id": seed["id"], "task_type": seed["task_type"], "max_rounds": rounds,
                 "round": 0, "llm_calls": 0, "tokens": 0}
             if start and ctx.skill.transformations:  # None: the skill cannot use this seed's kind
                 start["transformation"] = seed.get("transformation")

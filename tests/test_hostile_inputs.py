@@ -276,3 +276,14 @@ def test_more_bad_arguments_give_one_clear_line(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_many_refinement_rounds_run_to_the_end(tmp_path):
+    """--rounds 99 and more failed every seed with GraphRecursionError (a fixed recursion_limit=200)."""
+    rounds = 120
+    script = RagScript(suggest_operations=["rewrite_query"] * rounds)    # the suggester never says "none"
+    registry, _, _ = run_in_process(tmp_path, lambda s, u: script.reply(s, u), limit=1, rounds=rounds)
+    counts = registry.counts("t1")
+    assert (counts["accepted"], counts["failed"]) == (1, 0), registry.outcomes("t1", "failed")
+    refined = [json.loads(body) for _, body in registry.samples("t1")][-1]
+    assert refined["metadata"]["refinement_round"] == rounds and script.calls["edit"] == rounds
