@@ -110,18 +110,27 @@ def _file_problem(path: Path) -> str | None:
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path | Skipped]:
+    """The files of `paths`. A file symlink found in a folder is read only if its target is inside
+    one of `paths` (a corpus's notes.txt -> ~/.aws/credentials must not be sent to the endpoint);
+    a path given itself is read wherever it points: the user named it."""
+    paths = list(paths)
+    roots = [os.path.realpath(path) for path in paths]
     for path in paths:
         if not os.path.lexists(path):
             yield Skipped(display(path), "no such file or directory")
         elif path.is_dir():
-            yield from _walk(path)
+            yield from _walk(path, roots)
         elif problem := _file_problem(path):
             yield Skipped(display(path), problem)
         else:
             yield path
 
 
-def _walk(root: Path) -> Iterator[Path | Skipped]:
+def _inside(target: str, roots: list[str]) -> bool:
+    return any(target == root or target.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def _walk(root: Path, roots: list[str]) -> Iterator[Path | Skipped]:
     """Files under `root` in sorted order, depth first, with an explicit stack (no recursion limit)."""
     stack = [root]
     while stack:
@@ -148,6 +157,8 @@ def _walk(root: Path) -> Iterator[Path | Skipped]:
                 yield Skipped(display(path), "symlink to a folder (not followed)")
             elif problem := _file_problem(path):
                 yield Skipped(display(path), problem)
+            elif entry.is_symlink() and not _inside(os.path.realpath(path), roots):
+                yield Skipped(display(path), "symlink to a file outside the seed paths (not followed)")
             else:
                 yield path
         stack.extend(reversed(subfolders))

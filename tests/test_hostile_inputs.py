@@ -110,8 +110,10 @@ def hostile_corpus(root: Path) -> dict[str, str]:
     expect["dangling.txt"] = "broken symlink"
     os.symlink(".", root / "self_link")
     expect["self_link"] = "symlink to a folder (not followed)"
-    os.symlink("good.txt", root / "alias.txt")        # a symlink to a file is read like the file
+    os.symlink("good.txt", root / "alias.txt")        # a symlink to a file in the corpus is read like the file
     expect["alias.txt"] = ""
+    os.symlink("/proc/self/status", root / "status.txt")   # one that leaves the corpus is not
+    expect["status.txt"] = "symlink to a file outside the seed paths"
     os.mkfifo(root / "pipe.txt")                      # opening it would block forever
     expect["pipe.txt"] = "not a regular file"
     write("locked.txt", PARAGRAPH.encode() * 3, "Permission denied")
@@ -287,3 +289,31 @@ def test_many_refinement_rounds_run_to_the_end(tmp_path):
     assert (counts["accepted"], counts["failed"]) == (1, 0), registry.outcomes("t1", "failed")
     refined = [json.loads(body) for _, body in registry.samples("t1")][-1]
     assert refined["metadata"]["refinement_round"] == rounds and script.calls["edit"] == rounds
+
+
+def test_file_symlinks_out_of_the_seed_paths_are_skipped(tmp_path):
+    """corpus/notes.txt -> ~/.aws/credentials must not become a seed (it would be sent to the endpoint
+    and written into samples). Links whose target is inside a seed path are read; so is a path given
+    as --seeds itself, wherever it points: the user named it."""
+    secret = tmp_path / "home" / ".aws" / "credentials"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("[default]\naws_secret_access_key = SECRET-" + "x" * 200 + "\n")
+    corpus, other = tmp_path / "corpus", tmp_path / "other"
+    corpus.mkdir(), other.mkdir()
+    (corpus / "good.txt").write_text(PARAGRAPH * 3)
+    (other / "shared.txt").write_text(PARAGRAPH * 4)
+    os.symlink(secret, corpus / "notes.txt")
+    os.symlink("/proc/self/status", corpus / "status.txt")
+    os.symlink("../home/.aws/credentials", corpus / "relative.txt")
+    os.symlink(corpus / "notes.txt", corpus / "chain.txt")             # a link to a link that leaves
+    os.symlink("good.txt", corpus / "alias.txt")                       # inside the corpus: read
+    os.symlink(other / "shared.txt", corpus / "into_other.txt")       # inside another seed path: read
+    os.symlink(secret, tmp_path / "named.txt")
+    items = list(collect([corpus, other]))
+    skipped = {Path(i.source).name: i.reason for i in items if isinstance(i, Skipped)}
+    used = sorted(Path(i.source).name for i in items if isinstance(i, Chunk))
+    outside = "symlink to a file outside the seed paths (not followed)"
+    assert skipped == {name: outside for name in ("notes.txt", "status.txt", "relative.txt", "chain.txt")}
+    assert used == ["alias.txt", "good.txt", "into_other.txt", "shared.txt"]
+    assert not any("SECRET" in i.text or "VmRSS" in i.text for i in items if isinstance(i, Chunk))
+    assert [Path(i.source).name for i in collect([tmp_path / "named.txt"])] == ["named.txt"]
