@@ -8,6 +8,7 @@ so the counts track the weights as seeds stream in and code seeds go where code 
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -39,13 +40,17 @@ def load_mix(spec: str) -> dict[str, float]:
             raise SkillError(f"mix file {path}: {exc}") from None
     weights: dict[str, float] = {}
     for name, weight in raw.items():
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-            raise SkillError(f"mix {spec}: weight of {name!r} must be a number >= 0")
+        # TOML and JSON both allow inf and nan: nan > 0 is false (the skill vanished) and inf broke the shares
+        if (not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight)
+                or weight < 0):
+            raise SkillError(f"mix {spec}: weight of {name!r} must be a finite number >= 0, not {weight!r}")
         if weight > 0:
             skill = skills.resolve(name)
             weights[skill] = weights.get(skill, 0.0) + float(weight)
     if not weights:
         raise SkillError(f"mix {spec}: no skill has a weight above 0")
+    if not math.isfinite(sum(weights.values())):
+        raise SkillError(f"mix {spec}: the weights add up to more than a float holds; use smaller numbers")
     return weights
 
 

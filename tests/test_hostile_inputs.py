@@ -317,3 +317,24 @@ def test_file_symlinks_out_of_the_seed_paths_are_skipped(tmp_path):
     assert used == ["alias.txt", "good.txt", "into_other.txt", "shared.txt"]
     assert not any("SECRET" in i.text or "VmRSS" in i.text for i in items if isinstance(i, Chunk))
     assert [Path(i.source).name for i in collect([tmp_path / "named.txt"])] == ["named.txt"]
+
+
+@pytest.mark.parametrize("name, text", [
+    ("nan.toml", "rag = nan\nmcq = 1"), ("inf.toml", "rag = inf\nmcq = 1"), ("neg.toml", "rag = -inf"),
+    ("nan.json", '{"rag": NaN, "mcq": 1}'), ("inf.json", '{"rag": Infinity}'),
+    ("huge.toml", "rag = 1e308\nmcq = 1e308")])
+def test_mix_weights_that_are_not_finite_are_refused(tmp_path, name, text):
+    from skills import SkillError
+    from teachgraph.mix import load_mix
+    (tmp_path / name).write_text(text)
+    with pytest.raises(SkillError, match="finite number|add up to more"):
+        load_mix(str(tmp_path / name))
+
+
+def test_a_nan_mix_weight_is_one_line_before_any_work(tmp_path):
+    from tests.conftest import run_cli
+    (tmp_path / "mix.toml").write_text("rag = nan\nmcq = 1\n")
+    result = run_cli("graph", "run", "all", "--mix", str(tmp_path / "mix.toml"), "--base-url", "http://127.0.0.1:9/v1",
+                     "--model", "m", home=tmp_path / "home")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: mix {tmp_path / 'mix.toml'}: weight of 'rag' must be a finite number >= 0, not nan"
