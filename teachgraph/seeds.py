@@ -170,8 +170,17 @@ def _refuse_large(path: Path) -> None:
         raise ValueError(f"too large ({size} bytes, limit {MAX_FILE_BYTES})")
 
 
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+              (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
 def _refuse_binary(data: bytes, offset: int = 0) -> None:
-    """`data` starts at byte `offset` of its file; a NUL byte makes the file binary."""
+    """`data` starts at byte `offset` of its file; a NUL byte makes the file binary, unless the file
+    starts with a UTF-16 or UTF-32 byte order mark (their text is full of NUL bytes): then say so."""
+    for bom, encoding in _WIDE_BOMS if offset == 0 else ():
+        if data.startswith(bom):
+            raise ValueError(f"{encoding} text is not supported; convert it to UTF-8 "
+                             f"(iconv -f {encoding} -t UTF-8)")
     nul = data.find(b"\x00")
     if nul >= 0:
         at = offset + nul

@@ -82,7 +82,7 @@ def hostile_corpus(root: Path) -> dict[str, str]:
     write("binary.txt", b"\x00\x01\x02\x03PNG" * 100, "binary file")
     write("late_nul.txt", PARAGRAPH.encode() * 60 + b"\x00tail", "binary file (NUL byte at offset")
     write("latin1.txt", ("caf\xe9 " * 50).encode("latin-1"), "not UTF-8 text")
-    write("utf16.txt", (PARAGRAPH * 2).encode("utf-16"), "binary file")
+    write("utf16.txt", (PARAGRAPH * 2).encode("utf-16"), "UTF-16 text is not supported; convert it to UTF-8")
     with open(root / "huge.txt", "wb") as fh:          # sparse: 60 MB on paper, nothing on disk
         fh.truncate(60 * 1024 * 1024)
     expect["huge.txt"] = "too large"
@@ -338,3 +338,15 @@ def test_a_nan_mix_weight_is_one_line_before_any_work(tmp_path):
                      "--model", "m", home=tmp_path / "home")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: mix {tmp_path / 'mix.toml'}: weight of 'rag' must be a finite number >= 0, not nan"
+
+
+@pytest.mark.parametrize("name, encoding, expected", [
+    ("le.txt", "utf-16", "UTF-16"), ("be.md", "utf-16-be", "UTF-16"), ("records.jsonl", "utf-16", "UTF-16"),
+    ("wide.txt", "utf-32", "UTF-32")])
+def test_utf16_and_utf32_text_is_named_not_called_binary(tmp_path, name, encoding, expected):
+    path = tmp_path / name
+    data = (json.dumps({"text": PARAGRAPH}) + "\n") if name.endswith(".jsonl") else PARAGRAPH * 2
+    path.write_bytes((b"\xfe\xff" if encoding == "utf-16-be" else b"") + data.encode(encoding))
+    [item] = collect([path])
+    assert isinstance(item, Skipped)
+    assert item.reason == f"{expected} text is not supported; convert it to UTF-8 (iconv -f {expected} -t UTF-8)"
