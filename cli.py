@@ -31,7 +31,7 @@ from teachgraph.mix import Dealer, load_mix
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
                                new_run_id, run_status, shown_status)
 from teachgraph.output import SampleWriter
-from teachgraph.seeds import Skipped, abbreviate, collect
+from teachgraph.seeds import Skipped, abbreviate, collect, file_problem
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
 
@@ -270,8 +270,9 @@ def graph_run(
         fail(f"unknown --structured {structured!r} (auto, {', '.join(STRUCTURED_MODES)})")
     paths = [p for p in seeds] or [SAMPLE_CORPUS]
     for path in paths:
-        if not path.exists():
-            fail(f"seed path not found: {path}")
+        if not path.exists():  # a symlink loop or a broken symlink "exists" as a link: say which
+            problem = file_problem(path) if os.path.lexists(path) else None
+            fail(f"seed path {path}: {problem}" if problem else f"seed path not found: {path}")
     if out is not None and (out.is_dir() or (out.exists() and out.stat().st_size > 0)):
         fail(f"--out {out} already exists; a run writes a new file (resume continues its own)")
     home = Home.from_env()

@@ -96,7 +96,7 @@ def abbreviate(text: str, limit: int = 240) -> str:
     return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
 
 
-def _file_problem(path: Path) -> str | None:
+def file_problem(path: Path) -> str | None:
     """Why `path` cannot be read as a seed file, or None if it is a regular file."""
     try:
         mode = path.stat().st_mode  # follows a file symlink to its target
@@ -120,7 +120,7 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path | Skipped]:
             yield Skipped(display(path), "no such file or directory")
         elif path.is_dir():
             yield from _walk(path, roots)
-        elif problem := _file_problem(path):
+        elif problem := file_problem(path):
             yield Skipped(display(path), problem)
         else:
             yield path
@@ -155,7 +155,7 @@ def _walk(root: Path, roots: list[str]) -> Iterator[Path | Skipped]:
                 subfolders.append(path)
             elif linked_dir:
                 yield Skipped(display(path), "symlink to a folder (not followed)")
-            elif problem := _file_problem(path):
+            elif problem := file_problem(path):
                 yield Skipped(display(path), problem)
             elif entry.is_symlink() and not _inside(os.path.realpath(path), roots):
                 yield Skipped(display(path), "symlink to a file outside the seed paths (not followed)")

@@ -350,3 +350,15 @@ def test_utf16_and_utf32_text_is_named_not_called_binary(tmp_path, name, encodin
     [item] = collect([path])
     assert isinstance(item, Skipped)
     assert item.reason == f"{expected} text is not supported; convert it to UTF-8 (iconv -f {expected} -t UTF-8)"
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: (os.symlink(p.name, p)), "symlink loop"),
+    (lambda p: os.symlink("nowhere", p), "broken symlink")])
+def test_a_seed_path_that_is_a_bad_symlink_says_what_it_is(tmp_path, make, reason):
+    from tests.conftest import run_cli
+    link = tmp_path / "seeds"
+    make(link)
+    result = run_cli("graph", "run", "rag", "--seeds", str(link), "--base-url", "http://127.0.0.1:9/v1",
+                     "--model", "m", home=tmp_path / "home")
+    assert result.returncode == 2 and result.stderr.strip() == f"error: seed path {link}: {reason}"
