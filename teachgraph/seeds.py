@@ -3,8 +3,10 @@
 Anything that cannot be read as text is skipped with a reason, never silently dropped (hidden
 files and folders, such as .git, are the one exception: they are not part of a corpus). Corpora
 come from anywhere, so nothing here trusts them: folders are walked without recursion and without
-following directory symlinks (no depth or loop can break the walk), only regular files are opened
-(a FIFO would block forever), and text that SQLite, JSON or the model cannot carry is refused."""
+following directory symlinks (no depth or loop can break the walk), file symlinks are followed only
+to targets inside the seed paths (a link to ~/.aws/credentials would send it to the endpoint), only
+regular files are opened (a FIFO would block forever), and text that SQLite, JSON or the model cannot
+carry is refused."""
 
 from __future__ import annotations
 
