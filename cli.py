@@ -313,7 +313,7 @@ def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: L
     else:
         dealer = Dealer([load_skill(settings.skill)])
     # passages feed rag's retrieval of distractors, so they are cut to rag's size
-    passage_chars = skills.load("rag").settings.get("context", {}).get("passage_chars", 420)
+    passage_chars = skills.load("rag").spec.context.passage_chars
     total = registry.add_corpus(run_id, collect(paths), limit=settings.limit, assign=dealer,
                                 passage_chars=passage_chars,
                                 on_skip=lambda s: say(f"skipped {abbreviate(s.source)}: {s.reason}"))

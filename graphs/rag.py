@@ -15,17 +15,19 @@ import functools
 import hashlib
 import json
 import random
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
 from graphs.refinement import add_refinement_loop
-from nodes.agent import NodeFailed, SeedState, agent_node, ask, stop_refining, usage_update
+from nodes.agent import NodeFailed, SeedState, agent_node, ask, given, stop_refining, usage_update
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput, Usage
+from nodes.sample import Refinement, make_sample
 from skills import Skill
+from skills.spec import SkillSpec
 
 # ---- agent reply schemas (flat: grammar-constrained decoding handles flat schemas best) ----
 
@@ -74,7 +76,48 @@ class RagState(SeedState, total=False):
     original: dict            # the seed instruction before refinement
     operation: str
     suggestion: str
-    history: list[dict]       # one entry per refinement round
+    history: list[dict]       # one nodes.sample.Refinement record per round
+
+
+# ---- what each agent's prompt is given (skills.check_placeholders refuses any other $name) ----
+
+class TransformInputs(TypedDict):
+    source: str
+    text: str
+
+
+class GenerateInputs(TypedDict):
+    task_type: str
+    task_description: str
+    task_guidance: str
+    passages: str
+
+
+class SuggestInputs(TypedDict):
+    query: str
+    passages: str
+    history: str
+
+
+class EditInputs(SuggestInputs):
+    operation: str
+    suggestion: str
+
+
+class AnswerInputs(TypedDict):
+    sample: str                  # the sample's user turn, exactly as the fine-tuning data has it
+
+
+class SampleInputs(TypedDict):
+    query: str
+    passages: str
+
+
+def prompt_inputs(spec: SkillSpec) -> dict[str, dict[str, frozenset[str]]]:
+    """The $names each agent's templates may use, by agent and part (system, user, assistant)."""
+    return {"transform": given(TransformInputs), "generate": given(GenerateInputs), "suggest": given(SuggestInputs),
+            "edit": given(EditInputs), "answer": given(AnswerInputs),
+            "sample": {"system": frozenset(), "user": given(SampleInputs)["user"]}}
 
 
 # ---- rendering ----
@@ -110,7 +153,7 @@ def _add_passages(state: dict, new: list[dict], kind: str) -> tuple[list[dict], 
 
 # ---- nodes ----
 
-def transform_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def transform_inputs(state: dict, ctx: RunContext) -> TransformInputs:
     seed = ctx.corpus.seed(state["seed_id"])
     return {"source": seed["source"], "text": seed["text"]}
 
@@ -125,11 +168,11 @@ def transform_fallback(agent: str, state: dict, exc: UnusableOutput, ctx: RunCon
 
 
 def transform_apply(state: dict, out: Transformed, ctx: RunContext) -> dict[str, Any]:
-    cfg = ctx.skill.settings.get("context", {})
-    wanted = cfg.get("distractors", 3)
+    cfg = ctx.skill.spec.context
+    wanted = cfg.distractors
     seed = ctx.corpus.seed(state["seed_id"])
     own = [{"seed_id": seed["id"], "title": out.title.strip(), "text": text}
-           for text in seed["passages"][: cfg.get("own_passages_max", 3)]]
+           for text in seed["passages"][: cfg.own_passages_max]]
     query = out.search_query.strip() or seed["text"]
     distractors = ctx.corpus.search(query, exclude_seed=seed["id"], limit=wanted)
     if len(distractors) < wanted:  # a vague query: fall back to the seed's own words
@@ -146,7 +189,7 @@ def generate_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
     return QueryWithConflict if task.context_op == "add_conflicting_passage" else Query
 
 
-def generate_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def generate_inputs(state: dict, ctx: RunContext) -> GenerateInputs:
     task = ctx.skill.task_type(state["task_type"])
     return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
             "passages": render_passages(state, [p["pid"] for p in state["pool"]])}
@@ -187,9 +230,9 @@ def generate_apply(state: dict, out: Query, ctx: RunContext) -> dict[str, Any]:
     return {**update, "item": item, "original": item, "round": 0, "history": []}
 
 
-def suggest_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def suggest_inputs(state: dict, ctx: RunContext) -> SuggestInputs:
     history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
-    gist = ctx.skill.settings.get("refinement", {}).get("snippet_chars", 200)
+    gist = ctx.skill.spec.refinement.snippet_chars
     return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"], gist),
             "history": "; ".join(history)}
 
@@ -200,7 +243,7 @@ def suggest_apply(state: dict, out: Suggestion, ctx: RunContext) -> dict[str, An
     return {"operation": out.operation, "suggestion": out.suggestion.strip()}
 
 
-def edit_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def edit_inputs(state: dict, ctx: RunContext) -> EditInputs:
     return {**suggest_inputs(state, ctx), "operation": state["operation"], "suggestion": state["suggestion"]}
 
 
@@ -211,10 +254,10 @@ def edit_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
 def edit_apply(state: dict, out: Edited, ctx: RunContext) -> dict[str, Any]:
     current = {**state["item"], "round": state["item"]["round"] + 1}
     item, pool, note = apply_operation(state, current, state["operation"], out.query, out.new_passage, ctx)
-    entry = {"round": item["round"], "operation": state["operation"], "suggestion": state["suggestion"],
-             "query": item["query"], "note": note}
+    entry = Refinement(round=item["round"], operation=state["operation"], suggestion=state["suggestion"],
+                       query=item["query"], note=note)
     return {"item": item, "pool": pool, "round": item["round"],
-            "history": [*state.get("history", []), entry]}
+            "history": [*state.get("history", []), entry.record()]}
 
 
 def answer_schema(item: dict) -> type[Answer]:
@@ -250,7 +293,8 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
     for item in items:
         user = sample_prompt(ctx.skill, state, item)
         try:
-            out, call = await ask(ctx, "answer", {"sample": user}, answer_schema(item), state, _answer_check)
+            inputs: AnswerInputs = {"sample": user}
+            out, call = await ask(ctx, "answer", inputs, answer_schema(item), state, _answer_check)
         except UnusableOutput as exc:
             used.add(exc.usage)
             if samples:  # the refined item failed; the seed item's sample still stands
@@ -261,41 +305,28 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
             exc.usage.add(used)
             raise
         used.add(call)
-        samples.append(make_sample(ctx, state, item, user, out,
-                                   parent=samples[0]["id"] if samples else None))
+        samples.append(rag_sample(ctx, state, item, user, out, refined=bool(samples)))
     return {"samples": samples, **refined_rejected, **usage_update(used)}
 
 
 def sample_prompt(skill: Skill, state: dict, item: dict) -> str:
-    _, user = skill.prompt("sample").render(query=item["query"], passages=render_passages(state, item["pids"]))
+    values: SampleInputs = {"query": item["query"], "passages": render_passages(state, item["pids"])}
+    _, user = skill.prompt("sample").render(**values)
     return user
 
 
-def make_sample(ctx: RunContext, state: dict, item: dict, user: str, out: Answer, parent: str | None) -> dict:
-    seed = ctx.corpus.seed(state["seed_id"])
+def rag_sample(ctx: RunContext, state: dict, item: dict, user: str, out: Answer, refined: bool) -> dict:
     response = json.dumps({"answer": out.answer.strip(), "relevant_passages": sorted(set(out.relevant_passages))},
                           ensure_ascii=False)
     system, _ = ctx.skill.prompt("sample").render()
-    return {
-        "id": f"{ctx.run_id}:{state['seed_id']}:r{item['round']}",
-        "skill": ctx.skill.name,
-        "messages": [{"role": "system", "content": system},
-                     {"role": "user", "content": user},
-                     {"role": "assistant", "content": response}],
-        "metadata": {
-            "seed_id": state["seed_id"], "seed_source": seed["source"],
-            "transformation": {"agent": "transform", "title": state["title"],
-                               "note": state.get("transform_note"),
-                               "search_query": state["search_query"],
-                               "passages": [{k: p[k] for k in ("pid", "kind", "seed_id")} for p in state["pool"]]},
-            "task_type": state["task_type"],
-            "refinement_round": item["round"],
-            "parent_sample_id": parent,
-            "original_query": state["original"]["query"],
-            "refinements": state.get("history", []),
-            "model": ctx.llm.model_name,
-        },
-    }
+    return make_sample(
+        ctx, state, round=item["round"], refined=refined,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user},
+                  {"role": "assistant", "content": response}],
+        transformation={"agent": "transform", "title": state["title"], "note": state.get("transform_note"),
+                        "search_query": state["search_query"],
+                        "passages": [{k: p[k] for k in ("pid", "kind", "seed_id")} for p in state["pool"]]},
+        original_query=state["original"]["query"])
 
 
 def build(skill: Skill) -> StateGraph:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput, Usage
+from nodes.sample import Refinement
 
 
 class NodeFailed(RuntimeError):
@@ -47,6 +48,13 @@ def usage_update(used: Usage) -> dict[str, int]:
     return {"llm_calls": used.calls, "tokens": used.tokens, "cache_hits": used.cache_hits}
 
 
+def given(inputs: type) -> dict[str, frozenset[str]]:
+    """The $names an agent's system and user templates may use: the keys of its inputs TypedDict
+    (a graph's `prompt_inputs`, which skills.check_placeholders reads when a skill loads)."""
+    keys = frozenset(inputs.__required_keys__ | inputs.__optional_keys__)
+    return {"system": keys, "user": keys}
+
+
 Inputs = Callable[[dict, RunContext], dict[str, Any]]
 Apply = Callable[[dict, Any, RunContext], dict[str, Any]]
 Check = Callable[[dict, Any], None]
@@ -76,10 +84,12 @@ def reject(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dic
 
 def stop_refining(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
     """A refinement agent that cannot produce usable output ends refinement; the item as it
-    stood after the last good round is kept, and the history says why refinement stopped."""
-    note = {"round": state.get("round", 0) + 1, "operation": state.get("operation", ""),
-            "note": f"refinement stopped, {agent} output unusable: {exc}"}
-    return {"refine_done": True, "history": [*state.get("history", []), note]}
+    stood after the last good round is kept, and the history says why refinement stopped. An
+    editor that failed was applying this round's operation; a suggester that failed chose none
+    (state's operation is then the last round's, so it is not recorded)."""
+    entry = Refinement(round=state.get("round", 0) + 1, operation=state.get("operation") if agent == "edit" else None,
+                       note=f"refinement stopped, {agent} output unusable: {exc}")
+    return {"refine_done": True, "history": [*state.get("history", []), entry.record()]}
 
 
 def agent_node(agent: str, schema: type[BaseModel] | Callable[[dict, RunContext], type[BaseModel]],
