@@ -24,15 +24,16 @@ import hashlib
 import json
 import re
 from string import Template
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from graphs.refinement import add_refinement_loop, unless_rejected
+from graphs.refinement import unless_rejected
+from graphs.skeleton import Agent, instruction_graph
 from nodes import checks, schemas
-from nodes.agent import NodeFailed, SeedState, agent_node, ask, given, stop_refining, usage_update
+from nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput
 from nodes.sample import Refinement, make_sample
@@ -40,6 +41,23 @@ from skills import Skill
 from skills.spec import FieldSpec, Goal, SkillSpec
 
 DEFAULT_CONTENT = {"content": FieldSpec(description="the transformed material, plain text", max_length=4000)}
+
+
+# ---- state ----
+
+class FlowInput(SeedInput):
+    transformation: NotRequired[str | None]   # dealt when the run registered the seed; None: it cannot use its kind
+
+
+class Answering(TypedDict):
+    """The conversation being answered: which item, its messages so far, and the answer agent's attempt."""
+
+    index: int                   # into items_to_answer: 0 the seed task, 1 the refined one
+    messages: list[dict]
+    turn: int                    # user turns so far (conversation)
+    attempt: int                 # corrections sent after failed checks
+    feedback: str                # the failed checks' feedback, for the next attempt
+    checks: list[dict]           # the verdicts of the replies that passed
 
 
 class FlowState(SeedState, total=False):
@@ -52,7 +70,7 @@ class FlowState(SeedState, total=False):
     operation: str               # the refinement goal the suggester chose
     suggestion: str
     history: list[dict]          # one nodes.sample.Refinement record per round
-    answering: dict              # the conversation being answered (see _start)
+    answering: Answering
     next_step: str               # where answer/follow_up/simulate_tools go next
 
 
@@ -173,7 +191,7 @@ def render_content(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1)
 
 
-async def transform(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def transform(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     skill = ctx.skill
     seed = ctx.corpus.seed(state["seed_id"])
@@ -205,11 +223,11 @@ async def transform(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]
     return {"content": render_content(data), "content_data": data, **usage_update(used)}
 
 
-def extend_inputs(state: dict, ctx: RunContext) -> ExtendInputs:
+def extend_inputs(state: FlowState, ctx: RunContext) -> ExtendInputs:
     return {"content": state["content"], **_skill_values(ctx.skill)}
 
 
-def extend_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def extend_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     """Add the hypothesised APIs whose names are new; the list stays small for small models."""
     data = dict(state["content_data"])
     key = next(iter(data))
@@ -219,17 +237,17 @@ def extend_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]
     return {"content_data": data, "content": render_content(data)}
 
 
-def keep_material(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
+def keep_material(agent: str, state: FlowState, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
     return {"transform_note": f"{agent} output unusable ({exc}); kept the material as it was"}
 
 
 # ---- generate / refine ----
 
-def api_names(state: dict) -> tuple[str, ...]:
+def api_names(state: FlowState) -> tuple[str, ...]:
     return tuple(api["name"] for api in state.get("content_data", {}).get("apis", []))
 
 
-def item_schema(state: dict, ctx: RunContext, *, with_content: bool = False) -> type[BaseModel]:
+def item_schema(state: FlowState, ctx: RunContext, *, with_content: bool = False) -> type[BaseModel]:
     """The [item] fields; `type = "api_names"` fields become lists of this seed's API names."""
     spec = ctx.skill.spec.item
     dynamic = {name: s for name, s in spec.items() if s.type == "api_names"}
@@ -253,13 +271,13 @@ def _item_with(base: type[BaseModel], dynamic: tuple[tuple[str, str], ...], name
     return create_model(base.__name__, __base__=base, **extra) if extra else base
 
 
-def generate_inputs(state: dict, ctx: RunContext) -> GenerateInputs:
+def generate_inputs(state: FlowState, ctx: RunContext) -> GenerateInputs:
     task = ctx.skill.task_type(state["task_type"])
     return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
             "content": state["content"], **_transformation_values(state, ctx), **_skill_values(ctx.skill)}
 
 
-def _tools_shown(state: dict, ctx: RunContext, item: dict) -> list[str] | None:
+def _tools_shown(state: FlowState, ctx: RunContext, item: dict) -> list[str] | None:
     names = api_names(state)
     if not names:
         return None
@@ -270,7 +288,7 @@ def _tools_shown(state: dict, ctx: RunContext, item: dict) -> list[str] | None:
     return list(names)
 
 
-def generate_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def generate_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     item = {**_clean(out.model_dump()), "content": state["content"], "round": 0}
     tools = _tools_shown(state, ctx, item)
     if tools is not None:
@@ -282,7 +300,7 @@ def _clean(data: dict) -> dict:
     return {k: v.strip() if isinstance(v, str) else v for k, v in data.items()}
 
 
-def suggest_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+def suggest_schema(state: FlowState, ctx: RunContext) -> type[BaseModel]:
     return _suggestion(tuple(g.name for g in ctx.skill.spec.refinement.goals) + ("none",))
 
 
@@ -293,20 +311,20 @@ def _suggestion(names: tuple[str, ...]) -> type[BaseModel]:
                         suggestion=(str, Field(max_length=600, description="what to change and why, briefly")))
 
 
-def suggest_inputs(state: dict, ctx: RunContext) -> SuggestInputs:
+def suggest_inputs(state: FlowState, ctx: RunContext) -> SuggestInputs:
     history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
     listed = "\n".join(f"- {g.name}: {g.description}" for g in ctx.skill.spec.refinement.goals)
     return {"item": sample_user(ctx, state, state["item"]), "goals": listed, "history": "; ".join(history),
             **_skill_values(ctx.skill)}
 
 
-def suggest_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def suggest_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     if out.goal == "none":
         return {"refine_done": True, "operation": "none", "suggestion": out.suggestion.strip()}
     return {"operation": out.goal, "suggestion": out.suggestion.strip()}
 
 
-def edit_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+def edit_schema(state: FlowState, ctx: RunContext) -> type[BaseModel]:
     return item_schema(state, ctx, with_content=_goal(ctx.skill, state["operation"]).edits_content)
 
 
@@ -314,7 +332,7 @@ def _goal(skill: Skill, name: str) -> Goal:
     return next((g for g in skill.spec.refinement.goals if g.name == name), None) or Goal(name=name)
 
 
-def edit_inputs(state: dict, ctx: RunContext) -> EditInputs:
+def edit_inputs(state: FlowState, ctx: RunContext) -> EditInputs:
     goal = _goal(ctx.skill, state["operation"])
     fields = {k: v for k, v in state["item"].items() if k not in ("round", "tools", "content")}
     return {**suggest_inputs(state, ctx), "goal": goal.name, "goal_description": goal.description,
@@ -322,7 +340,7 @@ def edit_inputs(state: dict, ctx: RunContext) -> EditInputs:
             "content": state["item"]["content"]}
 
 
-def edit_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def edit_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     new = _clean(out.model_dump())
     item = {**state["item"], **new, "round": state["item"]["round"] + 1}
     tools = _tools_shown(state, ctx, item)
@@ -335,18 +353,18 @@ def edit_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
 
 # ---- answer ----
 
-def items_to_answer(state: dict) -> list[dict]:
+def items_to_answer(state: FlowState) -> list[dict]:
     """The seed task, and the refined one if refinement changed it (its child sample)."""
     original, final = state["original"], state["item"]
     same = {k: v for k, v in final.items() if k != "round"} == {k: v for k, v in original.items() if k != "round"}
     return [original] if same else [original, final]
 
 
-def sample_user(ctx: RunContext, state: dict, item: dict) -> str:
+def sample_user(ctx: RunContext, state: FlowState, item: dict) -> str:
     return render(ctx.skill.prompt("sample").user, **item)
 
 
-def sample_system(ctx: RunContext, state: dict, item: dict) -> str:
+def sample_system(ctx: RunContext, state: FlowState, item: dict) -> str:
     system = ctx.skill.prompt("sample").system
     tools = item.get("tools")
     if tools is not None:
@@ -364,7 +382,7 @@ def as_tool(api: dict) -> dict:
                                                             "required": required}}}
 
 
-def _start(ctx: RunContext, state: dict, index: int) -> dict:
+def _start(ctx: RunContext, state: FlowState, index: int) -> Answering:
     item = items_to_answer(state)[index]
     return {"index": index, "messages": [{"role": "user", "content": sample_user(ctx, state, item)}],
             "turn": 1, "attempt": 0, "feedback": "", "checks": []}
@@ -390,7 +408,7 @@ class ToolCall(BaseModel):
     arguments: str = Field(max_length=600, description='the arguments as a JSON object, e.g. {"city": "Paris"}')
 
 
-def answer_schema(state: dict, ctx: RunContext, answering: dict) -> type[BaseModel]:
+def answer_schema(state: FlowState, ctx: RunContext, answering: Answering) -> type[BaseModel]:
     if ctx.skill.spec.response.mode != "tool_calls":
         return schemas.build(f"{ctx.skill.name.title()}Response", ctx.skill.spec.response.fields)
     if any(m["role"] == "tool" for m in answering["messages"]):  # results are in: the final reply
@@ -420,7 +438,7 @@ def _tool_reply(tools: tuple[str, ...]) -> type[BaseModel]:
                                                                           "or cannot_do), else empty")))
 
 
-def answer_inputs(ctx: RunContext, state: dict, answering: dict) -> AnswerInputs:
+def answer_inputs(ctx: RunContext, state: FlowState, answering: Answering) -> AnswerInputs:
     item = items_to_answer(state)[answering["index"]]
     conversation = transcript(answering["messages"])
     if answering["feedback"]:
@@ -430,7 +448,7 @@ def answer_inputs(ctx: RunContext, state: dict, answering: dict) -> AnswerInputs
             else "", **_skill_values(ctx.skill)}
 
 
-async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def answer(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     answering = state.get("answering") or _start(ctx, state, 0)
     item = items_to_answer(state)[answering["index"]]
@@ -478,7 +496,7 @@ def assistant_text(skill: Skill, response: dict, extras: dict) -> str:
     return render(template, **response, **extras)
 
 
-def _tool_call_message(calls: list[dict], answering: dict) -> dict:
+def _tool_call_message(calls: list[dict], answering: Answering) -> dict:
     prefix = f"call_{answering['index']}_{len(answering['messages'])}"
     return {"role": "assistant", "content": "",
             "tool_calls": [{"id": f"{prefix}_{n}", "type": "function",
@@ -486,14 +504,14 @@ def _tool_call_message(calls: list[dict], answering: dict) -> dict:
                            for n, c in enumerate(calls)]}
 
 
-def _item_done(ctx: RunContext, state: dict, answering: dict) -> dict[str, Any]:
+def _item_done(ctx: RunContext, state: FlowState, answering: Answering) -> dict[str, Any]:
     samples = [*state.get("samples", []), flow_sample(ctx, state, answering)]
     if answering["index"] + 1 < len(items_to_answer(state)):
         return {"samples": samples, "answering": _start(ctx, state, answering["index"] + 1), "next_step": "answer"}
     return {"samples": samples, "next_step": "done"}
 
 
-def _item_failed(ctx: RunContext, state: dict, answering: dict, reason: str) -> dict[str, Any]:
+def _item_failed(ctx: RunContext, state: FlowState, answering: Answering, reason: str) -> dict[str, Any]:
     if answering["index"] == 0:      # the seed task itself could not be answered: the seed is rejected
         return {"rejected": reason, "rejected_by": "answer", "next_step": "done"}
     # the refined task failed; the seed task's sample stands
@@ -504,7 +522,7 @@ FollowUp = create_model("FollowUp", message=(str, Field(min_length=5, max_length
                                                        description="the user's next message")))
 
 
-async def follow_up(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def follow_up(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The user's next turn in a conversation: one of the skill's follow-up kinds, in turn order."""
     ctx = runtime.context
     answering = state["answering"]
@@ -527,7 +545,7 @@ def _tool_results(calls: int) -> type[BaseModel]:
         min_length=calls, max_length=calls, description=f"{calls} results, one JSON object per call, in order")))
 
 
-async def simulate_tools(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def simulate_tools(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Invented results for the calls just made (the paper's tool results are LLM-simulated)."""
     ctx = runtime.context
     answering = state["answering"]
@@ -546,7 +564,7 @@ async def simulate_tools(state: dict, runtime: Runtime[RunContext]) -> dict[str,
             "next_step": "answer", **usage_update(used)}
 
 
-def flow_sample(ctx: RunContext, state: dict, answering: dict) -> dict:
+def flow_sample(ctx: RunContext, state: FlowState, answering: Answering) -> dict:
     item = items_to_answer(state)[answering["index"]]
     return make_sample(
         ctx, state, round=item["round"], refined=answering["index"] > 0,
@@ -561,7 +579,7 @@ def _skill_values(skill: Skill) -> SkillValues:
     return {"skill_title": skill.title, "skill_description": skill.description}
 
 
-def _transformation_values(state: dict, ctx: RunContext) -> dict[str, str]:
+def _transformation_values(state: FlowState, ctx: RunContext) -> dict[str, str]:
     name = state.get("transformation") or ""
     description = ctx.skill.transformation(name).description if name else ""
     return {"transformation": name, "transformation_description": description}
@@ -571,21 +589,19 @@ def _offset(seed_id: str) -> int:
     return int(hashlib.sha256(seed_id.encode()).hexdigest()[:6], 16)
 
 
-async def after_answer(state: dict) -> str:  # async: see graphs/refinement.py
+async def after_answer(state: FlowState) -> str:  # async: see graphs/refinement.py
     step = state.get("next_step", "done")
     return END if step == "done" else step
 
 
+# ---- assembly ----
+
 def build(skill: Skill) -> StateGraph:
     checks.checks_for(skill)   # refuses unknown check names now, not at each seed's answer
-    builder = StateGraph(FlowState, context_schema=RunContext)
-    builder.add_node("transform", transform)
-    builder.add_node("generate", agent_node("generate", item_schema, generate_inputs, generate_apply))
-    builder.add_node("suggest", agent_node("suggest", suggest_schema, suggest_inputs, suggest_apply,
-                                           on_unusable=stop_refining))
-    builder.add_node("edit", agent_node("edit", edit_schema, edit_inputs, edit_apply, on_unusable=stop_refining))
-    builder.add_node("answer", answer)
-    builder.add_edge(START, "transform")
+    builder = instruction_graph(FlowState, FlowInput, transform=transform,
+                                generate=Agent(item_schema, generate_inputs, generate_apply),
+                                suggest=Agent(suggest_schema, suggest_inputs, suggest_apply),
+                                edit=Agent(edit_schema, edit_inputs, edit_apply), answer=answer)
     material = "transform"
     if skill.spec.transform.extend:
         builder.add_node("extend", agent_node("extend", lambda s, c: content_schema(c.skill), extend_inputs,
@@ -593,7 +609,6 @@ def build(skill: Skill) -> StateGraph:
         builder.add_conditional_edges("transform", unless_rejected("extend"), ["extend", END])
         material = "extend"
     builder.add_conditional_edges(material, unless_rejected("generate"), ["generate", END])
-    add_refinement_loop(builder, entry="generate", exit="answer")
     after = ["answer", END]
     mode = skill.spec.response.mode
     if mode == "follow_up":

@@ -27,20 +27,25 @@ class NodeFailed(RuntimeError):
         super().__init__(f"{node}: {type(error).__name__}: {error}")
 
 
-class SeedState(TypedDict, total=False):
-    """Keys every skill's state has. Keep state small: it is checkpointed after every step."""
+class SeedInput(TypedDict):
+    """What the runner starts a seed's graph with (the graphs' input state)."""
 
     seed_id: str
     task_type: str
     max_rounds: int
     round: int
+    llm_calls: Annotated[int, operator.add]
+    tokens: Annotated[int, operator.add]
+
+
+class SeedState(SeedInput, total=False):
+    """Keys every skill's state has. Keep state small: it is checkpointed after every step."""
+
     refine_done: bool
     rejected: str                                    # set => the seed ends rejected, with this reason
     rejected_by: str                                 # the node that rejected it
     refined_rejected: str                            # why the refined task got no sample (the seed's stands)
     samples: list[dict]                              # finished (prompt, response) samples
-    llm_calls: Annotated[int, operator.add]
-    tokens: Annotated[int, operator.add]
     cache_hits: Annotated[int, operator.add]         # replies the response cache served
 
 
