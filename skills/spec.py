@@ -28,8 +28,9 @@ class FieldSpec(_Spec):
     min_length: int = 1
     max_length: int = DEFAULT_MAX_LENGTH
     enum: tuple[str, ...] | None = Field(default=None, min_length=1)
-    type: Literal["api_list", "api_names"] | None = None   # a named type (nodes/schemas.py NAMED_TYPES), or
-    # api_names: a list of this seed's API names (graphs/flow.py)
+    # api_list: a named type (nodes/schemas.py NAMED_TYPES); api_names ([item] only): a list of this
+    # seed's API names (graphs/flow.py)
+    type: Literal["api_list", "api_names"] | None = None
 
     @model_validator(mode="before")
     @classmethod
