@@ -120,12 +120,12 @@ class Skill:
         except KeyError:
             raise SkillError(f"skill {self.name!r} has no prompt for agent {agent!r}") from None
 
-    def builder(self) -> Callable[["Skill"], Any]:
-        module_name, _, attr = self.graph.partition(":")
-        return getattr(importlib.import_module(module_name), attr)
-
     def graph_module(self) -> Any:
+        """The module that builds this skill's graph (it also declares its agents' prompt inputs)."""
         return importlib.import_module(self.graph.partition(":")[0])
+
+    def builder(self) -> Callable[["Skill"], Any]:
+        return getattr(self.graph_module(), self.graph.partition(":")[2])
 
     def build_graph(self):
         """The uncompiled StateGraph for this skill."""
