@@ -314,7 +314,7 @@ def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: L
     else:
         dealer = Dealer([load_skill(settings.skill)])
     # passages feed rag's retrieval of distractors, so they are cut to rag's size
-    passage_chars = skills.load("rag").settings.get("context", {}).get("passage_chars", 420)
+    passage_chars = skills.load("rag").spec.context.passage_chars
     shown = ", ".join(map(str, paths))
     say(f"collecting seeds from {shown} ...")
     started = time.monotonic()

@@ -19,26 +19,45 @@ One node, one model call: a resume repeats at most the call in flight.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
 import re
 from string import Template
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from graphs.refinement import add_refinement_loop, unless_rejected
+from graphs.refinement import unless_rejected
+from graphs.skeleton import Agent, instruction_graph
 from nodes import checks, schemas
-from nodes.agent import SeedState, agent_node, ask, stop_refining, usage_update
+from nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput
+from nodes.sample import Refinement, make_sample
 from skills import Skill
+from skills.spec import FieldSpec, Goal, SkillSpec
 
-DEFAULT_CONTENT = {"content": {"description": "the transformed material, plain text", "max_length": 4000}}
+DEFAULT_CONTENT = {"content": FieldSpec(description="the transformed material, plain text", max_length=4000)}
+
+
+# ---- state ----
+
+class FlowInput(SeedInput):
+    transformation: NotRequired[str | None]   # dealt when the run registered the seed; None: it cannot use its kind
+
+
+class Answering(TypedDict):
+    """The conversation being answered: which item, its messages so far, and the answer agent's attempt."""
+
+    index: int                   # into items_to_answer: 0 the seed task, 1 the refined one
+    messages: list[dict]
+    turn: int                    # user turns so far (conversation)
+    attempt: int                 # corrections sent after failed checks
+    feedback: str                # the failed checks' feedback, for the next attempt
+    checks: list[dict]           # the verdicts of the replies that passed
 
 
 class FlowState(SeedState, total=False):
@@ -48,25 +67,90 @@ class FlowState(SeedState, total=False):
     transform_note: str
     item: dict                   # current task: the [item] fields, plus content, round (and tools)
     original: dict               # the seed task, before refinement
-    goal: str
+    operation: str               # the refinement goal the suggester chose
     suggestion: str
-    history: list[dict]          # one entry per refinement round
-    answering: dict              # the conversation being answered (see _start)
+    history: list[dict]          # one nodes.sample.Refinement record per round
+    answering: Answering
     next_step: str               # where answer/follow_up/simulate_tools go next
 
 
-# ---- configuration read from the skill ----
+# ---- what each agent's prompt is given (skills.check_placeholders refuses any other $name) ----
 
-def _cfg(skill: Skill, section: str) -> dict[str, Any]:
-    return skill.settings.get(section, {})
-
-
-def response_mode(skill: Skill) -> str:
-    return _cfg(skill, "response").get("mode", "single")
+class SkillValues(TypedDict):
+    skill_title: str
+    skill_description: str
 
 
-def goals(skill: Skill) -> list[dict]:
-    return _cfg(skill, "refinement").get("goals", [])
+class TransformInputs(SkillValues):
+    source: str
+    text: str
+    transformation: str
+    transformation_description: str
+
+
+class ExtendInputs(SkillValues):
+    content: str
+
+
+class GenerateInputs(SkillValues):
+    task_type: str
+    task_description: str
+    task_guidance: str
+    content: str
+    transformation: str
+    transformation_description: str
+
+
+class SuggestInputs(SkillValues):
+    item: str                    # the task as the sample's user turn shows it
+    goals: str
+    history: str
+
+
+class EditInputs(SuggestInputs):
+    goal: str
+    goal_description: str
+    suggestion: str
+    fields: str
+    content: str
+
+
+class AnswerInputs(SkillValues):
+    conversation: str
+    tools: str
+
+
+class CorrectionInputs(TypedDict):
+    feedback: str
+
+
+class FollowUpInputs(SkillValues):
+    conversation: str
+    follow_up_kind: str
+
+
+class SimulateToolsInputs(SkillValues):
+    calls: str
+    tools: str
+
+
+def prompt_inputs(spec: SkillSpec) -> dict[str, dict[str, frozenset[str]]]:
+    """The $names each agent's templates may use, by agent and part (system, user, assistant)."""
+    agents = {"transform": given(TransformInputs), "generate": given(GenerateInputs),
+              "suggest": given(SuggestInputs), "edit": given(EditInputs), "answer": given(AnswerInputs),
+              "correction": given(CorrectionInputs)}
+    if spec.transform.extend:
+        agents["extend"] = given(ExtendInputs)
+    if spec.response.mode == "follow_up":
+        agents["follow_up"] = given(FollowUpInputs)
+    if spec.response.mode == "tool_calls":
+        agents["simulate_tools"] = given(SimulateToolsInputs)
+    item = {*spec.item, "content", "round", *(["tools"] if any(f.type == "api_names" for f in spec.item.values())
+                                              else [])}
+    reply = {*spec.response.fields, *(["message"] if spec.response.mode == "tool_calls" else [])}
+    extras = {name for check in spec.checks if check in checks.CHECKS for name in checks.CHECKS.get(check).extras}
+    agents["sample"] = {"system": frozenset({"tools"}), "user": frozenset(item), "assistant": frozenset(reply | extras)}
+    return agents
 
 
 def render(template: str, **values: Any) -> str:
@@ -75,23 +159,16 @@ def render(template: str, **values: Any) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def _fields(skill: Skill, section: str) -> dict[str, Any]:
-    spec = dict(_cfg(skill, section))
-    for key in ("mode", "turns", "corrections", "follow_ups"):
-        spec.pop(key, None)
-    return spec
-
-
 # ---- transform ----
 
 def content_schema(skill: Skill) -> type[BaseModel]:
-    return schemas.build(f"{skill.name.title()}Material", _cfg(skill, "content") or DEFAULT_CONTENT)
+    return schemas.build(f"{skill.name.title()}Material", skill.spec.content or DEFAULT_CONTENT)
 
 
 def judged_content_schema(skill: Skill) -> type[BaseModel]:
     """With [transform] fit set, the agent first says whether the seed suits the skill at all (tool use
     on a poem does not): a seed that does not fit is rejected with the agent's reason."""
-    fit = _cfg(skill, "transform").get("fit")
+    fit = skill.spec.transform.fit
     material = content_schema(skill)
     return _judged(material, fit) if fit else material
 
@@ -114,7 +191,7 @@ def render_content(data: dict) -> str:
     return json.dumps(data, ensure_ascii=False, indent=1)
 
 
-async def transform(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def transform(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     skill = ctx.skill
     seed = ctx.corpus.seed(state["seed_id"])
@@ -126,8 +203,8 @@ async def transform(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]
     agent = skill.transformation(name)
     if agent.is_identity:
         return {"content": seed["text"], "content_data": {"content": seed["text"]}}
-    values = {"source": seed["source"], "text": seed["text"], "transformation": agent.name,
-              "transformation_description": agent.description, **_skill_values(skill)}
+    values: TransformInputs = {"source": seed["source"], "text": seed["text"], "transformation": agent.name,
+                               "transformation_description": agent.description, **_skill_values(skill)}
     schema = judged_content_schema(skill)
     try:
         out, used = await ask(ctx, "transform", values, schema, state)
@@ -146,39 +223,38 @@ async def transform(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]
     return {"content": render_content(data), "content_data": data, **usage_update(used)}
 
 
-def extend_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def extend_inputs(state: FlowState, ctx: RunContext) -> ExtendInputs:
     return {"content": state["content"], **_skill_values(ctx.skill)}
 
 
-def extend_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def extend_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     """Add the hypothesised APIs whose names are new; the list stays small for small models."""
     data = dict(state["content_data"])
     key = next(iter(data))
     have = {api["name"] for api in data[key]}
     added = [api for api in out.model_dump()[key] if api["name"] not in have]
-    limit = _cfg(ctx.skill, "transform").get("max_apis", 6)
-    data[key] = (data[key] + added)[:limit]
+    data[key] = (data[key] + added)[:ctx.skill.spec.transform.max_apis]
     return {"content_data": data, "content": render_content(data)}
 
 
-def keep_material(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
+def keep_material(agent: str, state: FlowState, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
     return {"transform_note": f"{agent} output unusable ({exc}); kept the material as it was"}
 
 
 # ---- generate / refine ----
 
-def api_names(state: dict) -> tuple[str, ...]:
+def api_names(state: FlowState) -> tuple[str, ...]:
     return tuple(api["name"] for api in state.get("content_data", {}).get("apis", []))
 
 
-def item_schema(state: dict, ctx: RunContext, *, with_content: bool = False) -> type[BaseModel]:
+def item_schema(state: FlowState, ctx: RunContext, *, with_content: bool = False) -> type[BaseModel]:
     """The [item] fields; `type = "api_names"` fields become lists of this seed's API names."""
-    spec = _fields(ctx.skill, "item")
-    dynamic = {name: s for name, s in spec.items() if isinstance(s, dict) and s.get("type") == "api_names"}
+    spec = ctx.skill.spec.item
+    dynamic = {name: s for name, s in spec.items() if s.type == "api_names"}
     base = schemas.build(f"{ctx.skill.name.title()}Item", {k: v for k, v in spec.items() if k not in dynamic})
     if not dynamic and not with_content:
         return base
-    return _item_with(base, tuple((name, s["description"]) for name, s in dynamic.items()), api_names(state),
+    return _item_with(base, tuple((name, s.description) for name, s in dynamic.items()), api_names(state),
                       with_content)
 
 
@@ -195,13 +271,13 @@ def _item_with(base: type[BaseModel], dynamic: tuple[tuple[str, str], ...], name
     return create_model(base.__name__, __base__=base, **extra) if extra else base
 
 
-def generate_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def generate_inputs(state: FlowState, ctx: RunContext) -> GenerateInputs:
     task = ctx.skill.task_type(state["task_type"])
     return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
             "content": state["content"], **_transformation_values(state, ctx), **_skill_values(ctx.skill)}
 
 
-def _tools_shown(state: dict, ctx: RunContext, item: dict) -> list[str] | None:
+def _tools_shown(state: FlowState, ctx: RunContext, item: dict) -> list[str] | None:
     names = api_names(state)
     if not names:
         return None
@@ -212,7 +288,7 @@ def _tools_shown(state: dict, ctx: RunContext, item: dict) -> list[str] | None:
     return list(names)
 
 
-def generate_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def generate_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     item = {**_clean(out.model_dump()), "content": state["content"], "round": 0}
     tools = _tools_shown(state, ctx, item)
     if tools is not None:
@@ -224,8 +300,8 @@ def _clean(data: dict) -> dict:
     return {k: v.strip() if isinstance(v, str) else v for k, v in data.items()}
 
 
-def suggest_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
-    return _suggestion(tuple(g["name"] for g in goals(ctx.skill)) + ("none",))
+def suggest_schema(state: FlowState, ctx: RunContext) -> type[BaseModel]:
+    return _suggestion(tuple(g.name for g in ctx.skill.spec.refinement.goals) + ("none",))
 
 
 @functools.lru_cache(maxsize=256)
@@ -235,61 +311,60 @@ def _suggestion(names: tuple[str, ...]) -> type[BaseModel]:
                         suggestion=(str, Field(max_length=600, description="what to change and why, briefly")))
 
 
-def suggest_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
-    history = [f"round {h['round']}: {h['goal']}" for h in state.get("history", [])] or ["none yet"]
-    listed = "\n".join(f"- {g['name']}: {g['description']}" for g in goals(ctx.skill))
+def suggest_inputs(state: FlowState, ctx: RunContext) -> SuggestInputs:
+    history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
+    listed = "\n".join(f"- {g.name}: {g.description}" for g in ctx.skill.spec.refinement.goals)
     return {"item": sample_user(ctx, state, state["item"]), "goals": listed, "history": "; ".join(history),
             **_skill_values(ctx.skill)}
 
 
-def suggest_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def suggest_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     if out.goal == "none":
-        return {"refine_done": True, "goal": "none", "suggestion": out.suggestion.strip()}
-    return {"goal": out.goal, "suggestion": out.suggestion.strip()}
+        return {"refine_done": True, "operation": "none", "suggestion": out.suggestion.strip()}
+    return {"operation": out.goal, "suggestion": out.suggestion.strip()}
 
 
-def edit_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
-    goal = _goal(ctx.skill, state.get("goal", ""))
-    return item_schema(state, ctx, with_content=bool(goal.get("edits_content")))
+def edit_schema(state: FlowState, ctx: RunContext) -> type[BaseModel]:
+    return item_schema(state, ctx, with_content=_goal(ctx.skill, state["operation"]).edits_content)
 
 
-def _goal(skill: Skill, name: str) -> dict:
-    return next((g for g in goals(skill) if g["name"] == name), {"name": name, "description": ""})
+def _goal(skill: Skill, name: str) -> Goal:
+    return next((g for g in skill.spec.refinement.goals if g.name == name), None) or Goal(name=name)
 
 
-def edit_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
-    goal = _goal(ctx.skill, state["goal"])
+def edit_inputs(state: FlowState, ctx: RunContext) -> EditInputs:
+    goal = _goal(ctx.skill, state["operation"])
     fields = {k: v for k, v in state["item"].items() if k not in ("round", "tools", "content")}
-    return {**suggest_inputs(state, ctx), "goal": goal["name"], "goal_description": goal["description"],
+    return {**suggest_inputs(state, ctx), "goal": goal.name, "goal_description": goal.description,
             "suggestion": state["suggestion"], "fields": json.dumps(fields, ensure_ascii=False, indent=1),
             "content": state["item"]["content"]}
 
 
-def edit_apply(state: dict, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
+def edit_apply(state: FlowState, out: BaseModel, ctx: RunContext) -> dict[str, Any]:
     new = _clean(out.model_dump())
     item = {**state["item"], **new, "round": state["item"]["round"] + 1}
     tools = _tools_shown(state, ctx, item)
     if tools is not None:
         item["tools"] = tools
-    entry = {"round": item["round"], "goal": state["goal"], "suggestion": state["suggestion"],
-             "changed": sorted(k for k in new if new[k] != state["item"].get(k))}
-    return {"item": item, "round": item["round"], "history": [*state.get("history", []), entry]}
+    entry = Refinement(round=item["round"], operation=state["operation"], suggestion=state["suggestion"],
+                       changed=sorted(k for k in new if new[k] != state["item"].get(k)))
+    return {"item": item, "round": item["round"], "history": [*state.get("history", []), entry.record()]}
 
 
 # ---- answer ----
 
-def items_to_answer(state: dict) -> list[dict]:
+def items_to_answer(state: FlowState) -> list[dict]:
     """The seed task, and the refined one if refinement changed it (its child sample)."""
     original, final = state["original"], state["item"]
     same = {k: v for k, v in final.items() if k != "round"} == {k: v for k, v in original.items() if k != "round"}
     return [original] if same else [original, final]
 
 
-def sample_user(ctx: RunContext, state: dict, item: dict) -> str:
+def sample_user(ctx: RunContext, state: FlowState, item: dict) -> str:
     return render(ctx.skill.prompt("sample").user, **item)
 
 
-def sample_system(ctx: RunContext, state: dict, item: dict) -> str:
+def sample_system(ctx: RunContext, state: FlowState, item: dict) -> str:
     system = ctx.skill.prompt("sample").system
     tools = item.get("tools")
     if tools is not None:
@@ -307,7 +382,7 @@ def as_tool(api: dict) -> dict:
                                                             "required": required}}}
 
 
-def _start(ctx: RunContext, state: dict, index: int) -> dict:
+def _start(ctx: RunContext, state: FlowState, index: int) -> Answering:
     item = items_to_answer(state)[index]
     return {"index": index, "messages": [{"role": "user", "content": sample_user(ctx, state, item)}],
             "turn": 1, "attempt": 0, "feedback": "", "checks": []}
@@ -333,9 +408,9 @@ class ToolCall(BaseModel):
     arguments: str = Field(max_length=600, description='the arguments as a JSON object, e.g. {"city": "Paris"}')
 
 
-def answer_schema(state: dict, ctx: RunContext, answering: dict) -> type[BaseModel]:
-    if response_mode(ctx.skill) != "tool_calls":
-        return schemas.build(f"{ctx.skill.name.title()}Response", _fields(ctx.skill, "response"))
+def answer_schema(state: FlowState, ctx: RunContext, answering: Answering) -> type[BaseModel]:
+    if ctx.skill.spec.response.mode != "tool_calls":
+        return schemas.build(f"{ctx.skill.name.title()}Response", ctx.skill.spec.response.fields)
     if any(m["role"] == "tool" for m in answering["messages"]):  # results are in: the final reply
         return FinalReply
     return _tool_reply(tuple(items_to_answer(state)[answering["index"]].get("tools") or ()))
@@ -363,7 +438,7 @@ def _tool_reply(tools: tuple[str, ...]) -> type[BaseModel]:
                                                                           "or cannot_do), else empty")))
 
 
-def answer_inputs(ctx: RunContext, state: dict, answering: dict) -> dict[str, Any]:
+def answer_inputs(ctx: RunContext, state: FlowState, answering: Answering) -> AnswerInputs:
     item = items_to_answer(state)[answering["index"]]
     conversation = transcript(answering["messages"])
     if answering["feedback"]:
@@ -373,7 +448,7 @@ def answer_inputs(ctx: RunContext, state: dict, answering: dict) -> dict[str, An
             else "", **_skill_values(ctx.skill)}
 
 
-async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def answer(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
     answering = state.get("answering") or _start(ctx, state, 0)
     item = items_to_answer(state)[answering["index"]]
@@ -384,13 +459,17 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return {**_item_failed(ctx, state, answering, f"answer: {exc}"), **usage_update(exc.usage)}
     response = _clean(out.model_dump())
     checked = {**item, "apis": state.get("content_data", {}).get("apis", [])}
-    # in a thread: a sandboxed check waits seconds for its child process; most skills have no checks
-    verdicts = (await asyncio.to_thread(checks.run_all, ctx.skill, checked, response)
-                if ctx.skill.settings.get("checks") else [])
+    judge = checks.Model(ctx.llm)
+    try:
+        verdicts = await checks.run_all(ctx.skill, checked, response, judge) if ctx.skill.spec.checks else []
+    except Exception as exc:  # a judge's endpoint failed: the seed fails here, with every call counted
+        used.add(judge.used)
+        raise NodeFailed("answer", exc, used) from exc
+    used.add(judge.used)
     failed = [v for v in verdicts if not v.ok]
     if failed:
         feedback = "; ".join(v.feedback for v in failed)
-        if answering["attempt"] < _cfg(ctx.skill, "response").get("corrections", 1):
+        if answering["attempt"] < ctx.skill.spec.response.corrections:
             retry = {**answering, "attempt": answering["attempt"] + 1, "feedback": feedback}
             return {"answering": retry, "next_step": "answer", **usage_update(used)}
         reason = f"check {', '.join(v.name for v in failed)} failed: {feedback}"
@@ -405,8 +484,7 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
                 **usage_update(used)}
     messages.append({"role": "assistant", "content": assistant_text(ctx.skill, response, extras)})
     answering = {**answering, "messages": messages}
-    turns = _cfg(ctx.skill, "response").get("turns", 1)
-    if response_mode(ctx.skill) == "follow_up" and answering["turn"] < turns:
+    if ctx.skill.spec.response.mode == "follow_up" and answering["turn"] < ctx.skill.spec.response.turns:
         return {"answering": answering, "next_step": "follow_up", **usage_update(used)}
     return {**_item_done(ctx, state, answering), **usage_update(used)}
 
@@ -418,7 +496,7 @@ def assistant_text(skill: Skill, response: dict, extras: dict) -> str:
     return render(template, **response, **extras)
 
 
-def _tool_call_message(calls: list[dict], answering: dict) -> dict:
+def _tool_call_message(calls: list[dict], answering: Answering) -> dict:
     prefix = f"call_{answering['index']}_{len(answering['messages'])}"
     return {"role": "assistant", "content": "",
             "tool_calls": [{"id": f"{prefix}_{n}", "type": "function",
@@ -426,14 +504,14 @@ def _tool_call_message(calls: list[dict], answering: dict) -> dict:
                            for n, c in enumerate(calls)]}
 
 
-def _item_done(ctx: RunContext, state: dict, answering: dict) -> dict[str, Any]:
-    samples = [*state.get("samples", []), make_sample(ctx, state, answering)]
+def _item_done(ctx: RunContext, state: FlowState, answering: Answering) -> dict[str, Any]:
+    samples = [*state.get("samples", []), flow_sample(ctx, state, answering)]
     if answering["index"] + 1 < len(items_to_answer(state)):
         return {"samples": samples, "answering": _start(ctx, state, answering["index"] + 1), "next_step": "answer"}
     return {"samples": samples, "next_step": "done"}
 
 
-def _item_failed(ctx: RunContext, state: dict, answering: dict, reason: str) -> dict[str, Any]:
+def _item_failed(ctx: RunContext, state: FlowState, answering: Answering, reason: str) -> dict[str, Any]:
     if answering["index"] == 0:      # the seed task itself could not be answered: the seed is rejected
         return {"rejected": reason, "rejected_by": "answer", "next_step": "done"}
     # the refined task failed; the seed task's sample stands
@@ -444,13 +522,14 @@ FollowUp = create_model("FollowUp", message=(str, Field(min_length=5, max_length
                                                        description="the user's next message")))
 
 
-async def follow_up(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def follow_up(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """The user's next turn in a conversation: one of the skill's follow-up kinds, in turn order."""
     ctx = runtime.context
     answering = state["answering"]
-    kinds = _cfg(ctx.skill, "response").get("follow_ups", ["a natural follow-up question"])
+    kinds = ctx.skill.spec.response.follow_ups
     kind = kinds[(answering["turn"] - 1 + _offset(state["seed_id"])) % len(kinds)]
-    values = {"conversation": transcript(answering["messages"]), "follow_up_kind": kind, **_skill_values(ctx.skill)}
+    values: FollowUpInputs = {"conversation": transcript(answering["messages"]), "follow_up_kind": kind,
+                              **_skill_values(ctx.skill)}
     try:
         out, used = await ask(ctx, "follow_up", values, FollowUp, state)
     except UnusableOutput as exc:  # the conversation ends here, with the turns it has
@@ -466,7 +545,7 @@ def _tool_results(calls: int) -> type[BaseModel]:
         min_length=calls, max_length=calls, description=f"{calls} results, one JSON object per call, in order")))
 
 
-async def simulate_tools(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def simulate_tools(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Invented results for the calls just made (the paper's tool results are LLM-simulated)."""
     ctx = runtime.context
     answering = state["answering"]
@@ -474,7 +553,7 @@ async def simulate_tools(state: dict, runtime: Runtime[RunContext]) -> dict[str,
     schema = _tool_results(len(calls))
     listing = "\n".join(f"{n + 1}. {c['function']['name']}({c['function']['arguments']})" for n, c in enumerate(calls))
     item = items_to_answer(state)[answering["index"]]
-    values = {"calls": listing, "tools": sample_system(ctx, state, item), **_skill_values(ctx.skill)}
+    values: SimulateToolsInputs = {"calls": listing, "tools": sample_system(ctx, state, item), **_skill_values(ctx.skill)}
     try:
         out, used = await ask(ctx, "simulate_tools", values, schema, state)
     except UnusableOutput as exc:
@@ -485,37 +564,22 @@ async def simulate_tools(state: dict, runtime: Runtime[RunContext]) -> dict[str,
             "next_step": "answer", **usage_update(used)}
 
 
-def make_sample(ctx: RunContext, state: dict, answering: dict) -> dict:
-    items = items_to_answer(state)
-    item = items[answering["index"]]
-    seed = ctx.corpus.seed(state["seed_id"])
-    parent = f"{ctx.run_id}:{state['seed_id']}:r{items[0]['round']}" if answering["index"] else None
-    fields = {k: v for k, v in item.items() if k not in ("content", "round")}
-    return {
-        "id": f"{ctx.run_id}:{state['seed_id']}:r{item['round']}",
-        "skill": ctx.skill.name,
-        "messages": [{"role": "system", "content": sample_system(ctx, state, item)}, *answering["messages"]],
-        "metadata": {
-            "seed_id": state["seed_id"], "seed_source": seed["source"],
-            "transformation": {"agent": state.get("transformation"), "note": state.get("transform_note")},
-            "task_type": state["task_type"],
-            "task": fields,
-            "refinement_round": item["round"],
-            "parent_sample_id": parent,
-            "refinements": state.get("history", []),
-            "checks": answering["checks"],
-            "model": ctx.llm.model_name,
-        },
-    }
+def flow_sample(ctx: RunContext, state: FlowState, answering: Answering) -> dict:
+    item = items_to_answer(state)[answering["index"]]
+    return make_sample(
+        ctx, state, round=item["round"], refined=answering["index"] > 0,
+        messages=[{"role": "system", "content": sample_system(ctx, state, item)}, *answering["messages"]],
+        transformation={"agent": state.get("transformation"), "note": state.get("transform_note")},
+        task={k: v for k, v in item.items() if k not in ("content", "round")}, checks=answering["checks"])
 
 
 # ---- helpers ----
 
-def _skill_values(skill: Skill) -> dict[str, str]:
+def _skill_values(skill: Skill) -> SkillValues:
     return {"skill_title": skill.title, "skill_description": skill.description}
 
 
-def _transformation_values(state: dict, ctx: RunContext) -> dict[str, str]:
+def _transformation_values(state: FlowState, ctx: RunContext) -> dict[str, str]:
     name = state.get("transformation") or ""
     description = ctx.skill.transformation(name).description if name else ""
     return {"transformation": name, "transformation_description": description}
@@ -525,31 +589,28 @@ def _offset(seed_id: str) -> int:
     return int(hashlib.sha256(seed_id.encode()).hexdigest()[:6], 16)
 
 
-async def after_answer(state: dict) -> str:  # async: see graphs/refinement.py
+async def after_answer(state: FlowState) -> str:  # async: see graphs/refinement.py
     step = state.get("next_step", "done")
     return END if step == "done" else step
 
 
+# ---- assembly ----
+
 def build(skill: Skill) -> StateGraph:
     checks.checks_for(skill)   # refuses unknown check names now, not at each seed's answer
-    builder = StateGraph(FlowState, context_schema=RunContext)
-    builder.add_node("transform", transform)
-    builder.add_node("generate", agent_node("generate", item_schema, generate_inputs, generate_apply))
-    builder.add_node("suggest", agent_node("suggest", suggest_schema, suggest_inputs, suggest_apply,
-                                           on_unusable=stop_refining))
-    builder.add_node("edit", agent_node("edit", edit_schema, edit_inputs, edit_apply, on_unusable=stop_refining))
-    builder.add_node("answer", answer)
-    builder.add_edge(START, "transform")
+    builder = instruction_graph(FlowState, FlowInput, transform=transform,
+                                generate=Agent(item_schema, generate_inputs, generate_apply),
+                                suggest=Agent(suggest_schema, suggest_inputs, suggest_apply),
+                                edit=Agent(edit_schema, edit_inputs, edit_apply), answer=answer)
     material = "transform"
-    if _cfg(skill, "transform").get("extend"):
+    if skill.spec.transform.extend:
         builder.add_node("extend", agent_node("extend", lambda s, c: content_schema(c.skill), extend_inputs,
                                               extend_apply, on_unusable=keep_material))
         builder.add_conditional_edges("transform", unless_rejected("extend"), ["extend", END])
         material = "extend"
     builder.add_conditional_edges(material, unless_rejected("generate"), ["generate", END])
-    add_refinement_loop(builder, entry="generate", exit="answer")
     after = ["answer", END]
-    mode = response_mode(skill)
+    mode = skill.spec.response.mode
     if mode == "follow_up":
         builder.add_node("follow_up", follow_up)
         builder.add_conditional_edges("follow_up", after_answer, ["answer", END])

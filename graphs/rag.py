@@ -15,17 +15,19 @@ import functools
 import hashlib
 import json
 import random
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from graphs.refinement import add_refinement_loop
-from nodes.agent import NodeFailed, SeedState, agent_node, ask, stop_refining, usage_update
+from graphs.skeleton import Agent, instruction_graph
+from nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput, Usage
+from nodes.sample import Refinement, make_sample
 from skills import Skill
+from skills.spec import SkillSpec
 
 # ---- agent reply schemas (flat: grammar-constrained decoding handles flat schemas best) ----
 
@@ -65,6 +67,8 @@ class Answer(BaseModel):
     relevant_passages: list[int] = Field(description="Document Ids of the passages used")
 
 
+# ---- state ----
+
 class RagState(SeedState, total=False):
     title: str
     transform_note: str
@@ -74,12 +78,53 @@ class RagState(SeedState, total=False):
     original: dict            # the seed instruction before refinement
     operation: str
     suggestion: str
-    history: list[dict]       # one entry per refinement round
+    history: list[dict]       # one nodes.sample.Refinement record per round
+
+
+# ---- what each agent's prompt is given (skills.check_placeholders refuses any other $name) ----
+
+class TransformInputs(TypedDict):
+    source: str
+    text: str
+
+
+class GenerateInputs(TypedDict):
+    task_type: str
+    task_description: str
+    task_guidance: str
+    passages: str
+
+
+class SuggestInputs(TypedDict):
+    query: str
+    passages: str
+    history: str
+
+
+class EditInputs(SuggestInputs):
+    operation: str
+    suggestion: str
+
+
+class AnswerInputs(TypedDict):
+    sample: str                  # the sample's user turn, exactly as the fine-tuning data has it
+
+
+class SampleInputs(TypedDict):
+    query: str
+    passages: str
+
+
+def prompt_inputs(spec: SkillSpec) -> dict[str, dict[str, frozenset[str]]]:
+    """The $names each agent's templates may use, by agent and part (system, user, assistant)."""
+    return {"transform": given(TransformInputs), "generate": given(GenerateInputs), "suggest": given(SuggestInputs),
+            "edit": given(EditInputs), "answer": given(AnswerInputs),
+            "sample": {"system": frozenset(), "user": given(SampleInputs)["user"]}}
 
 
 # ---- rendering ----
 
-def render_passages(state: dict, pids: list[int], snippet_chars: int | None = None) -> str:
+def render_passages(state: RagState, pids: list[int], snippet_chars: int | None = None) -> str:
     """The context block. `snippet_chars` abbreviates passages for agents that only need their
     gist (suggester, editor): shorter prompts, and prompt evaluation dominates on a CPU."""
     by_id = {p["pid"]: p for p in state["pool"]}
@@ -91,7 +136,7 @@ def render_passages(state: dict, pids: list[int], snippet_chars: int | None = No
         f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {snippet(by_id[pid]['text'])}" for pid in pids)
 
 
-def _rng(state: dict, salt: str) -> random.Random:
+def _rng(state: RagState, salt: str) -> random.Random:
     return random.Random(hashlib.sha256(f"{state['seed_id']}:{salt}".encode()).hexdigest())
 
 
@@ -100,7 +145,7 @@ def _pool_entry(pid: int, kind: str, passage: dict) -> dict:
             "title": passage["title"], "text": passage["text"]}
 
 
-def _add_passages(state: dict, new: list[dict], kind: str) -> tuple[list[dict], list[int]]:
+def _add_passages(state: RagState, new: list[dict], kind: str) -> tuple[list[dict], list[int]]:
     pool = list(state.get("pool", []))
     first = max((p["pid"] for p in pool), default=0) + 1
     added = list(range(first, first + len(new)))
@@ -110,12 +155,12 @@ def _add_passages(state: dict, new: list[dict], kind: str) -> tuple[list[dict], 
 
 # ---- nodes ----
 
-def transform_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def transform_inputs(state: RagState, ctx: RunContext) -> TransformInputs:
     seed = ctx.corpus.seed(state["seed_id"])
     return {"source": seed["source"], "text": seed["text"]}
 
 
-def transform_fallback(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
+def transform_fallback(agent: str, state: RagState, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
     """No usable title/query from the model: the document's own title and words still make a context."""
     seed = ctx.corpus.seed(state["seed_id"])
     # model_construct: the document's own title need not meet the bounds set for the model's reply
@@ -124,12 +169,12 @@ def transform_fallback(agent: str, state: dict, exc: UnusableOutput, ctx: RunCon
     return {**update, "transform_note": f"model output unusable ({exc}); used the document title"}
 
 
-def transform_apply(state: dict, out: Transformed, ctx: RunContext) -> dict[str, Any]:
-    cfg = ctx.skill.settings.get("context", {})
-    wanted = cfg.get("distractors", 3)
+def transform_apply(state: RagState, out: Transformed, ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.skill.spec.context
+    wanted = cfg.distractors
     seed = ctx.corpus.seed(state["seed_id"])
     own = [{"seed_id": seed["id"], "title": out.title.strip(), "text": text}
-           for text in seed["passages"][: cfg.get("own_passages_max", 3)]]
+           for text in seed["passages"][: cfg.own_passages_max]]
     query = out.search_query.strip() or seed["text"]
     distractors = ctx.corpus.search(query, exclude_seed=seed["id"], limit=wanted)
     if len(distractors) < wanted:  # a vague query: fall back to the seed's own words
@@ -141,18 +186,18 @@ def transform_apply(state: dict, out: Transformed, ctx: RunContext) -> dict[str,
     return {"title": out.title.strip(), "search_query": out.search_query.strip(), "pool": pool}
 
 
-def generate_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+def generate_schema(state: RagState, ctx: RunContext) -> type[BaseModel]:
     task = ctx.skill.task_type(state["task_type"])
     return QueryWithConflict if task.context_op == "add_conflicting_passage" else Query
 
 
-def generate_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def generate_inputs(state: RagState, ctx: RunContext) -> GenerateInputs:
     task = ctx.skill.task_type(state["task_type"])
     return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
             "passages": render_passages(state, [p["pid"] for p in state["pool"]])}
 
 
-def apply_operation(state: dict, item: dict, operation: str, query: str, new_passage: str,
+def apply_operation(state: RagState, item: dict, operation: str, query: str, new_passage: str,
                     ctx: RunContext) -> tuple[dict, list[dict], str]:
     """Apply an editing operation to an item; returns (new item, new pool, note)."""
     pool, pids, note = state["pool"], list(item["pids"]), ""
@@ -175,7 +220,7 @@ def apply_operation(state: dict, item: dict, operation: str, query: str, new_pas
     return {"query": query.strip(), "pids": pids, "round": item["round"]}, pool, note
 
 
-def generate_apply(state: dict, out: Query, ctx: RunContext) -> dict[str, Any]:
+def generate_apply(state: RagState, out: Query, ctx: RunContext) -> dict[str, Any]:
     task = ctx.skill.task_type(state["task_type"])
     item = {"query": out.query.strip(), "pids": [p["pid"] for p in state["pool"]], "round": 0}
     update: dict[str, Any] = {}
@@ -187,34 +232,34 @@ def generate_apply(state: dict, out: Query, ctx: RunContext) -> dict[str, Any]:
     return {**update, "item": item, "original": item, "round": 0, "history": []}
 
 
-def suggest_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def suggest_inputs(state: RagState, ctx: RunContext) -> SuggestInputs:
     history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
-    gist = ctx.skill.settings.get("refinement", {}).get("snippet_chars", 200)
+    gist = ctx.skill.spec.refinement.snippet_chars
     return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"], gist),
             "history": "; ".join(history)}
 
 
-def suggest_apply(state: dict, out: Suggestion, ctx: RunContext) -> dict[str, Any]:
+def suggest_apply(state: RagState, out: Suggestion, ctx: RunContext) -> dict[str, Any]:
     if out.operation == "none":
         return {"refine_done": True, "operation": "none", "suggestion": out.suggestion.strip()}
     return {"operation": out.operation, "suggestion": out.suggestion.strip()}
 
 
-def edit_inputs(state: dict, ctx: RunContext) -> dict[str, Any]:
+def edit_inputs(state: RagState, ctx: RunContext) -> EditInputs:
     return {**suggest_inputs(state, ctx), "operation": state["operation"], "suggestion": state["suggestion"]}
 
 
-def edit_schema(state: dict, ctx: RunContext) -> type[BaseModel]:
+def edit_schema(state: RagState, ctx: RunContext) -> type[BaseModel]:
     return EditedWithConflict if state.get("operation") == "add_conflicting_passage" else Edited
 
 
-def edit_apply(state: dict, out: Edited, ctx: RunContext) -> dict[str, Any]:
+def edit_apply(state: RagState, out: Edited, ctx: RunContext) -> dict[str, Any]:
     current = {**state["item"], "round": state["item"]["round"] + 1}
     item, pool, note = apply_operation(state, current, state["operation"], out.query, out.new_passage, ctx)
-    entry = {"round": item["round"], "operation": state["operation"], "suggestion": state["suggestion"],
-             "query": item["query"], "note": note}
+    entry = Refinement(round=item["round"], operation=state["operation"], suggestion=state["suggestion"],
+                       query=item["query"], note=note)
     return {"item": item, "pool": pool, "round": item["round"],
-            "history": [*state.get("history", []), entry]}
+            "history": [*state.get("history", []), entry.record()]}
 
 
 def answer_schema(item: dict) -> type[Answer]:
@@ -232,12 +277,12 @@ def _answer_schema(ids: tuple[int, ...]) -> type[Answer]:
         list[Literal[ids]], Field(description=f"Document Ids of the passages used, from {list(ids)}")))
 
 
-def _answer_check(state: dict, out: Answer) -> None:
+def _answer_check(state: RagState, out: Answer) -> None:
     if not out.answer.strip():
         raise ValueError("answer is empty")
 
 
-async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
+async def answer(state: RagState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Answer the seed item and, if refinement changed it, the refined item (its child)."""
     ctx = runtime.context
     items = [state["original"]]
@@ -250,7 +295,8 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
     for item in items:
         user = sample_prompt(ctx.skill, state, item)
         try:
-            out, call = await ask(ctx, "answer", {"sample": user}, answer_schema(item), state, _answer_check)
+            inputs: AnswerInputs = {"sample": user}
+            out, call = await ask(ctx, "answer", inputs, answer_schema(item), state, _answer_check)
         except UnusableOutput as exc:
             used.add(exc.usage)
             if samples:  # the refined item failed; the seed item's sample still stands
@@ -261,54 +307,40 @@ async def answer(state: dict, runtime: Runtime[RunContext]) -> dict[str, Any]:
             exc.usage.add(used)
             raise
         used.add(call)
-        samples.append(make_sample(ctx, state, item, user, out,
-                                   parent=samples[0]["id"] if samples else None))
+        samples.append(rag_sample(ctx, state, item, user, out, refined=bool(samples)))
     return {"samples": samples, **refined_rejected, **usage_update(used)}
 
 
-def sample_prompt(skill: Skill, state: dict, item: dict) -> str:
-    _, user = skill.prompt("sample").render(query=item["query"], passages=render_passages(state, item["pids"]))
+def sample_prompt(skill: Skill, state: RagState, item: dict) -> str:
+    values: SampleInputs = {"query": item["query"], "passages": render_passages(state, item["pids"])}
+    _, user = skill.prompt("sample").render(**values)
     return user
 
 
-def make_sample(ctx: RunContext, state: dict, item: dict, user: str, out: Answer, parent: str | None) -> dict:
-    seed = ctx.corpus.seed(state["seed_id"])
+def rag_sample(ctx: RunContext, state: RagState, item: dict, user: str, out: Answer, refined: bool) -> dict:
     response = json.dumps({"answer": out.answer.strip(), "relevant_passages": sorted(set(out.relevant_passages))},
                           ensure_ascii=False)
     system, _ = ctx.skill.prompt("sample").render()
-    return {
-        "id": f"{ctx.run_id}:{state['seed_id']}:r{item['round']}",
-        "skill": ctx.skill.name,
-        "messages": [{"role": "system", "content": system},
-                     {"role": "user", "content": user},
-                     {"role": "assistant", "content": response}],
-        "metadata": {
-            "seed_id": state["seed_id"], "seed_source": seed["source"],
-            "transformation": {"agent": "transform", "title": state["title"],
-                               "note": state.get("transform_note"),
-                               "search_query": state["search_query"],
-                               "passages": [{k: p[k] for k in ("pid", "kind", "seed_id")} for p in state["pool"]]},
-            "task_type": state["task_type"],
-            "refinement_round": item["round"],
-            "parent_sample_id": parent,
-            "original_query": state["original"]["query"],
-            "refinements": state.get("history", []),
-            "model": ctx.llm.model_name,
-        },
-    }
+    return make_sample(
+        ctx, state, round=item["round"], refined=refined,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user},
+                  {"role": "assistant", "content": response}],
+        transformation={"agent": "transform", "title": state["title"], "note": state.get("transform_note"),
+                        "search_query": state["search_query"],
+                        "passages": [{k: p[k] for k in ("pid", "kind", "seed_id")} for p in state["pool"]]},
+        original_query=state["original"]["query"])
 
+
+# ---- assembly ----
 
 def build(skill: Skill) -> StateGraph:
-    builder = StateGraph(RagState, context_schema=RunContext)
-    builder.add_node("transform", agent_node("transform", Transformed, transform_inputs, transform_apply,
-                                             on_unusable=transform_fallback))
-    builder.add_node("generate", agent_node("generate", generate_schema, generate_inputs, generate_apply))
-    builder.add_node("suggest", agent_node("suggest", Suggestion, suggest_inputs, suggest_apply,
-                                           on_unusable=stop_refining))
-    builder.add_node("edit", agent_node("edit", edit_schema, edit_inputs, edit_apply, on_unusable=stop_refining))
-    builder.add_node("answer", answer)
-    builder.add_edge(START, "transform")
+    builder = instruction_graph(
+        RagState, SeedInput,
+        transform=agent_node("transform", Transformed, transform_inputs, transform_apply,
+                             on_unusable=transform_fallback),
+        generate=Agent(generate_schema, generate_inputs, generate_apply),
+        suggest=Agent(Suggestion, suggest_inputs, suggest_apply),
+        edit=Agent(edit_schema, edit_inputs, edit_apply), answer=answer)
     builder.add_edge("transform", "generate")  # transform never rejects: it falls back to the document title
-    add_refinement_loop(builder, entry="generate", exit="answer")
     builder.add_edge("answer", END)
     return builder

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from nodes.context import RunContext
 from nodes.llm import UnusableOutput, Usage
+from nodes.sample import Refinement
 
 
 class NodeFailed(RuntimeError):
@@ -26,25 +27,37 @@ class NodeFailed(RuntimeError):
         super().__init__(f"{node}: {type(error).__name__}: {error}")
 
 
-class SeedState(TypedDict, total=False):
-    """Keys every skill's state has. Keep state small: it is checkpointed after every step."""
+class SeedInput(TypedDict):
+    """What the runner starts a seed's graph with (the graphs' input state)."""
 
     seed_id: str
     task_type: str
     max_rounds: int
     round: int
+    llm_calls: Annotated[int, operator.add]
+    tokens: Annotated[int, operator.add]
+
+
+class SeedState(SeedInput, total=False):
+    """Keys every skill's state has. Keep state small: it is checkpointed after every step."""
+
     refine_done: bool
     rejected: str                                    # set => the seed ends rejected, with this reason
     rejected_by: str                                 # the node that rejected it
     refined_rejected: str                            # why the refined task got no sample (the seed's stands)
     samples: list[dict]                              # finished (prompt, response) samples
-    llm_calls: Annotated[int, operator.add]
-    tokens: Annotated[int, operator.add]
     cache_hits: Annotated[int, operator.add]         # replies the response cache served
 
 
 def usage_update(used: Usage) -> dict[str, int]:
     return {"llm_calls": used.calls, "tokens": used.tokens, "cache_hits": used.cache_hits}
+
+
+def given(inputs: type) -> dict[str, frozenset[str]]:
+    """The $names an agent's system and user templates may use: the keys of its inputs TypedDict
+    (a graph's `prompt_inputs`, which skills.check_placeholders reads when a skill loads)."""
+    keys = frozenset(inputs.__required_keys__ | inputs.__optional_keys__)
+    return {"system": keys, "user": keys}
 
 
 Inputs = Callable[[dict, RunContext], dict[str, Any]]
@@ -76,10 +89,12 @@ def reject(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dic
 
 def stop_refining(agent: str, state: dict, exc: UnusableOutput, ctx: RunContext) -> dict[str, Any]:
     """A refinement agent that cannot produce usable output ends refinement; the item as it
-    stood after the last good round is kept, and the history says why refinement stopped."""
-    note = {"round": state.get("round", 0) + 1, "operation": state.get("operation", ""),
-            "note": f"refinement stopped, {agent} output unusable: {exc}"}
-    return {"refine_done": True, "history": [*state.get("history", []), note]}
+    stood after the last good round is kept, and the history says why refinement stopped. An
+    editor that failed was applying this round's operation; a suggester that failed chose none
+    (state's operation is then the last round's, so it is not recorded)."""
+    entry = Refinement(round=state.get("round", 0) + 1, operation=state.get("operation") if agent == "edit" else None,
+                       note=f"refinement stopped, {agent} output unusable: {exc}")
+    return {"refine_done": True, "history": [*state.get("history", []), entry.record()]}
 
 
 def agent_node(agent: str, schema: type[BaseModel] | Callable[[dict, RunContext], type[BaseModel]],

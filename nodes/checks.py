@@ -3,12 +3,15 @@
 A check looks at the task (the item the flow wrote) and the answer agent's reply. It passes, or
 fails with feedback the answer agent gets for a correction; `extras` are values the check computed
 for the sample (a Fermi estimate's evaluated calculation). Code and arithmetic run only in the
-sandbox (nodes/sandbox.py), never in this process.
+sandbox (nodes/sandbox.py), never in this process. An async check is given the run's model (Model):
+a judge is a check like any other.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
+import inspect
 import json
 import math
 import re
@@ -16,6 +19,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pydantic import BaseModel
+
+from nodes.extensions import Registry, UnknownName
+from nodes.llm import LLM, UnusableOutput, Usage
 from nodes.sandbox import Limits, run_python
 from skills import Skill, SkillError
 
@@ -33,29 +40,57 @@ class Verdict:
         return {"check": self.name, "ok": self.ok, **({"detail": self.detail} if self.detail else {})}
 
 
-Check = Callable[[dict, dict], Verdict]
-CHECKS: dict[str, Check] = {}
+@dataclass
+class Model:
+    """The run's model as a check sees it, so that a judge is just a check: an async check is given
+    this handle, and the calls it makes count in the seed's usage like the answer's own."""
+
+    llm: LLM
+    used: Usage = field(default_factory=Usage)
+
+    async def ask(self, system: str, user: str, schema: type[BaseModel], max_tokens: int | None = None) -> Any:
+        value, _ = await self.llm.structured(system, user, schema, max_tokens=max_tokens or self.llm.max_tokens,
+                                             used=self.used)
+        return value
 
 
-def check(name: str):
-    def register(fn: Check) -> Check:
-        CHECKS[name] = fn
-        return fn
-    return register
+@dataclass(frozen=True)
+class CheckDef:
+    """A registered check: `fn(item, response) -> Verdict`, or `async fn(item, response, model) -> Verdict`
+    for a check that asks the model (a judge)."""
+
+    name: str
+    fn: Callable[..., Any]
+    extras: tuple[str, ...] = ()     # values it computes for the sample's assistant template ($result)
+
+    @property
+    def judges(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    async def __call__(self, item: dict, response: dict, model: Model) -> Verdict:
+        if not self.judges:   # in a thread: a sandboxed check waits seconds for its child process
+            return await asyncio.to_thread(self.fn, item, response)
+        try:
+            return await self.fn(item, response, model)
+        except UnusableOutput as exc:
+            return Verdict(self.name, False, f"the judge gave no usable verdict: {exc}", detail="judge unusable")
 
 
-def checks_for(skill: Skill) -> list[Check]:
+CHECKS: Registry[CheckDef] = Registry("check", CheckDef)
+check = CHECKS.register
+
+
+def checks_for(skill: Skill) -> list[CheckDef]:
     """The checks skill.toml names; flow.build calls it, so a misspelt name stops the skill before any
     model call instead of failing each seed at its answer."""
-    names = skill.settings.get("checks", [])
-    unknown = [name for name in names if name not in CHECKS]
-    if unknown:
-        raise SkillError(f"skill {skill.name}: unknown check {unknown[0]!r} (known: {sorted(CHECKS)})")
-    return [CHECKS[name] for name in names]
+    try:
+        return [CHECKS.get(name) for name in skill.spec.checks]
+    except UnknownName as exc:
+        raise SkillError(f"skill {skill.name}: {exc}") from None
 
 
-def run_all(skill: Skill, item: dict, response: dict) -> list[Verdict]:
-    return [fn(item, response) for fn in checks_for(skill)]
+async def run_all(skill: Skill, item: dict, response: dict, model: Model) -> list[Verdict]:
+    return [await check_def(item, response, model) for check_def in checks_for(skill)]
 
 
 def _strip_fences(code: str) -> str:
@@ -93,7 +128,7 @@ def python_tests(item: dict, response: dict) -> Verdict:
 _ARITHMETIC = re.compile(r"^[\d\s.+\-*/()eE,_%]+$")
 
 
-@check("python_compute")
+@check("python_compute", extras=("result",))
 def python_compute(item: dict, response: dict) -> Verdict:
     """Evaluate the reply's arithmetic expression (response["calculation"]) in the sandbox; its value
     becomes `result` in the sample, so the number the sample states is the number computed."""

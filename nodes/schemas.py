@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
 
-DEFAULT_MAX_LENGTH = 2000
+from skills.spec import Fields, FieldSpec
 
 
 class Parameter(BaseModel):
@@ -54,56 +54,28 @@ class SchemaError(ValueError):
     pass
 
 
-def field_definition(name: str, spec: Any) -> tuple[Any, Any]:
-    if isinstance(spec, str):
-        spec = {"description": spec}
-    if not isinstance(spec, dict) or not spec.get("description"):
-        raise SchemaError(f"field {name!r} needs a description")
-    optional = bool(spec.get("optional"))
-    if "enum" in spec:
-        values = tuple(str(v) for v in spec["enum"])
-        if not values:
-            raise SchemaError(f"field {name!r}: empty enum")
-        annotation: Any = Literal[values]
-        return annotation, Field(description=spec["description"])
-    if "type" in spec:
+def field_definition(name: str, spec: FieldSpec) -> tuple[Any, Any]:
+    if spec.enum is not None:
+        return Literal[spec.enum], Field(description=spec.description)
+    if spec.type is not None:
         try:
-            annotation = NAMED_TYPES[spec["type"]]
+            annotation = NAMED_TYPES[spec.type]
         except KeyError:
-            raise SchemaError(f"field {name!r}: unknown type {spec['type']!r} (known: {sorted(NAMED_TYPES)})") \
+            raise SchemaError(f"field {name!r}: type {spec.type!r} is not a reply type (known: {sorted(NAMED_TYPES)})") \
                 from None
-        return annotation, Field(description=spec["description"])
-    bounds = {"max_length": int(spec.get("max_length", DEFAULT_MAX_LENGTH))}
-    if optional:
-        return str, Field(default="", description=spec["description"], **bounds)
-    bounds["min_length"] = int(spec.get("min_length", 1))
-    return str, Field(description=spec["description"], **bounds)
+        return annotation, Field(description=spec.description)
+    if spec.optional:
+        return str, Field(default="", description=spec.description, max_length=spec.max_length)
+    return str, Field(description=spec.description, max_length=spec.max_length, min_length=spec.min_length)
 
 
-def build(model_name: str, fields: dict[str, Any]) -> type[BaseModel]:
-    """A pydantic model with `fields` (a skill.toml table). Built once per table."""
+def build(model_name: str, fields: Fields) -> type[BaseModel]:
+    """A pydantic model with `fields` (a skill.toml table, validated by skills/spec.py). Built once per table."""
     if not fields:
         raise SchemaError(f"{model_name}: no fields")
-    return _build(model_name, _freeze(fields))
+    return _build(model_name, tuple(fields.items()))
 
 
 @lru_cache(maxsize=None)
-def _build(model_name: str, frozen: tuple) -> type[BaseModel]:
-    fields = _thaw(frozen)
-    return create_model(model_name, **{name: field_definition(name, spec) for name, spec in fields.items()})
-
-
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return ("__dict__", tuple((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("__list__", tuple(_freeze(v) for v in value))
-    return value
-
-
-def _thaw(value: Any) -> Any:
-    if isinstance(value, tuple) and value and value[0] == "__dict__":
-        return {k: _thaw(v) for k, v in value[1]}
-    if isinstance(value, tuple) and value and value[0] == "__list__":
-        return [_thaw(v) for v in value[1]]
-    return value
+def _build(model_name: str, fields: tuple[tuple[str, FieldSpec], ...]) -> type[BaseModel]:
+    return create_model(model_name, **{name: field_definition(name, spec) for name, spec in fields})

@@ -6,10 +6,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from skills.spec import SkillSpec, first_problem
 
 SKILLS_DIR = Path(__file__).parent
 
@@ -49,6 +53,12 @@ class Prompt:
     user: str = ""
     max_tokens: int | None = None   # this agent's reply cap; small caps stop runaway output early
     assistant: str = ""             # [sample] only: how the answer's fields become the assistant turn
+    source: Path | None = None      # the prompts.toml it came from (for errors)
+
+    def placeholders(self) -> dict[str, set[str]]:
+        """The $names each template uses, by part."""
+        return {part: set(Template(text).get_identifiers())
+                for part, text in (("system", self.system), ("user", self.user), ("assistant", self.assistant))}
 
     def render(self, **values: Any) -> tuple[str, str]:
         # safe_substitute: seed text may legitimately contain "$" and must never break a prompt.
@@ -58,15 +68,30 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Skill:
-    name: str
-    title: str
-    description: str
-    split: str
-    graph: str
+    spec: SkillSpec                 # skill.toml, validated (skills/spec.py)
     taxonomy: tuple[TaskType, ...]
     prompts: dict[str, Prompt]
-    settings: dict[str, Any] = field(default_factory=dict)
     transformations: tuple[Transformation, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
+
+    @property
+    def description(self) -> str:
+        return self.spec.description
+
+    @property
+    def split(self) -> str:
+        return self.spec.split
+
+    @property
+    def graph(self) -> str:
+        return self.spec.graph
 
     def transformations_for(self, kind: str) -> tuple[Transformation, ...]:
         return tuple(t for t in self.transformations if kind in t.kinds)
@@ -95,9 +120,12 @@ class Skill:
         except KeyError:
             raise SkillError(f"skill {self.name!r} has no prompt for agent {agent!r}") from None
 
+    def graph_module(self) -> Any:
+        """The module that builds this skill's graph (it also declares its agents' prompt inputs)."""
+        return importlib.import_module(self.graph.partition(":")[0])
+
     def builder(self) -> Callable[["Skill"], Any]:
-        module_name, _, attr = self.graph.partition(":")
-        return getattr(importlib.import_module(module_name), attr)
+        return getattr(self.graph_module(), self.graph.partition(":")[2])
 
     def build_graph(self):
         """The uncompiled StateGraph for this skill."""
@@ -214,22 +242,42 @@ SHARED_PROMPTS = SKILLS_DIR / "prompts.toml"   # defaults every skill inherits, 
 
 
 def _prompts(path: Path) -> dict[str, Prompt]:
-    merged = {**_read_toml(SHARED_PROMPTS), **_read_toml(path)} if SHARED_PROMPTS.is_file() else _read_toml(path)
+    sources = [SHARED_PROMPTS, path] if SHARED_PROMPTS.is_file() else [path]
+    merged = {agent: (source, spec) for source in sources for agent, spec in _read_toml(source).items()}
     return {agent: Prompt(system=spec.get("system", ""), user=spec.get("user", ""),
-                          max_tokens=spec.get("max_tokens"), assistant=spec.get("assistant", ""))
-            for agent, spec in merged.items()}
+                          max_tokens=spec.get("max_tokens"), assistant=spec.get("assistant", ""), source=source)
+            for agent, (source, spec) in merged.items()}
+
+
+def load_spec(path: Path, folder_name: str) -> SkillSpec:
+    """skill.toml validated: an unknown or misspelt key stops the skill with one line."""
+    definition = _read_toml(path)
+    try:
+        return SkillSpec.model_validate({"name": folder_name, "title": folder_name, "split": folder_name,
+                                         **definition})
+    except ValidationError as exc:
+        raise SkillError(f"{path}: {first_problem(exc)}") from None
+
+
+def check_placeholders(skill: Skill) -> None:
+    """Every $placeholder in the prompts the skill's graph renders must be one its inputs fill: an
+    unfilled one would reach the model as a literal "$name" (string.Template's safe_substitute)."""
+    for agent, parts in skill.graph_module().prompt_inputs(skill.spec).items():
+        prompt = skill.prompt(agent)
+        for part, used in prompt.placeholders().items():
+            unknown = sorted(used - parts.get(part, set()))
+            if unknown:
+                known = ", ".join(sorted(parts.get(part, set()))) or "none"
+                raise SkillError(f"{prompt.source}: [{agent}] {part} uses ${unknown[0]}, which no input fills "
+                                 f"(it is given: {known})")
 
 
 def load(name: str) -> Skill:
     name = resolve(name)
     folder = SKILLS_DIR / name
-    definition = _read_toml(folder / "skill.toml")
-    settings = {k: v for k, v in definition.items()
-                if k not in {"name", "title", "description", "split", "graph", "aliases"}}
+    spec = load_spec(folder / "skill.toml", name)
     transformations = _load_transformations(folder / "taxonomy.toml")
-    return Skill(name=definition.get("name", name), title=definition.get("title", name),
-                 description=definition.get("description", ""), split=definition.get("split", name),
-                 graph=definition["graph"],
-                 taxonomy=_load_taxonomy(folder / "taxonomy.toml", transformations),
-                 prompts=_prompts(folder / "prompts.toml"), settings=settings,
-                 transformations=transformations)
+    skill = Skill(spec=spec, taxonomy=_load_taxonomy(folder / "taxonomy.toml", transformations),
+                  prompts=_prompts(folder / "prompts.toml"), transformations=transformations)
+    check_placeholders(skill)
+    return skill

@@ -194,7 +194,7 @@ def _error_text(error: BaseException) -> str:
 
 
 def default_rounds(skill: Skill) -> int:
-    return skill.settings.get("refinement", {}).get("rounds", 2)
+    return skill.spec.refinement.rounds
 
 
 def step_limit(skill: Skill, rounds: int) -> int:

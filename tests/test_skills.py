@@ -201,7 +201,7 @@ def test_a_refined_task_that_fails_leaves_the_seed_accepted_with_the_reason(tmp_
 def test_a_misspelt_check_stops_the_skill_before_any_model_call():
     import dataclasses
     mcq = skills.load("mcq")
-    misspelt = dataclasses.replace(mcq, settings={**mcq.settings, "checks": ["choice_kee"]})
+    misspelt = dataclasses.replace(mcq, spec=mcq.spec.model_copy(update={"checks": ("choice_kee",)}))
     with pytest.raises(skills.SkillError, match="unknown check 'choice_kee'"):
         misspelt.build_graph()
     mcq.build_graph()   # the real name builds
