@@ -111,7 +111,7 @@ def compiled_features(system_info: str) -> list[str]:
     return [name.strip() for name, value in re.findall(r"([A-Z0-9_]+) = (\w+)", cpu) if value == "1"]
 
 
-def cpu_flags(cpuinfo: str | None = None) -> tuple[str, str, set[str]]:
+def cpu_flags(cpuinfo: str | None = None) -> tuple[str, str, list[str]]:
     """(model name, machine, feature flags) of the first CPU in /proc/cpuinfo ("flags" on x86,
     "Features" on ARM)."""
     if cpuinfo is None:
@@ -124,7 +124,7 @@ def cpu_flags(cpuinfo: str | None = None) -> tuple[str, str, set[str]]:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip().lower(), value.strip())
     flags = fields.get("flags", fields.get("features", ""))
-    return fields.get("model name") or fields.get("cpu part", "?"), platform.machine(), set(flags.split())
+    return fields.get("model name") or fields.get("cpu part", "?"), platform.machine(), flags.split()
 
 
 def build_report(cpuinfo: str | None = None) -> list[str]:
@@ -142,14 +142,16 @@ def build_report(cpuinfo: str | None = None) -> list[str]:
         lines.append(f"build: llama-cpp-python {info['version']}; llama.cpp system info: {info['system_info']}")
     if machine in ("x86_64", "AMD64", "i686"):
         lines.append(f"cpu: {name} ({machine}): " + " ".join(f for f in _X86_SHOWN if f in flags))
-        if info and flags:
-            lacking = [f for f in compiled_features(info["system_info"]) if f in _X86_FLAGS
-                       and _X86_FLAGS[f] not in flags]
-            if lacking:
-                lines.append(f"warning: the build uses {', '.join(lacking)}, which this CPU lacks; "
-                             f"rebuild it: {reinstall_command()}")
+        compiled = compiled_features(info["system_info"]) if info else []
+        lacking = [f for f in compiled if f in _X86_FLAGS and flags and _X86_FLAGS[f] not in flags]
+        if lacking:
+            lines.append(f"warning: the build uses {', '.join(lacking)}, which this CPU lacks; "
+                         f"rebuild it: {reinstall_command()}")
+        elif any(f.startswith(("AVX512", "AMX")) for f in compiled):
+            lines.append("note: the build has AVX-512 or AMX kernels, so it is not the portable one; if the "
+                         f"server crashes, rebuild it: {reinstall_command()}")
     else:
-        lines.append(f"cpu: {name} ({machine}): {' '.join(sorted(flags)) or 'no feature list in /proc/cpuinfo'}")
+        lines.append(f"cpu: {name} ({machine}): {' '.join(flags) or 'no feature list in /proc/cpuinfo'}")
     return lines
 
 

@@ -162,11 +162,23 @@ def test_last_meaningful_line_skips_access_log_and_stack_lines():
 def test_cpu_features_are_read_on_x86_and_on_aarch64(monkeypatch):
     x86 = "processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx512f amx_tile amx_int8\n"
     name, _, flags = embedded.cpu_flags(x86)
-    assert name == "Some Xeon" and {"avx2", "amx_int8", "avx512f"} <= flags
+    assert name == "Some Xeon" and {"avx2", "amx_int8", "avx512f"} <= set(flags)
     arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp\nCPU part\t: 0xd0c\n"
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     report = embedded.build_report(arm)
     assert any(line.startswith("cpu: 0xd0c (aarch64): ") and "asimddp" in line for line in report), report
+
+
+def test_the_probe_report_flags_a_build_that_is_not_portable(monkeypatch):
+    native = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | "
+    monkeypatch.setattr(embedded, "build_info", lambda: {"version": "0.3.36", "system_info": native})
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    amx_cpu = "model name\t: Xeon\nflags\t\t: pni avx avx2 fma f16c bmi2 avx512f amx_tile amx_int8\n"
+    report = embedded.build_report(amx_cpu)
+    assert any(l.startswith("note: the build has AVX-512 or AMX kernels") for l in report), report
+    assert "--no-cache-dir" in report[-1]
+    old_cpu = "model name\t: Old\nflags\t\t: pni avx avx2 fma f16c bmi2\n"
+    assert embedded.build_report(old_cpu)[-1].startswith("warning: the build uses AVX512, AMX_INT8, which this CPU lacks")
 
 
 def test_endpoint_probe_without_arguments_probes_the_embedded_server_and_says_what_it_runs(tmp_path):
