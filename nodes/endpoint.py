@@ -14,6 +14,9 @@ alike), RequestRejected fails this seed (400: e.g. its prompt is longer than the
 EndpointUnavailable fails this seed after the retries ran out (resume retries it), and
 EndpointFatal again when several requests in a row ran out of retries (the endpoint is down:
 stop instead of failing seed after seed).
+
+When this process runs the server itself (the embedded model), a ServerWatch tells requests to wait
+while it restarts a crashed server, so a crash costs no retries (teachgraph/embedded.py).
 """
 
 from __future__ import annotations
