@@ -150,17 +150,18 @@ def run_lock(home: Home, run_id: str) -> Iterator[None]:
 
 
 @contextmanager
-def endpoint_for(settings: Settings, home: Home) -> Iterator[tuple[str, str, bool]]:
+def endpoint_for(settings: Settings, home: Home, run_id: str) -> Iterator[tuple[str, str, bool, object]]:
+    """(base URL, API key, embedded?, the embedded server's supervisor or None)."""
     base_url, api_key = _endpoint(settings)
     if base_url:
         _preflight(base_url, api_key)
-        yield base_url, api_key, False
+        yield base_url, api_key, False, None
         return
     try:
-        with embedded.embedded_server(home.root, log=lambda m: err.print(m, highlight=False)) as url:
-            yield url, api_key, True
+        with embedded.embedded_server(home.root, log=say) as (url, server):
+            yield url, api_key, True, server
     except embedded.EmbeddedError as exc:
-        fail(str(exc))
+        fail(f"{exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {run_id}")
 
 
 def execute(home: Home, registry: Registry, run_id: str, no_cache: bool = False) -> None:
@@ -170,11 +171,11 @@ def execute(home: Home, registry: Registry, run_id: str, no_cache: bool = False)
     skill = None if settings.mix else load_skill(settings.skill)
     counts = registry.counts(run_id)
     with ExitStack() as stack:
-        base_url, api_key, is_embedded = stack.enter_context(endpoint_for(settings, home))
+        base_url, api_key, is_embedded, server = stack.enter_context(endpoint_for(settings, home, run_id))
         cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path)
         if cache is not None:
             stack.callback(cache.close)
-        llm = make_llm(settings, base_url, api_key, is_embedded, cache=cache)
+        llm = make_llm(settings, base_url, api_key, is_embedded, cache=cache, server=server)
         registry.set_run(run_id, status="running")
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("seeds | {task.fields[stats]}"), TimeElapsedColumn(),
@@ -509,8 +510,10 @@ def endpoint_probe(
         probe.remember(Registry(home.registry_path).db, result)
         where = f"{base_url} {model}"
     else:
+        for line in embedded.build_report():
+            print(line)
         try:
-            with embedded.embedded_server(home.root, log=say) as url:
+            with embedded.embedded_server(home.root, log=say) as (url, _):
                 result = run_probe(url, embedded.MODEL_NAME)
         except embedded.EmbeddedError as exc:
             fail(str(exc))

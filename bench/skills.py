@@ -62,7 +62,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="teachgraph-bench-") as tmp:
         home = Path(tmp)
-        with embedded.embedded_server(home, log=lambda m: print(m, file=sys.stderr)) as url:
+        with embedded.embedded_server(home, log=lambda m: print(m, file=sys.stderr)) as (url, _):
             print(f"embedded server at {url}; {len(names)} skills, {opts.limit} seeds each, "
                   f"{opts.rounds} refinement round(s); load average {os.getloadavg()[0]:.2f}", flush=True)
             for name in names:

@@ -14,6 +14,9 @@ alike), RequestRejected fails this seed (400: e.g. its prompt is longer than the
 EndpointUnavailable fails this seed after the retries ran out (resume retries it), and
 EndpointFatal again when several requests in a row ran out of retries (the endpoint is down:
 stop instead of failing seed after seed).
+
+When this process runs the server itself (the embedded model), a ServerWatch tells requests to wait
+while it restarts a crashed server, so a crash costs no retries (teachgraph/embedded.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, TypeVar
+from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -59,6 +62,10 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
+class _ServerLost(Exception):
+    """The server process died under the request (internal to Endpoint._attempt)."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 10                 # per request, the first included (waits add up to ~1.5-3 min)
@@ -67,6 +74,22 @@ class RetryPolicy:
     max_backoff: float = 60.0
     max_retry_after: float = 600.0     # a longer Retry-After (a spent daily quota) stops the run
     give_up_after: int = 3             # requests in a row out of retries: the endpoint is down
+
+
+class ServerWatch(Protocol):
+    """The server process behind an endpoint, when this process runs and restarts it
+    (teachgraph/embedded.py). Requests wait while it restarts instead of spending their attempts on a
+    dead port, and a request cut off by its death is sent again without counting as an attempt, so
+    neither the retries nor the "requests in a row" rule fire because of a crash being handled."""
+
+    async def ready(self) -> int:
+        """Wait until the server is up; returns which start of it this is. EndpointFatal: it stays down."""
+
+    async def lost(self, incarnation: int) -> bool:
+        """After a connection error on a request to `incarnation`: did that process die?"""
+
+    def answered(self) -> None:
+        """A request got a reply."""
 
 
 # ---------------------------------------------------------------- adaptive concurrency
@@ -171,8 +194,9 @@ class Endpoint:
     """One OpenAI-compatible endpoint as seen by this process: its limiter, policy and figures."""
 
     def __init__(self, name: str = "endpoint", max_concurrency: int = 4, policy: RetryPolicy = RetryPolicy(),
-                 secrets: Iterable[str] = ()):
+                 secrets: Iterable[str] = (), server: ServerWatch | None = None):
         self.name = name
+        self.server = server
         self.policy = policy
         self.limit = AdaptiveLimit(max_concurrency)
         self.stats: Counter = Counter()
@@ -206,19 +230,33 @@ class Endpoint:
         return result
 
     async def _attempt(self, send: Callable[[], Awaitable[T]]) -> T:
+        while True:
+            try:
+                return await self._attempt_once(send)
+            except _ServerLost:  # sent again once the server is back, and not counted as an attempt
+                self.stats["repeated"] += 1
+
+    async def _attempt_once(self, send: Callable[[], Awaitable[T]]) -> T:
         generation = await self.limit.acquire()
         outcome = "error"
-        self.stats["requests"] += 1
+        incarnation = None
         try:
+            if self.server is not None:   # waits, holding the slot, while the server restarts
+                incarnation = await self.server.ready()
+            self.stats["requests"] += 1
             async with asyncio.timeout(self.policy.timeout):
                 result = await send()
             outcome = "ok"
+            if self.server is not None:
+                self.server.answered()
             return result
         except TimeoutError:
             raise _Transient("timeout", f"no reply within {self.policy.timeout:g} s") from None
         except openai.APITimeoutError:
             raise _Transient("timeout", f"no reply within {self.policy.timeout:g} s (transport timeout)") from None
         except openai.APIConnectionError as exc:
+            if incarnation is not None and await self.server.lost(incarnation):
+                raise _ServerLost() from None
             cause = exc.__cause__ or exc
             raise _Transient("connection", f"cannot connect to {self.name}: "
                              f"{type(cause).__name__}: {str(cause)[:200]}") from None
@@ -271,6 +309,8 @@ class Endpoint:
         parts = [f"{self.stats['requests']} requests", f"{sum(retried.values())} retried"]
         if retried:
             parts[-1] += " (" + ", ".join(f"{k}: {v}" for k, v in retried.items()) + ")"
+        if self.stats["repeated"]:
+            parts.append(f"{self.stats['repeated']} repeated after the server restarted")
         if self.stats["gave up"]:
             parts.append(f"{self.stats['gave up']} gave up")
         parts.append(f"in-flight limit {self.limit.limit}/{self.limit.maximum} (lowest {self.limit.lowest})")

