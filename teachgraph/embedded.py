@@ -45,6 +45,13 @@ def _check_server_installed() -> None:
                             "(or point --base-url at another OpenAI-compatible endpoint)")
 
 
+def check_available(home: Path) -> None:
+    """Raise EmbeddedError now if embedded_server() could neither reuse a server nor start one."""
+    if _recorded(home / "server.json") is None:
+        _check_server_installed()
+        model_path()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
