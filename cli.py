@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -22,7 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import skills
-from checkpoints.registry import Registry
+from checkpoints import storage
+from checkpoints.registry import OutputInUse, Registry
+from checkpoints.saver import check_store
 from nodes.cache import ResponseCache
 from nodes.endpoint import EndpointError
 from nodes.llm import STRUCTURED_MODES
@@ -30,7 +33,7 @@ from teachgraph import embedded, probe
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
                                new_run_id, run_status, shown_status)
-from teachgraph.output import SampleWriter
+from teachgraph.output import SampleWriter, output_problem
 from teachgraph.seeds import Skipped, abbreviate, collect, file_problem
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
@@ -56,6 +59,11 @@ def print_error(message: str) -> None:
 def fail(message: str, code: int = 2) -> None:
     print_error(message)
     raise typer.Exit(code)
+
+
+def fail_stopped(run_id: str, exc: BaseException) -> None:
+    """A run that stopped on an error no retry fixes (endpoint, storage): it can be resumed."""
+    fail(f"{storage.fault(exc) or exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {run_id}")
 
 
 def say(message: str) -> None:
@@ -96,19 +104,34 @@ def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a sk
                              for e in graph.edges)
     elif format == "png":
         out = out or Path(f"{skill_name}.png")
+        _make_parent(out)
         try:
             graph.draw_png(str(out))  # Graphviz via pygraphviz: no web service involved
         except ImportError:
             fail("--format png needs Graphviz: apt-get install graphviz libgraphviz-dev && pip install pygraphviz")
+        except OSError as exc:
+            fail(str(storage.describe_os(out, exc)))
         console.print(f"wrote {out}")
         return
     else:
         fail(f"unknown format {format!r} (mermaid, ascii or png)")
     if out:
-        out.write_text(text)
+        _make_parent(out)
+        try:
+            out.write_text(text)
+        except OSError as exc:
+            fail(str(storage.describe_os(out, exc)))
         console.print(f"wrote {out}")
     else:
         print(text)
+
+
+def _make_parent(out: Path) -> None:
+    """--out into a folder that does not exist yet creates it, as `graph run --out` does."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"--out {out}: cannot create its folder ({exc.strerror or exc})")
 
 
 def _endpoint(settings: Settings) -> tuple[Optional[str], str]:
@@ -172,7 +195,8 @@ def execute(home: Home, registry: Registry, run_id: str, no_cache: bool = False)
     counts = registry.counts(run_id)
     with ExitStack() as stack:
         base_url, api_key, is_embedded, server = stack.enter_context(endpoint_for(settings, home, run_id))
-        cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path)
+        # the cache is optional: a damaged cache.db is said once and the run goes on without it
+        cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path, on_fault=say)
         if cache is not None:
             stack.callback(cache.close)
         llm = make_llm(settings, base_url, api_key, is_embedded, cache=cache, server=server)
@@ -214,10 +238,13 @@ def execute(home: Home, registry: Registry, run_id: str, no_cache: bool = False)
                 asyncio.run(main())
         except KeyboardInterrupt:
             interrupted = True
-        except FatalRunError as exc:
-            registry.set_run(run_id, status="interrupted")
+        except (FatalRunError, storage.StorageError) as exc:
+            try:
+                registry.set_run(run_id, status="interrupted")
+            except sqlite3.Error:
+                pass  # runs.db is what failed; the run shows as interrupted anyway (its lock is released)
             say(f"endpoint: {llm.endpoint.summary()}")
-            fail(f"{exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {run_id}")
+            fail_stopped(run_id, exc)
         say(f"endpoint: {llm.endpoint.summary()}")
         counts = registry.counts(run_id)
         status = run_status(counts)
@@ -274,13 +301,15 @@ def graph_run(
         if not path.exists():  # a symlink loop or a broken symlink "exists" as a link: say which
             problem = file_problem(path) if os.path.lexists(path) else None
             fail(f"seed path {path}: {problem}" if problem else f"seed path not found: {path}")
-    if out is not None and (out.is_dir() or (out.exists() and out.stat().st_size > 0)):
-        fail(f"--out {out} already exists; a run writes a new file (resume continues its own)")
     home = Home.from_env()
-    registry = Registry(home.registry_path)
     run_id = run_id or new_run_id(run_skill)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", run_id):
         fail(f"bad run id {run_id!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    problem = output_problem(out if out is not None else home.default_out(run_id))
+    if problem:
+        fail(problem)
+    registry = Registry(home.registry_path)
+    check_store(home.checkpoints_path)  # a damaged checkpoints.db stops us here, not after the run is made
     settings = Settings(
         skill=run_skill, seeds=[str(p.resolve()) for p in paths],
         out=str((out or home.default_out(run_id)).resolve()), limit=limit,
@@ -292,6 +321,11 @@ def graph_run(
         fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     if registry.run(run_id):
         fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
+    if not base_url:
+        try:
+            embedded.check_available(home.root)  # before the run exists, as for an endpoint
+        except embedded.EmbeddedError as exc:
+            fail(str(exc))
     strategy_note = ""
     if base_url:  # before the run exists: a wrong URL, key or model must not leave a half-made run behind
         _preflight(base_url, _endpoint(settings)[1])
@@ -304,9 +338,15 @@ def graph_run(
         err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)
         if strategy_note:
             say(strategy_note)
-        registry.create_run(run_id, run_skill, settings.to_json())
-        _collect_seeds(registry, run_id, settings, paths)
-        execute(home, registry, run_id)
+        try:
+            registry.create_run(run_id, run_skill, settings.to_json())
+        except OutputInUse as exc:
+            fail(str(exc))
+        try:
+            _collect_seeds(registry, run_id, settings, paths)
+            execute(home, registry, run_id)
+        except (storage.StorageError, sqlite3.Error) as exc:  # e.g. runs.db filled the disk
+            fail_stopped(run_id, exc)
 
 
 def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: List[Path]) -> None:
@@ -374,18 +414,25 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
             # Killed while collecting: no seed has run yet, so collecting again from scratch is safe
             # (add_corpus forgets what the cut-short collection stored).
             say(f"run {run_id} was stopped while collecting its seeds; collecting them again")
-            _collect_seeds(registry, run_id, settings, [Path(p) for p in settings.seeds])
+            try:
+                _collect_seeds(registry, run_id, settings, [Path(p) for p in settings.seeds])
+            except (storage.StorageError, sqlite3.Error) as exc:
+                fail_stopped(run_id, exc)
         counts = registry.counts(run_id)
         if counts["total"] and not counts["pending"] and not counts["failed"]:
             # A kill between the last seed's commit and its line in the file is mended here.
             writer = SampleWriter(Path(settings.out))
             writer.reconcile(registry.samples(run_id))
             writer.close()
+            registry.set_run(run_id, status=run_status(counts))  # it may have stopped on a failed write
             console.print(f"run {run_id} is already complete: nothing to do.")
             _print_summary(registry, run_id, settings)
             return
         say(f"resuming {run_id}: {counts['pending']} pending, {counts['failed']} failed seeds")
-        execute(home, registry, run_id, no_cache=no_cache)
+        try:
+            execute(home, registry, run_id, no_cache=no_cache)
+        except (storage.StorageError, sqlite3.Error) as exc:
+            fail_stopped(run_id, exc)
 
 
 # ---------------------------------------------------------------- runs
@@ -534,6 +581,9 @@ def main() -> None:
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         print_error(exc.format_message() + where)
         sys.exit(getattr(exc, "exit_code", 2))
+    except (storage.StorageError, sqlite3.Error) as exc:  # a file we keep: one line naming it, what to do
+        print_error(str(storage.fault(exc) or storage.describe(None, exc)))
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
-from checkpoints import terms
+from checkpoints import storage, terms
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
 
@@ -22,14 +22,29 @@ def fts_query(text: str, max_terms: int = 12) -> str:
     return " OR ".join(f'"{w}"' for w in terms.words(text, max_terms))
 
 
+class OutputInUse(ValueError):
+    """Another run already writes the output file a new run asks for."""
+
+    def __init__(self, out: str, run_id: str):
+        self.out, self.run_id = out, run_id
+        super().__init__(f"--out {out} is already the output of run {run_id}; choose another file "
+                         f"(or resume that run: python cli.py graph resume {run_id})")
+
+
+BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock on runs.db
+
+
 class Registry:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage.describe_os(path.parent, exc, doing="create the folder") from None
         self.path = path
-        self.db = sqlite_utils.Database(path)
+        # storage.connect: an error names runs.db wherever it surfaces (checkpoints/storage.py)
+        self.db = sqlite_utils.Database(storage.connect(path, timeout=BUSY_TIMEOUT_S))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
         self._ensure_schema()
 
     def _ensure_schema(self) -> None:
@@ -63,10 +78,19 @@ class Registry:
 
     # ---- runs ----
     def create_run(self, run_id: str, skill: str, settings: dict[str, Any]) -> None:
+        """Record a new run. Its output file must not be another run's: checked and claimed in one
+        write transaction, so of two runs started together with the same --out one refuses."""
         now = time.time()
-        self.db["runs"].insert({"id": run_id, "skill": skill, "status": "collecting", "created": now,
-                                "updated": now, "settings": json.dumps(settings), "wall_seconds": 0.0,
-                                "seeds_total": 0})
+        conn = self.db.conn
+        with conn:
+            conn.execute("begin immediate")
+            taken = conn.execute("select id from runs where json_extract(settings, '$.out') = ? limit 1",
+                                 [settings.get("out")]).fetchone()
+            if taken:
+                raise OutputInUse(settings["out"], taken[0])
+            conn.execute("insert into runs (id, skill, status, created, updated, settings, wall_seconds, "
+                         "seeds_total) values (?, ?, 'collecting', ?, ?, ?, 0.0, 0)",
+                         [run_id, skill, now, now, json.dumps(settings)])
 
     def run(self, run_id: str) -> dict | None:
         rows = list(self.db.query("select * from runs where id = ?", [run_id]))

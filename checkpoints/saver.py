@@ -18,6 +18,8 @@ from typing import Any, AsyncIterator, Iterator
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from checkpoints import storage
+
 
 def thread_id(run_id: str, seed_id: str) -> str:
     return f"{run_id}:{seed_id}"
@@ -59,6 +61,7 @@ class LoopSqliteSaver(SqliteSaver):
             self.conn.commit()
         except BaseException as exc:  # every writer waiting on this commit sees the error
             done.set_exception(exc)
+            done.exception()  # retrieved: if its writers were all cancelled, asyncio must not log it
         else:
             done.set_result(None)
 
@@ -90,7 +93,8 @@ class LoopSqliteSaver(SqliteSaver):
 @asynccontextmanager
 async def open_saver(path: Path) -> AsyncIterator[LoopSqliteSaver]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+    # storage.connect: an error names checkpoints.db wherever LangGraph lets it surface
+    conn = storage.connect(path, timeout=30, check_same_thread=False)
     try:
         # Set before the tables exist (a no-op on older files): pages of deleted threads can then
         # be handed back to the file system when the run ends.
@@ -106,6 +110,21 @@ async def open_saver(path: Path) -> AsyncIterator[LoopSqliteSaver]:
         shrink(conn)
     finally:
         conn.close()
+
+
+def check_store(path: Path) -> None:
+    """Raise StorageError if the checkpoint file exists but cannot be read (damaged, not SQLite):
+    called before a run is made, so that such a file does not leave a half-made run behind."""
+    if not path.exists():
+        return
+    try:
+        conn = storage.connect(path, timeout=30)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise storage.fault(exc) from None
 
 
 def shrink(conn: sqlite3.Connection) -> None:

@@ -10,7 +10,10 @@ inputs (a resumed node, a re-run over the same seeds, another run id over the sa
 the same settings) costs no model call. To draw fresh replies, run with `--no-cache`.
 
 Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL). A reply is written as soon as it arrives,
-so a kill loses at most the replies still in flight. Deleting the file empties the cache."""
+so a kill loses at most the replies still in flight. Deleting the file empties the cache.
+
+The cache is optional: if the file cannot be opened, read or written (damaged, truncated, disk
+full), the run carries on without it, and `on_fault` is told once, in one line."""
 
 from __future__ import annotations
 
@@ -18,10 +21,13 @@ import hashlib
 import json
 import sqlite3
 import time
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from langchain_core.messages import AIMessage
+
+from checkpoints import storage
 
 
 def request_key(request: dict[str, Any]) -> str:
@@ -31,23 +37,52 @@ def request_key(request: dict[str, Any]) -> str:
 
 
 class ResponseCache:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, on_fault: Callable[[str], None] | None = None):
         self.path = path
-        # autocommit: every put is its own short transaction; the event loop never waits long
-        self.conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("""create table if not exists replies (
-            key text primary key, content text not null, finish_reason text, model text,
-            tokens integer not null default 0, created real not null) without rowid""")
-        columns = {row[1] for row in self.conn.execute("pragma table_info(replies)")}
-        if "tool_calls" not in columns:  # added for the tools strategy; older files lack it
-            self.conn.execute("alter table replies add column tool_calls text")
+        self.on_fault = on_fault or logging.getLogger(__name__).warning
+        self.conn: sqlite3.Connection | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit: every put is its own short transaction; the event loop never waits long
+            self.conn = storage.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("""create table if not exists replies (
+                key text primary key, content text not null, finish_reason text, model text,
+                tokens integer not null default 0, created real not null) without rowid""")
+            columns = {row[1] for row in self.conn.execute("pragma table_info(replies)")}
+            if "tool_calls" not in columns:  # added for the tools strategy; older files lack it
+                self.conn.execute("alter table replies add column tool_calls text")
+        except (sqlite3.Error, OSError) as exc:
+            self._give_up(exc)
+
+    @property
+    def usable(self) -> bool:
+        return self.conn is not None
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Carry on without the cache: a cache miss costs a model call, a broken cache every seed."""
+        if isinstance(exc, sqlite3.Error):
+            why = str(storage.describe(self.path, exc))
+        else:
+            why = str(storage.describe_os(self.path, exc, doing="open"))
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except sqlite3.Error:
+                pass
+            self.conn = None
+        self.on_fault(f"response cache off for this run: {why}")
 
     def get(self, key: str) -> AIMessage | None:
-        row = self.conn.execute("select content, tool_calls, finish_reason, model from replies where key = ?",
-                                [key]).fetchone()
+        if self.conn is None:
+            return None
+        try:
+            row = self.conn.execute("select content, tool_calls, finish_reason, model from replies where key = ?",
+                                    [key]).fetchone()
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+            return None
         if row is None:
             return None
         content, tool_calls, finish_reason, model = row
@@ -58,17 +93,24 @@ class ResponseCache:
                          usage_metadata={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
 
     def put(self, key: str, reply: AIMessage) -> None:
+        if self.conn is None:
+            return
         meta = reply.response_metadata or {}
         tokens = int((reply.usage_metadata or {}).get("total_tokens") or 0)
         calls = {"valid": reply.tool_calls, "invalid": reply.invalid_tool_calls}
-        self.conn.execute("insert or replace into replies (key, content, tool_calls, finish_reason, model, tokens, "
-                          "created) values (?, ?, ?, ?, ?, ?, ?)",
-                          [key, json.dumps(reply.content, ensure_ascii=False),
-                           json.dumps(calls, ensure_ascii=False) if reply.tool_calls or reply.invalid_tool_calls
-                           else None, meta.get("finish_reason"), meta.get("model_name"), tokens, time.time()])
+        try:
+            self.conn.execute("insert or replace into replies (key, content, tool_calls, finish_reason, model, "
+                              "tokens, created) values (?, ?, ?, ?, ?, ?, ?)",
+                              [key, json.dumps(reply.content, ensure_ascii=False),
+                               json.dumps(calls, ensure_ascii=False) if reply.tool_calls or reply.invalid_tool_calls
+                               else None, meta.get("finish_reason"), meta.get("model_name"), tokens, time.time()])
+        except sqlite3.Error as exc:
+            self._give_up(exc)
 
     def __len__(self) -> int:
-        return self.conn.execute("select count(*) from replies").fetchone()[0]
+        return self.conn.execute("select count(*) from replies").fetchone()[0] if self.conn is not None else 0
 
     def close(self) -> None:
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -157,6 +157,13 @@ def build_report(cpuinfo: str | None = None) -> list[str]:
 
 # ---------------------------------------------------------------- one server process
 
+def check_available(home: Path) -> None:
+    """Raise EmbeddedError now if embedded_server() could neither reuse a server nor start one."""
+    if _recorded(home / "server.json") is None:
+        _check_server_installed()
+        model_path()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ import asyncio
 import fcntl
 import os
 import secrets
+import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from langchain_openai import ChatOpenAI
 
+from checkpoints import storage
 from checkpoints.registry import Registry
 from checkpoints.saver import forget_thread, open_saver, thread_id
 from nodes.agent import NodeFailed
@@ -65,8 +67,9 @@ class Home:
 
     @classmethod
     def from_env(cls) -> "Home":
-        default = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "teachgraph"
-        return cls(Path(os.environ.get("TEACHGRAPH_HOME", default)).expanduser())
+        # Empty counts as unset (as XDG says): Path("") is the current folder.
+        default = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "teachgraph"
+        return cls(Path(os.environ.get("TEACHGRAPH_HOME") or default).expanduser())
 
     @property
     def registry_path(self) -> Path:
@@ -220,6 +223,7 @@ class Execution:
     settings: Settings
     reporter: Reporter
     writer: SampleWriter = field(init=False)
+    _clock: float = field(init=False, default=0.0)
     _graphs: dict[str, tuple[Any, RunContext]] = field(init=False, default_factory=dict)
 
     def _graph_for(self, name: str | None, saver) -> tuple[Any, RunContext]:
@@ -232,48 +236,82 @@ class Execution:
         return self._graphs[name]
 
     async def run(self) -> None:
+        """Run the unfinished seeds. A fatal error (FatalRunError, or a StorageError: a file that
+        cannot be written or read) stops the run at once: seeds in flight are cancelled and stay
+        resumable, as after Ctrl-C; no seed is marked failed for it."""
+        self._clock = time.monotonic()  # wall time is added up to here as seeds finish
         self.writer = SampleWriter(Path(self.settings.out))
-        self.writer.reconcile(self.registry.samples(self.run_id))
-        self._corpus = RunCorpus(self.registry, self.run_id)
-        last = time.monotonic()
         try:
+            self.writer.reconcile(self.registry.samples(self.run_id))
+            self._corpus = RunCorpus(self.registry, self.run_id)
             async with open_saver(self.home.checkpoints_path) as saver:
-                slots = asyncio.Semaphore(self.settings.concurrency)
-                running: set[asyncio.Task] = set()
-                fatal: list[BaseException] = []
-
-                async def one(seed: dict) -> None:
-                    nonlocal last
-                    try:
-                        graph, ctx = self._graph_for(seed.get("skill"), saver)
-                        await self._run_seed(graph, saver, ctx, seed)
-                        now = time.monotonic()
-                        self.registry.add_wall_time(self.run_id, now - last)
-                        last = now
-                    except FatalRunError as exc:
-                        fatal.append(exc)
-                    except Exception as exc:  # our bug, a full disk ...: the seed still ends accounted for
-                        self.registry.finish_seed(self.run_id, seed["id"], status="failed", node="runner",
-                                                  error=self._error_text(exc))
-                        self.reporter.seed_done("failed", 0)
-                    finally:
-                        slots.release()
-
-                for seed in self.registry.unfinished_seeds(self.run_id):
-                    await slots.acquire()
-                    if fatal:
-                        slots.release()
-                        break
-                    task = asyncio.create_task(one(seed))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.gather(*running)
-                if fatal:
-                    raise fatal[0]
-        finally:
-            self.registry.add_wall_time(self.run_id, time.monotonic() - last)
+                await self._run_seeds(saver)
+        except BaseException as exc:
+            try:  # best effort: the run is stopping on an error already
+                self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
+                self.writer.close()
+            except (storage.StorageError, sqlite3.Error):
+                pass
+            fault = storage.fault(exc) if isinstance(exc, Exception) else None
+            if fault is None or fault is exc:
+                raise
+            raise fault from None
+        try:
+            self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
             self.writer.close()
+        except sqlite3.Error as exc:
+            raise storage.fault(exc) or exc from None
+
+    async def _run_seeds(self, saver) -> None:
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        running: set[asyncio.Task] = set()
+        fatal: list[BaseException] = []
+
+        def stop(exc: BaseException) -> None:
+            fatal.append(exc)
+            for task in running:
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        async def one(seed: dict) -> None:
+            try:
+                graph, ctx = self._graph_for(seed.get("skill"), saver)
+                await self._run_seed(graph, saver, ctx, seed)
+                now = time.monotonic()
+                self.registry.add_wall_time(self.run_id, now - self._clock)
+                self._clock = now
+            except FatalRunError as exc:
+                stop(exc)
+            except Exception as exc:  # our bug: the seed still ends accounted for
+                fault = storage.fault(exc)
+                if fault is not None:
+                    stop(fault)
+                    return
+                try:
+                    self.registry.finish_seed(self.run_id, seed["id"], status="failed", node="runner",
+                                              error=self._error_text(exc))
+                except Exception as record_exc:  # runs.db itself fails: stop, do not spill
+                    stop(storage.fault(record_exc) or record_exc)
+                    return
+                self.reporter.seed_done("failed", 0)
+            finally:
+                slots.release()
+
+        try:
+            for seed in self.registry.unfinished_seeds(self.run_id):
+                await slots.acquire()
+                if fatal:
+                    slots.release()
+                    break
+                task = asyncio.create_task(one(seed))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        except Exception as exc:  # reading the next seeds failed (runs.db): stop the seeds in flight too
+            stop(exc)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        if fatal:
+            raise fatal[0]
 
     async def _run_seed(self, graph, saver, ctx: RunContext, seed: dict) -> None:
         thread = thread_id(self.run_id, seed["id"])
@@ -307,10 +345,14 @@ class Execution:
                 # seeds stay resumable, instead of failing every seed alike.
                 if isinstance(exc.error, EndpointFatal):
                     raise FatalRunError(f"{exc.node}: {self._error_text(exc.error)}") from None
+                if storage.fault(exc) is not None:  # a file we keep failed, not the seed: stop the run
+                    raise
                 exc.usage.add(carry)
                 await self._fail(graph, config, seed, exc.node, exc.error, exc.usage)
                 return
             except Exception as exc:  # a bug in a node or in LangGraph: record it, keep going
+                if storage.fault(exc) is not None:  # checkpoints.db failed under LangGraph: stop the run
+                    raise
                 state = await graph.aget_state(config)
                 await self._fail(graph, config, seed, ",".join(state.next) or "graph", exc, carry)
                 return
