@@ -2,14 +2,14 @@
 
 What makes a sample a sample is its instruction's own words and its response; a passage that several
 samples ask about is context, not identity. So a near-duplicate must match on BOTH:
-- the response (word 3-gram Jaccard >= threshold), and
+- the response (word 1+2-gram Jaccard >= threshold), and
 - the instruction's own words: the text left after removing the paragraphs of >= `context_words` words
   that the two instructions share word for word (the shared passage: every skill's template, and
   orca's, puts the passage and the question in separate paragraphs), compared by word 1+2-gram Jaccard.
 Two different questions about one passage then differ where it matters (their questions, their
 answers) and both stay; the same question asked twice about it, answered alike, is one sample.
 
-Candidates come from MinHash LSH (datasketch) over the whole sample's 3-grams; the verification above
+Candidates come from MinHash LSH (datasketch) over the whole sample's 1+2-grams; the verification above
 reads the candidate's kept text from the store. The store holds every kept sample's signature and
 text, and the in-memory LSH index is rebuilt from it when a gate is reopened."""
 
@@ -23,7 +23,7 @@ from datasketch import MinHash, MinHashLSH
 from pydantic import BaseModel, ConfigDict, Field
 
 from teachgraph.gates.base import KEEP, ChatSample, Gate, Verdict, register
-from teachgraph.gates.text import joined, ngrams, normalise, paragraphs, words
+from teachgraph.gates.text import normalise, paragraphs, words
 
 
 def exact_key(sample: ChatSample) -> bytes:
@@ -72,7 +72,13 @@ def own_words(mine: str, theirs: str, context_words: int) -> tuple[list[str], li
 
 
 def unigrams_bigrams(tokens: list[str]) -> set:
+    """Word 1- and 2-grams: on texts of a few dozen words, 3-grams make two changed words look like a
+    different text (25 words, 2 changed: 3-gram Jaccard 0.54, 1+2-gram 0.78)."""
     return set(tokens) | set(zip(tokens, tokens[1:]))
+
+
+def _encode(feature) -> bytes:
+    return (feature if isinstance(feature, str) else " ".join(feature)).encode("utf-8")
 
 
 @register("near_duplicate")
@@ -105,14 +111,15 @@ class NearDuplicate(Gate):
 
     def signature(self, sample: ChatSample) -> MinHash:
         m = MinHash(num_perm=self.settings.num_perm, seed=1, permutations=self._template.permutations, scheme=self._template.scheme)
-        shingles = joined(ngrams(words(sample.instruction), 3)) + [b"\x1f" + g for g in joined(ngrams(words(sample.response), 3))]
+        shingles = [_encode(f) for f in unigrams_bigrams(words(sample.instruction))]
+        shingles += [b"\x1f" + _encode(f) for f in unigrams_bigrams(words(sample.response))]
         if shingles:
             m.update_batch(shingles)
         return m
 
     def _same(self, sample: ChatSample, instruction: str, response: str) -> Optional[str]:
         s = self.settings
-        resp = jaccard(set(ngrams(words(sample.response), 3)), set(ngrams(words(response), 3)))
+        resp = jaccard(unigrams_bigrams(words(sample.response)), unigrams_bigrams(words(response)))
         if resp < s.threshold:
             return None
         mine, theirs = own_words(sample.instruction, instruction, s.context_words)
