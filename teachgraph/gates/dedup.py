@@ -9,26 +9,26 @@ samples ask about is context, not identity. So a near-duplicate must match on BO
 Two different questions about one passage then differ where it matters (their questions, their
 answers) and both stay; the same question asked twice about it, answered alike, is one sample.
 
-Candidates come from MinHash LSH (datasketch) over the whole sample's 1+2-grams; the verification above
-reads the candidate's kept text from the store. The store holds every kept sample's signature and
-text, and the in-memory LSH index is rebuilt from it when a gate is reopened."""
+Candidates come from MinHash LSH (datasketch's MinHash and band parameters) over the whole sample's
+1+2-grams; the band table and every kept sample's text are in the store (SQLite), so a reopened gate
+needs no rebuild and memory stays flat however many rows were kept."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import xxhash
 from datasketch import MinHash, MinHashLSH
 from pydantic import BaseModel, ConfigDict, Field
 
 from teachgraph.gates.base import KEEP, ChatSample, Gate, Verdict, register
-from teachgraph.gates.text import normalise, paragraphs, words
+from teachgraph.gates.text import paragraphs, words
 
 
 def exact_key(sample: ChatSample) -> bytes:
     """128-bit hash of the normalised instruction and response (system prompts are boilerplate)."""
-    return xxhash.xxh3_128_digest((normalise(sample.instruction) + "\x1f" + normalise(sample.response)).encode("utf-8"))
+    normalised = " ".join(sample.instruction_words) + "\x1f" + " ".join(sample.response_words)   # text.normalise
+    return xxhash.xxh3_128_digest(normalised.encode("utf-8"))
 
 
 @register("exact_duplicate")
@@ -71,14 +71,14 @@ def own_words(mine: str, theirs: str, context_words: int) -> tuple[list[str], li
             [w for p in b if tuple(p) not in shared for w in p])
 
 
-def unigrams_bigrams(tokens: list[str]) -> set:
+def unigrams_bigrams(tokens: list[str]) -> set[str]:
     """Word 1- and 2-grams: on texts of a few dozen words, 3-grams make two changed words look like a
     different text (25 words, 2 changed: 3-gram Jaccard 0.54, 1+2-gram 0.78)."""
-    return set(tokens) | set(zip(tokens, tokens[1:]))
+    return set(tokens) | {f"{a} {b}" for a, b in zip(tokens, tokens[1:])}
 
 
-def _encode(feature) -> bytes:
-    return (feature if isinstance(feature, str) else " ".join(feature)).encode("utf-8")
+def _hash32(feature: bytes) -> int:
+    return xxhash.xxh32_intdigest(feature)   # datasketch's default is SHA-1 in Python: 8x slower
 
 
 @register("near_duplicate")
@@ -95,31 +95,35 @@ class NearDuplicate(Gate):
     def __init__(self, settings, store):
         super().__init__(settings, store)
         s = self.settings
-        self._template = MinHash(num_perm=s.num_perm, seed=1)  # its permutations are reused by every signature
-        self.lsh = MinHashLSH(threshold=s.candidate_threshold, num_perm=s.num_perm,
-                              hashfunc=xxhash.xxh64_digest)  # 8-byte band keys: less memory
-        self.table = store.table(self.name, "kept")
-        self.table.create({"id": str, "signature": bytes, "instruction": str, "response": str},
-                          pk="id", if_not_exists=True)
-        for sample_id, signature in store.db.execute(f"SELECT id, signature FROM [{self.table.name}]"):
-            self.lsh.insert(sample_id, self._minhash(np.frombuffer(signature, dtype=np.uint32)), check_duplication=False)
-        self._pending: Optional[tuple[str, MinHash]] = None
-
-    def _minhash(self, hashvalues: np.ndarray) -> MinHash:
-        return MinHash(num_perm=self.settings.num_perm, seed=1, hashvalues=hashvalues.copy(),
-                       permutations=self._template.permutations, scheme=self._template.scheme)
+        self._template = MinHash(num_perm=s.num_perm, seed=1, hashfunc=_hash32)  # its permutations are reused by every signature
+        # datasketch picks the bands (b, r) for the threshold; the band table lives in the store, not in
+        # memory: datasketch's in-memory index costs ~6 KB a row (a Python set per band key).
+        self.bands = MinHashLSH(threshold=s.candidate_threshold, num_perm=s.num_perm).hashranges
+        self.kept = store.table(self.name, "kept")
+        self.kept.create({"id": str, "instruction": str, "response": str}, pk="id", if_not_exists=True)
+        self.band_table = store.table(self.name, "bands")
+        self.band_table.create({"key": int, "kept": int}, if_not_exists=True)
+        self.band_table.create_index(["key"], if_not_exists=True)
+        self._pending: Optional[tuple[str, list[int]]] = None
 
     def signature(self, sample: ChatSample) -> MinHash:
-        m = MinHash(num_perm=self.settings.num_perm, seed=1, permutations=self._template.permutations, scheme=self._template.scheme)
-        shingles = [_encode(f) for f in unigrams_bigrams(words(sample.instruction))]
-        shingles += [b"\x1f" + _encode(f) for f in unigrams_bigrams(words(sample.response))]
+        m = MinHash(num_perm=self.settings.num_perm, seed=1, hashfunc=_hash32,
+                    permutations=self._template.permutations, scheme=self._template.scheme)
+        shingles = [f.encode("utf-8") for f in unigrams_bigrams(sample.instruction_words)]
+        shingles += [b"\x1f" + f.encode("utf-8") for f in unigrams_bigrams(sample.response_words)]
         if shingles:
             m.update_batch(shingles)
         return m
 
+    def band_keys(self, sample: ChatSample) -> list[int]:
+        """One key per LSH band: two samples are candidates when any band's key is equal."""
+        values = self.signature(sample).hashvalues
+        return [xxhash.xxh64_intdigest(band.to_bytes(2, "little") + values[start:end].tobytes()) >> 1  # fits SQLite's int64
+                for band, (start, end) in enumerate(self.bands)]
+
     def _same(self, sample: ChatSample, instruction: str, response: str) -> Optional[str]:
         s = self.settings
-        resp = jaccard(unigrams_bigrams(words(sample.response)), unigrams_bigrams(words(response)))
+        resp = jaccard(unigrams_bigrams(sample.response_words), unigrams_bigrams(words(response)))
         if resp < s.threshold:
             return None
         mine, theirs = own_words(sample.instruction, instruction, s.context_words)
@@ -134,15 +138,12 @@ class NearDuplicate(Gate):
         return f"response Jaccard {resp:.2f}, instruction's own words Jaccard {inst:.2f} (>= {s.threshold})"
 
     def check(self, sample: ChatSample) -> Verdict:
-        m = self.signature(sample)
-        self._pending = (sample.id, m)
-        candidates = sorted(self.lsh.query(m))
-        if not candidates:
-            return KEEP
-        marks = ",".join("?" * len(candidates))
+        keys = self.band_keys(sample)
+        self._pending = (sample.id, keys)
         rows = self.store.db.execute(
-            f"SELECT id, instruction, response FROM [{self.table.name}] WHERE id IN ({marks}) ORDER BY rowid",
-            candidates).fetchall()
+            f"SELECT id, instruction, response FROM [{self.kept.name}] WHERE rowid IN "
+            f"(SELECT kept FROM [{self.band_table.name}] WHERE key IN ({','.join('?' * len(keys))})) ORDER BY rowid",
+            keys).fetchall()
         for kept_id, instruction, response in rows:
             why = self._same(sample, instruction, response)
             if why:
@@ -150,9 +151,10 @@ class NearDuplicate(Gate):
         return KEEP
 
     def admit(self, sample: ChatSample) -> None:
-        m = self._pending[1] if self._pending and self._pending[0] == sample.id else self.signature(sample)
-        self.store.db.execute(
-            f"INSERT OR IGNORE INTO [{self.table.name}] (id, signature, instruction, response) VALUES (?, ?, ?, ?)",
-            [sample.id, m.hashvalues.astype(np.uint32).tobytes(), sample.instruction, sample.response])
-        if sample.id not in self.lsh:
-            self.lsh.insert(sample.id, m, check_duplication=False)
+        keys = self._pending[1] if self._pending and self._pending[0] == sample.id else self.band_keys(sample)
+        cursor = self.store.db.execute(
+            f"INSERT OR IGNORE INTO [{self.kept.name}] (id, instruction, response) VALUES (?, ?, ?)",
+            [sample.id, sample.instruction, sample.response])
+        if cursor.rowcount:
+            self.store.db.conn.executemany(f"INSERT INTO [{self.band_table.name}] (key, kept) VALUES (?, ?)",
+                                           [(key, cursor.lastrowid) for key in keys])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-import unicodedata
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +16,7 @@ from teachgraph.gates.text import ngrams, paragraphs, words
 
 SKILLS_DIR = Path(__file__).resolve().parents[2] / "skills"
 _PLACEHOLDER = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")   # Unicode's Cc less tab, LF, CR
 _LATIN_WORD = re.compile(r"\b[A-Za-z]{5,}\b")
 _VOWEL = re.compile(r"[aeiouy]", re.IGNORECASE)
 # Four consonants in a row: 1.2% of the sample corpus's words of 5+ letters (lengths, rightmost),
@@ -86,12 +86,12 @@ class Degenerate(Gate):
         for part, text in (("reply", s.response), ("instruction", s.instruction)):
             if "\ufffd" in text:
                 return f"replacement character (U+FFFD) in the {part}"
-            for ch in text:
-                if ch not in "\n\r\t" and unicodedata.category(ch) == "Cc":
-                    return f"control character U+{ord(ch):04X} in the {part}"
+            control = _CONTROL.search(text)
+            if control:
+                return f"control character U+{ord(control.group()):04X} in the {part}"
 
     def _repetition(self, s: ChatSample) -> Optional[str]:
-        grams = ngrams(words(s.response), 4)
+        grams = ngrams(s.response_words, 4)
         if len(grams) >= 30:
             share = 1 - len(set(grams)) / len(grams)
             if share >= self.settings.repeated_ngram_share:
@@ -103,7 +103,7 @@ class Degenerate(Gate):
                 return f"runaway repetition: the reply compresses to {ratio:.0%} of its size"
 
     def _echo(self, s: ChatSample) -> Optional[str]:
-        reply, prompt = words(s.response), words(s.instruction)
+        reply, prompt = s.response_words, s.instruction_words
         if reply and reply == prompt:
             return "the reply repeats the prompt"
         if len(reply) < 8 or len(prompt) < 8:
@@ -130,10 +130,11 @@ class Degenerate(Gate):
 
     def _copied_prompt(self, s: ChatSample) -> Optional[str]:
         told, names = prompt_phrases(self.settings.skills_dir, self.settings.copied_words)
-        for part, text in (("reply", s.response), ("instruction", s.instruction)):
+        for part, text, tokens in (("reply", s.response, s.response_words),
+                                   ("instruction", s.instruction, s.instruction_words)):
             for name in _PLACEHOLDER.findall(text):
-                if name in names and re.search(r"\$\{?" + name + r"\b", text):
+                if name in names:
                     return f"unfilled template placeholder ${name} in the {part}"
-            for gram in ngrams(words(text), self.settings.copied_words):
+            for gram in ngrams(tokens, self.settings.copied_words):
                 if gram in told:
                     return f"copies the agents' prompt or field descriptions in the {part}: \"{' '.join(gram)}\""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,12 @@ def filter_lines(pipeline: Pipeline, source: BinaryIO, kept: BinaryIO, rejected:
 
 def filter_file(source: Path, kept: Path, rejected: Optional[Path] = None, decontaminate: list[Path] = (),
                 semantic: bool = False, state: Optional[Path] = None) -> FilterCounts:
-    """The `filter` command: gates over a file. `state` keeps the dedup indexes in a SQLite file
-    (default: in memory, gone when the command ends)."""
+    """The `filter` command: gates over a file. `state` keeps the dedup indexes in a SQLite file;
+    by default a temporary one (on disk, not in memory: it holds every kept row's text), deleted after."""
+    scratch = None
+    if state is None:
+        scratch = tempfile.TemporaryDirectory(prefix="teachgraph-filter-")
+        state = Path(scratch.name) / "gates.db"
     store = GateStore(state)
     try:
         pipeline = Pipeline.build(store, decontaminate=decontaminate, semantic=semantic)
@@ -101,3 +106,5 @@ def filter_file(source: Path, kept: Path, rejected: Optional[Path] = None, decon
                 return filter_lines(pipeline, src, out, rej)
     finally:
         store.close()
+        if scratch is not None:
+            scratch.cleanup()
