@@ -570,6 +570,39 @@ def endpoint_probe(
     print(f"strategy: {result.strategy}  <- {where}")
 
 
+# ---------------------------------------------------------------- filter
+
+@app.command("filter")
+def filter_command(
+    source: Path = typer.Argument(..., metavar="IN.jsonl", help="chat samples: id + messages, one JSON object a line"),
+    out: Path = typer.Option(..., "--out", help="the kept rows, byte for byte"),
+    rejected: Optional[Path] = typer.Option(None, "--rejected", help="each dropped row, with a rejection object"),
+    decontaminate: List[Path] = typer.Option([], "--decontaminate", help="an evaluation set (JSONL, Parquet, datasets folder); repeatable"),
+    semantic: bool = typer.Option(False, "--semantic", help="also drop paraphrases (sentence embeddings; the `semantic` extra)"),
+) -> None:
+    """Apply the quality gates to any JSON Lines file of chat samples: every row ends in OUT or REJECTED."""
+    try:  # the gates are the `gates` extra: import them only for this command
+        from teachgraph.gates import filter_file
+        from teachgraph.gates.decontaminate import EvalFileError
+    except ImportError as exc:
+        fail(f"filter needs the gates extra ({exc.name} is missing): pip install 'teachgraph[gates]'")
+    if not source.is_file():
+        fail(f"{source}: no such file")
+    if {source.resolve()} & {p.resolve() for p in (out, rejected) if p is not None}:
+        fail("--out and --rejected must not be the input file")
+    started = time.monotonic()
+    try:
+        counts = filter_file(source, out, rejected, decontaminate=decontaminate, semantic=semantic)
+    except EvalFileError as exc:
+        fail(str(exc))
+    except ImportError as exc:
+        fail(f"--semantic needs the semantic extra ({exc.name} is missing): pip install 'teachgraph[semantic]'")
+    print(f"{counts.rows} rows: {counts.kept} kept, {sum(counts.dropped.values())} rejected "
+          f"({time.monotonic() - started:.1f} s)")
+    for gate, n in counts.dropped.most_common():
+        print(f"  {gate:<20}{n}")
+
+
 def main() -> None:
     """The entry point: app(), except that usage errors are one line too (typer draws a box of several)."""
     try:
