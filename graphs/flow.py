@@ -289,12 +289,19 @@ def sample_user(ctx: RunContext, state: dict, item: dict) -> str:
     return render(ctx.skill.prompt("sample").user, **item)
 
 
+def sample_tools(state: dict, item: dict) -> list[dict] | None:
+    """The tools a tool-use task offers, as OpenAI tool definitions (None: the skill has no tools)."""
+    tools = item.get("tools")
+    if tools is None:
+        return None
+    return [as_tool(api) for api in state["content_data"]["apis"] if api["name"] in tools]
+
+
 def sample_system(ctx: RunContext, state: dict, item: dict) -> str:
     system = ctx.skill.prompt("sample").system
-    tools = item.get("tools")
+    tools = sample_tools(state, item)
     if tools is not None:
-        shown = [api for api in state["content_data"]["apis"] if api["name"] in tools]
-        return render(system, tools=json.dumps([as_tool(api) for api in shown], ensure_ascii=False))
+        return render(system, tools=json.dumps(tools, ensure_ascii=False))
     return render(system)
 
 
@@ -495,6 +502,8 @@ def make_sample(ctx: RunContext, state: dict, answering: dict) -> dict:
         "id": f"{ctx.run_id}:{state['seed_id']}:r{item['round']}",
         "skill": ctx.skill.name,
         "messages": [{"role": "system", "content": sample_system(ctx, state, item)}, *answering["messages"]],
+        # the tools offered, so an export can give trainers a `tools` column (they are in the system turn too)
+        **({"tools": tools} if (tools := sample_tools(state, item)) is not None else {}),
         "metadata": {
             "seed_id": state["seed_id"], "seed_source": seed["source"],
             "transformation": {"agent": state.get("transformation"), "note": state.get("transform_note")},
