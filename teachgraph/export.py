@@ -581,14 +581,20 @@ def _format_note(fmt: Format) -> str:
 
 # ---------------------------------------------------------------- the Hub
 
+def hub_token() -> str:
+    """HF_TOKEN, or a one-line error (checked before an export that is to be pushed, too)."""
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise ExportError("--push needs a Hugging Face token in HF_TOKEN (a write token: huggingface.co/settings/tokens)")
+    return token
+
+
 def push(out: Path, repo_id: str, *, private: bool = False, endpoint: str | None = None) -> str:
     """Upload an exported folder as a dataset repo. The token comes from HF_TOKEN, never stored or shown."""
     import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        raise ExportError("--push needs a Hugging Face token in HF_TOKEN (a write token: huggingface.co/settings/tokens)")
+    token = hub_token()
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
