@@ -29,6 +29,12 @@ MIX = {"conversation": 1.0, "tool_use": 1.0, "mcq": 1.0, "open_domain_qa": 1.0, 
 SECOND = {"text_classification": 1.0, "mcq": 1.0}
 
 
+@pytest.fixture(autouse=True)
+def own_datasets_cache(tmp_path, monkeypatch):
+    """load_dataset caches what it prepared: each test gets its own cache, never ~/.cache's."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+
+
 def run_mix(home: Home, run_id: str, weights: dict[str, float], corpus: Path) -> Registry:
     registry = Registry(home.registry_path)
     settings = Settings(skill="all", seeds=[str(corpus)], out=str(home.default_out(run_id)), rounds=1,
