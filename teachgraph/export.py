@@ -225,15 +225,13 @@ def jsonl_row(item: Item) -> dict:
 
 # ---------------------------------------------------------------- reading
 
-def read_items(registry: Registry, run_ids: Iterable[str], include_rejected: bool) -> Iterator[Item]:
-    """The runs' samples in order, each once. Sample ids are the registry's primary key (unique across
-    runs), so naming a run twice is what can repeat them: each run is read once."""
+def read_items(registry: Registry, run_ids: Iterable[str]) -> Iterator[Item]:
+    """The runs' samples in order, each once, with their verdicts. Sample ids are the registry's primary
+    key (unique across runs), so naming a run twice is what can repeat them: each run is read once."""
     for run_id in dict.fromkeys(run_ids):
         for _, body in registry.samples(run_id):
             sample = json.loads(body)
-            verdict = rejected_by(sample.get("metadata") or {})
-            if verdict is None or include_rejected:
-                yield Item(run_id, sample, verdict)
+            yield Item(run_id, sample, rejected_by(sample.get("metadata") or {}))
 
 
 # ---------------------------------------------------------------- writing
@@ -248,7 +246,8 @@ class Group:
     shard_bytes: int
     rows: list[dict] = field(default_factory=list)
     pending_bytes: int = 0
-    shards: list[Path] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)   # while writing: hidden .partial names
+    files: list[Path] = field(default_factory=list)    # once closed: train-00000-of-00002.parquet ...
     writer: Any = None
     shard_written: int = 0
     num_examples: int = 0
@@ -286,12 +285,11 @@ class Group:
         self.flush()
         if self.writer is not None:
             self.writer.close()
-        on_disk = 0
-        for index, partial in enumerate(self.shards):
-            final = self.folder / f"{self.prefix}-{index:05d}-of-{len(self.shards):05d}.parquet"
+        self.files = [self.folder / f"{self.prefix}-{index:05d}-of-{len(self.shards):05d}.parquet"
+                      for index in range(len(self.shards))]
+        for partial, final in zip(self.shards, self.files):
             partial.rename(final)
-            on_disk += final.stat().st_size
-        return on_disk
+        return sum(path.stat().st_size for path in self.files)
 
 
 @dataclass
@@ -343,11 +341,11 @@ def export(registry: Registry, run_ids: list[str], out: Path, *, format: str = "
     """Write the runs' samples to `out` in `format`. Raises ExportError on bad input."""
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r} ({', '.join(FORMATS)})")
+    if not run_ids:
+        raise ExportError("name at least one run to export (see: python cli.py runs list)")
     missing = [r for r in run_ids if registry.run(r) is None]
     if missing:
         raise ExportError(f"no run {missing[0]!r} (see: python cli.py runs list)")
-    if not run_ids:
-        raise ExportError("name at least one run to export (see: python cli.py runs list)")
     _check_out(out)
     try:
         import pyarrow  # noqa: F401
@@ -360,7 +358,7 @@ def export(registry: Registry, run_ids: list[str], out: Path, *, format: str = "
     out.mkdir(parents=True, exist_ok=True)
     stats: dict[str, SkillStats] = defaultdict(SkillStats)
     dropped: Counter = Counter()
-    items = read_items(registry, run_ids, include_rejected=True)
+    items = read_items(registry, run_ids)
     if fmt.layout == "lines":
         files = [out / "samples.jsonl"]
         with files[0].open("w", encoding="utf-8") as fh:
@@ -376,10 +374,9 @@ def export(registry: Registry, run_ids: list[str], out: Path, *, format: str = "
         group = groups.get(skill)
         if group is None:
             group = groups[skill] = _group(fmt, skill, out, schema, shard_bytes)
-        row = fmt.row(item)
-        group.add(row, _approx_bytes(item.sample))
+        group.add(fmt.row(item), _approx_bytes(item.sample))
     download = {skill: group.close() for skill, group in groups.items()}
-    files = sorted(p for g in groups.values() for p in g.folder.glob(f"{g.prefix}-*.parquet"))
+    files = sorted(p for g in groups.values() for p in g.files)
     card = dataset_card(registry, list(dict.fromkeys(run_ids)), fmt, groups, download, dict(stats), dropped,
                         license=license, language=language)
     (out / "README.md").write_text(card, encoding="utf-8")
@@ -540,7 +537,7 @@ def _card_body(registry: Registry, run_ids: list[str], fmt: Format, stats: dict[
         top, top_n = st.task_types.most_common(1)[0]
         parts += ["", f"### {skill}", "",
                   f"- rows: {st.rows}" + (f" ({st.tool_calls} tool calls)" if st.tool_calls else ""),
-                  f"- refinement rounds: " + _counts(Counter({f"round {k}": v for k, v in sorted(st.rounds.items())})),
+                  "- refinement rounds: " + _counts(Counter({f"round {k}": v for k, v in sorted(st.rounds.items())})),
                   f"- models: {_counts(st.models)}",
                   f"- diversity: {len(st.task_types)} of {taxonomy} task types, {len(st.transformations)} "
                   f"transformations; the commonest task type ({top}) is {100 * top_n / st.rows:.0f}% of rows",

@@ -57,7 +57,7 @@ def made(tmp_path_factory):
         (corpus / f"doc{n}.md").write_text(f"# Weather in Paris {n}\n\n" + "Paris has mild weather; rain falls "
                                            "on about 110 days a year and summers average 25 degrees. " * 6)
     home = Home(root / "home")
-    registry = run_mix(home, "mixed", MIX, corpus)
+    run_mix(home, "mixed", MIX, corpus)
     run_mix(home, "second", SECOND, corpus)
     return home, Registry(home.registry_path), root
 
