@@ -346,6 +346,9 @@ def export(registry: Registry, run_ids: list[str], out: Path, *, format: str = "
     missing = [r for r in run_ids if registry.run(r) is None]
     if missing:
         raise ExportError(f"no run {missing[0]!r} (see: python cli.py runs list)")
+    if not any(registry.counts(r)["samples"] for r in run_ids):
+        raise ExportError(f"nothing to export: {', '.join(dict.fromkeys(run_ids))} made no samples "
+                          f"(see: python cli.py runs show {run_ids[0]})")
     _check_out(out)
     try:
         import pyarrow  # noqa: F401

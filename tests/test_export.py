@@ -254,6 +254,14 @@ def test_rejected_samples_are_left_out_unless_asked_for_with_their_verdicts(made
     assert ds[0]["review"] is None
 
 
+def test_runs_without_samples_are_refused_before_anything_is_written(made, tmp_path):
+    _, registry, _ = made
+    registry.create_run("empty", "mcq", {"skill": "mcq", "seeds": [], "out": "-", "model": "fake"})
+    with pytest.raises(export.ExportError, match="nothing to export: empty made no samples"):
+        export.export(registry, ["empty"], tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_sample_with_a_failed_check_is_rejected():
     assert export.rejected_by({"checks": [{"check": "python_tests", "ok": True},
                                           {"check": "python_tests", "ok": False}]}) == "check python_tests"
