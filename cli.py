@@ -1,5 +1,5 @@
 """teachgraph's command line: `python cli.py graph run rag`, `graph resume RUN_ID`, `graph show rag`,
-`runs list`, `runs show RUN_ID`, `runs failures RUN_ID`, `endpoint probe`."""
+`runs list`, `runs show RUN_ID`, `runs failures RUN_ID`, `endpoint probe`, `export RUN_ID... --out DIR`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from checkpoints.saver import check_store
 from nodes.cache import ResponseCache
 from nodes.endpoint import EndpointError
 from nodes.llm import STRUCTURED_MODES
-from teachgraph import embedded, probe
+from teachgraph import embedded, export, probe
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
                                new_run_id, run_status, shown_status)
@@ -601,6 +601,33 @@ def filter_command(
           f"({time.monotonic() - started:.1f} s)")
     for gate, n in counts.dropped.most_common():
         print(f"  {gate:<20}{n}")
+# ---------------------------------------------------------------- export
+
+@app.command("export")
+def export_runs(
+    run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="runs to export into one dataset (deduplicated by sample id)"),
+    out: Path = typer.Option(..., "--out", "-o", help="a new (or empty) folder to write"),
+    format: str = typer.Option("hf", "--format", "-f", help="hf (card + Parquet per skill) | orca | sharegpt | jsonl"),
+    include_rejected: bool = typer.Option(False, "--include-rejected", help="keep samples a check, gate or review rejected (with their verdicts)"),
+    license: Optional[str] = typer.Option(None, "--license", help="the card's license id, e.g. cc-by-4.0 (default: unknown, and the card says so)"),
+    language: str = typer.Option("en", "--language", help="the card's language code"),
+    push: Optional[str] = typer.Option(None, "--push", metavar="REPO_ID", help="then upload to this Hub dataset repo (token from HF_TOKEN)"),
+) -> None:
+    """Export runs as a dataset: a Hub-ready folder, orca-agentinstruct's layout, ShareGPT or JSON Lines."""
+    try:
+        if push:
+            export.hub_token()  # no token: refuse before the work, not after it
+        result = export.export(Registry(Home.from_env().registry_path), run_ids, out, format=format,
+                               include_rejected=include_rejected, license=license, language=language)
+        for skill, stats in sorted(result.skills.items()):
+            print(f"{skill}\t{stats.rows} rows")
+        say(f"wrote {result.rows} rows ({result.format}) to {out} in {result.seconds:.1f} s"
+            + (f"; left out as rejected: {sum(result.dropped.values())}" if result.dropped else "")
+            + ("" if license or format == "jsonl" else "; no --license given: the card says unknown"))
+        if push:
+            say(f"pushed: {export.push(out, push)}")
+    except export.ExportError as exc:
+        fail(str(exc))
 
 
 def main() -> None:

@@ -274,3 +274,17 @@ class Registry:
         """(sample id, JSON body) in the order they were finished."""
         for row in self.db.query("select id, body from samples where run_id = ? order by seq", [run_id]):
             yield row["id"], row["body"]
+
+    def rejections(self, run_id: str) -> list[dict]:
+        """Rejected seeds counted by skill, node and reason (what a dataset card says each step dropped)."""
+        return list(self.db.query(
+            """select skill, coalesce(node, '') as node, coalesce(reason, '') as reason, count(*) as seeds
+               from seeds where run_id = ? and status = 'rejected' group by 1, 2, 3 order by 1, 4 desc""",
+            [run_id]))
+
+    def seed_sources(self, run_id: str, limit: int) -> tuple[int, list[str]]:
+        """How many distinct seed sources a run read, and the first `limit` of them."""
+        total = self.db.execute("select count(distinct source) from seeds where run_id = ?", [run_id]).fetchone()[0]
+        first = [row["source"] for row in self.db.query(
+            "select distinct source from seeds where run_id = ? order by source limit ?", [run_id, limit])]
+        return total, first

@@ -364,12 +364,19 @@ def sample_user(ctx: RunContext, state: FlowState, item: dict) -> str:
     return render(ctx.skill.prompt("sample").user, **item)
 
 
+def sample_tools(state: FlowState, item: dict) -> list[dict] | None:
+    """The tools a tool-use task offers, as OpenAI tool definitions (None: the skill has no tools)."""
+    tools = item.get("tools")
+    if tools is None:
+        return None
+    return [as_tool(api) for api in state["content_data"]["apis"] if api["name"] in tools]
+
+
 def sample_system(ctx: RunContext, state: FlowState, item: dict) -> str:
     system = ctx.skill.prompt("sample").system
-    tools = item.get("tools")
+    tools = sample_tools(state, item)
     if tools is not None:
-        shown = [api for api in state["content_data"]["apis"] if api["name"] in tools]
-        return render(system, tools=json.dumps([as_tool(api) for api in shown], ensure_ascii=False))
+        return render(system, tools=json.dumps(tools, ensure_ascii=False))
     return render(system)
 
 
@@ -569,6 +576,8 @@ def flow_sample(ctx: RunContext, state: FlowState, answering: Answering) -> dict
     return make_sample(
         ctx, state, round=item["round"], refined=answering["index"] > 0,
         messages=[{"role": "system", "content": sample_system(ctx, state, item)}, *answering["messages"]],
+        # the tools offered, so an export can give trainers a `tools` column (they are in the system turn too)
+        tools=sample_tools(state, item),
         transformation={"agent": state.get("transformation"), "note": state.get("transform_note")},
         task={k: v for k, v in item.items() if k not in ("content", "round")}, checks=answering["checks"])
 

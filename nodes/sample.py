@@ -58,6 +58,7 @@ class Sample(_Record):
     id: str
     skill: str
     messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None   # tool use: the tools offered, as OpenAI function definitions
     metadata: Metadata
 
     def record(self) -> dict[str, Any]:
@@ -70,12 +71,14 @@ def sample_id(ctx: RunContext, state: dict, round: int) -> str:
 
 
 def make_sample(ctx: RunContext, state: dict, *, round: int, refined: bool, messages: list[dict],
-                transformation: dict[str, Any], **graph_fields: Any) -> dict[str, Any]:
+                transformation: dict[str, Any], tools: list[dict] | None = None,
+                **graph_fields: Any) -> dict[str, Any]:
     """A sample of the item at refinement `round`; a refined item's parent is the seed item (round 0)."""
     seed = ctx.corpus.seed(state["seed_id"])
     metadata = Metadata(seed_id=state["seed_id"], seed_source=seed["source"],
                         transformation=Transformation(**transformation), task_type=state["task_type"],
                         refinement_round=round, parent_sample_id=sample_id(ctx, state, 0) if refined else None,
                         refinements=state.get("history", []), model=ctx.llm.model_name, **graph_fields)
-    return Sample(id=sample_id(ctx, state, round), skill=ctx.skill.name, messages=messages,
+    offered = {"tools": tools} if tools is not None else {}  # left out, not null, for skills without tools
+    return Sample(id=sample_id(ctx, state, round), skill=ctx.skill.name, messages=messages, **offered,
                   metadata=metadata).record()
