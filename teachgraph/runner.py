@@ -206,9 +206,8 @@ def step_limit(skill: Skill, rounds: int) -> int:
     limit (200) failed every seed from --rounds 99 on. The graphs run transform [extend] generate
     once, suggest + edit once per round, then answer each item (the seed task and the refined
     one): each answer may be corrected, and between answers come follow-up turns or tool results."""
-    response = skill.settings.get("response", {})
-    attempts = response.get("corrections", 1) + 1
-    turns = response.get("turns", 1)
+    attempts = skill.spec.response.corrections + 1
+    turns = skill.spec.response.turns
     per_item = (turns + 1) * attempts + turns
     return 3 + 2 * rounds + 2 * per_item + 10   # 10: room for a node added without updating this
 
