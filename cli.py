@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import sys
 import time
+import urllib.parse
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -19,6 +20,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +29,7 @@ from checkpoints import storage
 from checkpoints.registry import OutputInUse, Registry
 from checkpoints.saver import check_store
 from nodes.cache import ResponseCache
-from nodes.endpoint import EndpointError
+from nodes.endpoint import EndpointError, redact
 from nodes.llm import STRUCTURED_MODES
 from teachgraph import embedded, export, probe
 from teachgraph.mix import Dealer, load_mix
@@ -51,9 +53,24 @@ console = Console()
 err = Console(stderr=True)
 
 
+# C0 and C1 controls (ESC starts CSI/OSC sequences; U+009B is an 8-bit CSI), DEL, line and paragraph
+# separators, and the bidi overrides that reorder what a terminal shows
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(value: object) -> str:
+    """Text from a user, a seed or an endpoint as it may reach a terminal, on one line: a tab or line
+    break becomes a space and every other control character its escape (ESC -> \\x1b), so no value
+    can retitle, clear or recolour the terminal or forge lines. Every display path uses it; it is
+    never parsed as markup either (print with markup=False, or inside a rich Text)."""
+    return _CONTROL.sub(lambda m: " " if m.group() in "\t\n\r" else
+                        (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"),
+                        str(value))
+
+
 def print_error(message: str) -> None:
-    # escape: messages quote paths and server text, which must not be read as rich markup
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    # messages quote paths and server text: never read as markup, never raw control characters
+    err.print(Text.assemble(("error:", "red"), " ", shown(message)), highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -68,7 +85,7 @@ def fail_stopped(run_id: str, exc: BaseException) -> None:
 
 def say(message: str) -> None:
     """A line of data (paths, reasons, model output) for stderr, printed as is."""
-    err.print(message, highlight=False, markup=False, soft_wrap=True)
+    err.print(shown(message), highlight=False, markup=False, soft_wrap=True)
 
 
 def load_skill(name: str) -> skills.Skill:
@@ -111,7 +128,7 @@ def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a sk
             fail("--format png needs Graphviz: apt-get install graphviz libgraphviz-dev && pip install pygraphviz")
         except OSError as exc:
             fail(str(storage.describe_os(out, exc)))
-        console.print(f"wrote {out}")
+        console.print(f"wrote {shown(out)}", markup=False, highlight=False)
         return
     else:
         fail(f"unknown format {format!r} (mermaid, ascii or png)")
@@ -121,7 +138,7 @@ def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a sk
             out.write_text(text)
         except OSError as exc:
             fail(str(storage.describe_os(out, exc)))
-        console.print(f"wrote {out}")
+        console.print(f"wrote {shown(out)}", markup=False, highlight=False)
     else:
         print(text)
 
@@ -134,16 +151,56 @@ def _make_parent(out: Path) -> None:
         fail(f"--out {out}: cannot create its folder ({exc.strerror or exc})")
 
 
-def _endpoint(settings: Settings) -> tuple[Optional[str], str]:
-    return settings.base_url, os.environ.get("OPENAI_API_KEY") or "not-needed"
+def api_key() -> str:
+    """OPENAI_API_KEY, stripped of surrounding whitespace: a key read from a secret file often ends
+    in a newline, which no HTTP header can carry and no key holds (HTTP drops whitespace around a
+    header value anyway), so stripping sends exactly what the server would see. A key that still
+    holds control or non-ASCII characters cannot be sent at all: one line, never quoting it."""
+    key = (os.environ.get("OPENAI_API_KEY") or "").strip()
+    if not key.isascii():
+        fail("OPENAI_API_KEY holds non-ASCII characters, which an HTTP header cannot carry; check how it was set")
+    if not key.isprintable():
+        fail("OPENAI_API_KEY holds control characters, which an HTTP header cannot carry; check how it was set")
+    return key or "not-needed"
 
 
-def _preflight(base_url: str, api_key: str) -> None:
-    """Fail in one clear line if the endpoint cannot be reached at all."""
+def checked_base_url(base_url: Optional[str]) -> Optional[str]:
+    """--base-url / OPENAI_BASE_URL, refused in one line if it carries credentials (user:password@).
+    Refused rather than used: the URL is stored (runs.db) and printed (summary, errors, the cache's
+    key), and the endpoint is authenticated with OPENAI_API_KEY as a bearer token, which takes the
+    same Authorization header Basic auth from the URL would, on every path (preflight, probe, Wire, SDK)."""
+    if base_url is None:
+        return None
     try:
-        httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=15)
+        urllib.parse.urlsplit(base_url)
+    except ValueError as exc:   # a bad argument: one line, before any run id
+        fail(f"--base-url is not a URL ({exc})")   # not quoted: it may hold credentials
+    if without_credentials(base_url) != base_url:
+        fail(f"--base-url {without_credentials(base_url)} must not carry credentials (user:password@): they "
+             f"would be stored and shown; remove them and put the key in OPENAI_API_KEY")
+    return base_url
+
+
+def without_credentials(url: str) -> str:
+    """`url` with any user:password@ removed (also for showing runs recorded before they were refused)."""
+    return _URL_CREDENTIALS.sub(r"\1", url)
+
+
+_URL_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")   # userinfo ends at the authority's last @
+
+
+def _endpoint(settings: Settings) -> tuple[Optional[str], str]:
+    return settings.base_url, api_key()
+
+
+def _preflight(base_url: str, api_key: str, timeout: float = 15.0) -> None:
+    """Fail in one clear line if the endpoint cannot be reached at all (within 15 s, or --timeout if shorter)."""
+    try:
+        httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"},
+                  timeout=min(15.0, timeout))
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        fail(f"cannot reach the endpoint {base_url}: {type(exc).__name__}: {exc}")
+        # httpx quotes the request (headers included) in some errors: never the key
+        fail(redact(f"cannot reach the endpoint {base_url}: {type(exc).__name__}: {exc}", [api_key]))
 
 
 class ProgressReporter:
@@ -177,7 +234,7 @@ def endpoint_for(settings: Settings, home: Home, run_id: str) -> Iterator[tuple[
     """(base URL, API key, embedded?, the embedded server's supervisor or None)."""
     base_url, api_key = _endpoint(settings)
     if base_url:
-        _preflight(base_url, api_key)
+        _preflight(base_url, api_key, settings.timeout)
         yield base_url, api_key, False, None
         return
     try:
@@ -314,7 +371,7 @@ def graph_run(
         skill=run_skill, seeds=[str(p.resolve()) for p in paths],
         out=str((out or home.default_out(run_id)).resolve()), limit=limit,
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
-        concurrency=concurrency, base_url=base_url, model=model or embedded.MODEL_NAME,
+        concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
         mix=weights, cache=not no_cache)
     if base_url and not model:
@@ -326,18 +383,15 @@ def graph_run(
             embedded.check_available(home.root)  # before the run exists, as for an endpoint
         except embedded.EmbeddedError as exc:
             fail(str(exc))
-    strategy_note = ""
+    key = api_key()
+    err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)   # first, whatever comes next
     if base_url:  # before the run exists: a wrong URL, key or model must not leave a half-made run behind
-        _preflight(base_url, _endpoint(settings)[1])
+        _preflight(base_url, key, settings.timeout)
         if structured == "auto":
-            settings.structured, strategy_note = _structured_strategy(registry, base_url, _endpoint(settings)[1],
-                                                                      settings.model)
+            settings.structured = _structured_strategy(registry, base_url, key, settings)
     with run_lock(home, run_id):
         if registry.run(run_id):  # created by another process since the check above
             fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
-        err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)
-        if strategy_note:
-            say(strategy_note)
         try:
             registry.create_run(run_id, run_skill, settings.to_json())
         except OutputInUse as exc:
@@ -381,19 +435,23 @@ def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: L
     say(f"{total} seeds from {shown}; output: {settings.out}")
 
 
-def _structured_strategy(registry: Registry, base_url: str, api_key: str, model: str) -> tuple[str, str]:
-    """--structured auto: what `endpoint probe` found for this endpoint and model, probing it now if
-    need be. Returns the strategy and a line saying where it came from."""
-    known = probe.cached(registry.db, base_url, model)
+def _structured_strategy(registry: Registry, base_url: str, api_key: str, settings: Settings) -> str:
+    """--structured auto: what `endpoint probe` found for this endpoint and model, probing it now
+    (within the run's --timeout and --retries) if need be. Says where the strategy came from."""
+    known = probe.cached(registry.db, base_url, settings.model)
     if known is not None:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(known.probed))
-        return known.strategy, f"structured output: {known.strategy} (probed {when}; python cli.py endpoint probe re-probes)"
+        say(f"structured output: {known.strategy} (probed {when}; python cli.py endpoint probe re-probes)")
+        return known.strategy
+    say(f"probing the endpoint {base_url} for the structured output it enforces ...")
     try:
-        known = asyncio.run(probe.probe(base_url, api_key, model))
+        known = asyncio.run(probe.probe(base_url, api_key, settings.model, timeout=settings.timeout,
+                                        attempts=settings.retries))
     except EndpointError as exc:
         fail(str(exc))
     probe.remember(registry.db, known)
-    return known.strategy, f"structured output: {known.strategy} (probed the endpoint just now; cached for later runs)"
+    say(f"structured output: {known.strategy} (probed the endpoint just now; cached for later runs)")
+    return known.strategy
 
 
 @graph_app.command("resume")
@@ -460,15 +518,16 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
         ("tokens", c["tokens"]),
         ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
-        ("endpoint", settings.base_url or "embedded llama.cpp"), ("output", settings.out),
+        ("endpoint", without_credentials(settings.base_url) if settings.base_url else "embedded llama.cpp"),
+        ("output", settings.out),
     ]:
-        table.add_row(f"[bold]{key}[/bold]", str(value))
+        table.add_row(f"[bold]{key}[/bold]", Text(shown(value)))   # user values are never markup
     console.print(table)
     if settings.mix:
         per_skill = Table("skill", "seeds", "accepted", "rejected", "failed", "pending", "samples", "LLM calls",
                           box=None)
         for row in registry.by_skill(run_id):
-            per_skill.add_row(*(str(row[k] or 0) for k in ("skill", "seeds", "accepted", "rejected", "failed",
+            per_skill.add_row(*(Text(shown(row[k] or 0)) for k in ("skill", "seeds", "accepted", "rejected", "failed",
                                                            "pending", "samples", "llm_calls")))
         console.print(per_skill)
 
@@ -501,14 +560,15 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
             console.print(f"\n[bold]{status}[/bold] {sum(by_node.values())} (by node: {escape(nodes)}; "
                           f"seeds, node: reason)", highlight=False)
             for row in rows:
-                console.print(f"  {row['seeds']:>4}  {row['node'] or '-'}: {row['reason']}", highlight=False, markup=False)
+                console.print(shown(f"  {row['seeds']:>4}  {row['node'] or '-'}: {row['reason']}"), highlight=False,
+                              markup=False)
         if rows and status == "failed":
             console.print(f"  see every seed: python cli.py runs failures {run_id}", highlight=False, markup=False)
     skipped = registry.skipped(run_id)
     if skipped:
         console.print(f"\n[bold]skipped inputs[/bold] ({len(skipped)})")
         for row in skipped:
-            console.print(f"  {row['source']}: {row['reason']}", highlight=False, markup=False)
+            console.print(shown(f"  {row['source']}: {row['reason']}"), highlight=False, markup=False)
 
 
 @runs_app.command("failures")
@@ -524,7 +584,7 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         if as_json:
             print(json.dumps(row, ensure_ascii=False))
         else:
-            print("\t".join(str(row[k] if row[k] is not None else "-").replace("\t", " ").replace("\n", " ")
+            print("\t".join(shown(row[k] if row[k] is not None else "-")
                             for k in ("status", "seed", "source", "node", "why")))
     say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)")
 
@@ -543,16 +603,16 @@ def endpoint_probe(
     if base_url and not model:
         fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     home = Home.from_env()
-    api_key = os.environ.get("OPENAI_API_KEY") or "not-needed"
+    base_url, key = checked_base_url(base_url), api_key()
 
     def run_probe(url: str, name: str):
         try:
-            return asyncio.run(probe.probe(url, api_key, name, timeout=timeout))
+            return asyncio.run(probe.probe(url, key, name, timeout=timeout))
         except EndpointError as exc:
             fail(str(exc))
 
     if base_url:
-        _preflight(base_url, api_key)
+        _preflight(base_url, key, timeout)
         result = run_probe(base_url, model)
         probe.remember(Registry(home.registry_path).db, result)
         where = f"{base_url} {model}"
@@ -566,7 +626,7 @@ def endpoint_probe(
             fail(str(exc))
         where = f"the embedded model ({embedded.MODEL_NAME}; runs on it always use json_object)"
     for check in result.checks:
-        print(f"{check.mode:<12}{check.outcome:<9}{check.detail}")
+        print(f"{check.mode:<12}{check.outcome:<9}{shown(check.detail)}")
     print(f"strategy: {result.strategy}  <- {where}")
 
 

@@ -9,7 +9,11 @@ the same reply, whatever the run and whatever the temperature: re-running a step
 inputs (a resumed node, a re-run over the same seeds, another run id over the same corpus with
 the same settings) costs no model call. To draw fresh replies, run with `--no-cache`.
 
-Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL). A reply is written as soon as it arrives,
+Only replies that were used are stored (nodes/llm.py puts a reply once it validated): a malformed,
+truncated or empty reply is asked for again next time, not served. A reply over MAX_STORED_CHARS is
+used but not stored.
+
+Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL). A reply is written as soon as it has been used,
 so a kill loses at most the replies still in flight. Deleting the file empties the cache.
 
 The cache is optional: if the file cannot be opened, read or written (damaged, truncated, disk
@@ -28,12 +32,18 @@ from typing import Any, Callable
 from langchain_core.messages import AIMessage
 
 from checkpoints import storage
+from nodes.chat_call import reply_tokens
 
 
 def request_key(request: dict[str, Any]) -> str:
     """SHA-256 of a rendered request (nodes/chat_call.py: ChatRequest.rendered)."""
     text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# A reply whose stored text is longer is not stored (it is still used): replies are capped by
+# --max-tokens (384 tokens is ~1.5 KB), so only a runaway or hostile endpoint sends this much.
+MAX_STORED_CHARS = 1_000_000
 
 
 class ResponseCache:
@@ -92,18 +102,33 @@ class ResponseCache:
                          response_metadata={"finish_reason": finish_reason, "model_name": model, "cache_hit": True},
                          usage_metadata={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0})
 
-    def put(self, key: str, reply: AIMessage) -> None:
+    def put(self, key: str, reply: AIMessage) -> bool:
+        """Store `reply` (one that was used: nodes/llm.py); False if it is not stored (over
+        MAX_STORED_CHARS, or the cache is off)."""
         if self.conn is None:
-            return
+            return False
         meta = reply.response_metadata or {}
-        tokens = int((reply.usage_metadata or {}).get("total_tokens") or 0)
+        tokens = reply_tokens(reply)
+        content = json.dumps(reply.content, ensure_ascii=False)
         calls = {"valid": reply.tool_calls, "invalid": reply.invalid_tool_calls}
+        tool_calls = json.dumps(calls, ensure_ascii=False) if reply.tool_calls or reply.invalid_tool_calls else None
+        if len(content) + len(tool_calls or "") > MAX_STORED_CHARS:
+            return False
         try:
             self.conn.execute("insert or replace into replies (key, content, tool_calls, finish_reason, model, "
                               "tokens, created) values (?, ?, ?, ?, ?, ?, ?)",
-                              [key, json.dumps(reply.content, ensure_ascii=False),
-                               json.dumps(calls, ensure_ascii=False) if reply.tool_calls or reply.invalid_tool_calls
-                               else None, meta.get("finish_reason"), meta.get("model_name"), tokens, time.time()])
+                              [key, content, tool_calls, meta.get("finish_reason"), meta.get("model_name"), tokens,
+                               time.time()])
+        except sqlite3.Error as exc:
+            self._give_up(exc)
+            return False
+        return True
+
+    def forget(self, key: str) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.execute("delete from replies where key = ?", [key])
         except sqlite3.Error as exc:
             self._give_up(exc)
 

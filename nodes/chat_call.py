@@ -37,6 +37,8 @@ from langchain_core.outputs import ChatResult
 from langsmith.utils import tracing_is_enabled
 from openai.types.chat import ChatCompletion
 
+from nodes.endpoint import BrokenReply
+
 
 class Wire:
     """Chat completions POSTed straight over one aiohttp session: for one plain ChatOpenAI, see
@@ -101,13 +103,14 @@ class Wire:
             connector = aiohttp.TCPConnector(ssl=self._httpx.create_ssl_context(), limit=0)
             self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
         try:
+            # allow_redirects=False, as the SDK's httpx client: nodes/endpoint.py refuses redirects in one line
             async with self._session.post(self.url, data=self._dumps(body), headers=self.headers(),
-                                          params=self.query) as reply:
+                                          params=self.query, allow_redirects=False) as reply:
                 content = await reply.read()
                 status, reply_headers = reply.status, list(reply.headers.items())
         except aiohttp.ClientError as exc:      # refused, reset, cut short: retried as connection errors
             raise openai.APIConnectionError(request=self._httpx.Request("POST", self.url)) from exc
-        if status >= 400:
+        if status >= 300:
             # aiohttp has already decoded the body: the headers must not tell httpx to decode it again
             reply_headers = [(k, v) for k, v in reply_headers
                              if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
@@ -122,6 +125,34 @@ class Wire:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def reply_tokens(reply: AIMessage) -> int:
+    """The reply's total tokens, as counted and cached; what is not a count (negative, not a
+    number) counts as 0."""
+    try:
+        return max(0, int((reply.usage_metadata or {}).get("total_tokens") or 0))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def check_envelope(response: Any) -> None:
+    """Raise BrokenReply unless `response` (a reply's JSON, or the SDK's ChatCompletion) is a chat
+    completion with a message in its first choice: some servers and proxies answer 200 with
+    `choices: []`, `choices: null`, no message, or an error object."""
+    if not isinstance(response, dict):
+        response = response.model_dump() if hasattr(response, "model_dump") else response
+    if not isinstance(response, dict):
+        raise BrokenReply(f"the reply is a JSON {type(response).__name__}, not an object")
+    if response.get("error"):
+        error = response["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise BrokenReply(f"the reply is an error: {' '.join(str(message or error).split())[:200]}")
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise BrokenReply("the reply has no choices" if not choices else "the reply's choices are not a list")
+    if not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
+        raise BrokenReply("the reply's first choice has no message")
 
 
 def proxy_configured() -> bool:
@@ -181,6 +212,7 @@ class ChatRequest:
             else:
                 response = await self.chat.root_async_client.post("/chat/completions", body=self.body,
                                                                   cast_to=ChatCompletion)
+            check_envelope(response)
             result = self.chat._create_chat_result(response)
         else:
             result = await self.chat._agenerate(self.messages, **self.kwargs)
@@ -188,6 +220,8 @@ class ChatRequest:
 
 
 def _message(result: ChatResult) -> AIMessage:
+    if not result.generations:   # the paths through LangChain, where the reply's JSON is not at hand
+        raise BrokenReply("the reply has no choices")
     generation = result.generations[0]
     reply = generation.message
     # as ainvoke does: finish_reason and the like travel in generation_info

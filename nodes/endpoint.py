@@ -38,7 +38,12 @@ T = TypeVar("T")
 
 
 class EndpointError(RuntimeError):
-    """An endpoint failure, described in one line that never holds the API key."""
+    """An endpoint failure, described in one line that never holds the API key. `kind` says what the
+    last attempt met (a status such as "500", "timeout", "connection", "broken"), when it was transient."""
+
+    def __init__(self, message: str, kind: str = ""):
+        super().__init__(message)
+        self.kind = kind
 
 
 class EndpointFatal(EndpointError):
@@ -51,6 +56,11 @@ class RequestRejected(EndpointError):
 
 class EndpointUnavailable(EndpointError):
     """Transient errors outlasted every retry: the seed fails at this node; resume retries it."""
+
+
+class BrokenReply(ValueError):
+    """A 200 whose body is not a chat completion (no choices, no message, an error object): the
+    endpoint answered (the call counts) but nothing in it can be used. Retried like a garbled reply."""
 
 
 class _Transient(Exception):
@@ -183,6 +193,20 @@ def server_message(exc: openai.APIStatusError) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by ***. A secret of 8 characters or more goes wherever it
+    appears; a shorter one only where it stands as a whole token, so that a key such as "k" is still
+    hidden in "Bearer k" without mangling every word holding a k."""
+    for secret in secrets:
+        if not secret:
+            continue
+        if len(secret) >= 8:
+            text = text.replace(secret, "***")
+        else:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return text
+
+
 _CONTEXT_WORDS = re.compile(r"context|too many tokens|prompt is too long|maximum.*length|too long", re.I)
 
 
@@ -200,32 +224,37 @@ class Endpoint:
         self.policy = policy
         self.limit = AdaptiveLimit(max_concurrency)
         self.stats: Counter = Counter()
-        # Only real-looking keys: redacting "k" or "x" would mangle every message.
-        self._secrets = [s for s in secrets if s and len(s) >= 8]
+        self._secrets = [s for s in secrets if s]
         self._exhausted_in_a_row = 0
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact(text, self._secrets)
 
-    async def request(self, send: Callable[[], Awaitable[T]]) -> T:
-        """`send` makes one attempt. Transient failures are retried; the rest leave as EndpointError."""
+    async def request(self, send: Callable[[], Awaitable[T]],
+                      on_broken_reply: Callable[[], None] | None = None) -> T:
+        """`send` makes one attempt. Transient failures are retried; the rest leave as EndpointError.
+        `on_broken_reply` is called for every attempt the endpoint answered with a 200 that held no
+        usable completion (BrokenReply): those are calls made, whatever happens next."""
         retrying = AsyncRetrying(stop=stop_after_attempt(self.policy.attempts), wait=self._wait,
                                  retry=retry_if_exception_type(_Transient), reraise=True,
                                  before_sleep=self._count_retry)
         try:
             async for attempt in retrying:
                 with attempt:
-                    result = await self._attempt(send)
+                    try:
+                        result = await self._attempt(send)
+                    except _Transient as exc:
+                        if exc.kind == "broken" and on_broken_reply is not None:
+                            on_broken_reply()
+                        raise
         except _Transient as exc:
             self.stats["gave up"] += 1
             self._exhausted_in_a_row += 1
             message = self.redact(f"{exc} (still failing after {self.policy.attempts} attempts)")
             if self._exhausted_in_a_row >= self.policy.give_up_after:
                 raise EndpointFatal(f"the endpoint {self.name} looks down: {self._exhausted_in_a_row} requests "
-                                    f"in a row failed every retry; last: {message}") from None
-            raise EndpointUnavailable(message) from None
+                                    f"in a row failed every retry; last: {message}", exc.kind) from None
+            raise EndpointUnavailable(message, exc.kind) from None
         self._exhausted_in_a_row = 0
         return result
 
@@ -262,6 +291,8 @@ class Endpoint:
                              f"{type(cause).__name__}: {str(cause)[:200]}") from None
         except json.JSONDecodeError:
             raise _Transient("garbled", "the endpoint sent a reply that is not JSON") from None
+        except BrokenReply as exc:
+            raise _Transient("broken", f"{self.name} sent a reply that is not a chat completion: {exc}") from None
         except openai.APIStatusError as exc:
             status = exc.status_code
             if status == 429:
@@ -278,6 +309,11 @@ class Endpoint:
                 return EndpointFatal(f"the endpoint {self.name} asks to wait {wait:.0f} s before the next request "
                                      f"({status}: {text}); resume the run later")
             return _Transient(str(status), f"{status} from {self.name}: {text}", wait)
+        if 300 <= status < 400:
+            # Not followed: a 301/302 turns the POST into a GET, and any redirect could carry the key elsewhere.
+            location = exc.response.headers.get("location") if exc.response is not None else None
+            return EndpointFatal(f"the endpoint {self.name} redirects model calls ({status}) to "
+                                 f"{self.redact(location or 'an unnamed location')}; use that address as --base-url")
         if status == 401:
             return EndpointFatal(f"the endpoint {self.name} refused the API key (401: {text}); "
                                  f"check OPENAI_API_KEY")

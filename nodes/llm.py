@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ValidationError
 
 from nodes.cache import ResponseCache, request_key
-from nodes.chat_call import ChatRequest, Wire
+from nodes.chat_call import ChatRequest, Wire, reply_tokens
 from nodes.endpoint import Endpoint
 
 # How to ask an endpoint for JSON. Servers differ (README, "Using another endpoint"): OpenAI and vLLM take
@@ -104,11 +104,6 @@ def schema_hint(schema: type[BaseModel]) -> str:
     return "Reply with one JSON object only, with these fields:\n" + "\n".join(lines)
 
 
-def _usage_tokens(message: AIMessage) -> int:
-    usage = getattr(message, "usage_metadata", None) or {}
-    return int(usage.get("total_tokens") or 0)
-
-
 def _finish_reason(message: AIMessage) -> str | None:
     return (message.response_metadata or {}).get("finish_reason")
 
@@ -141,8 +136,14 @@ class LLM:
         if client is not None:
             await client.aclose()
 
+    def _count(self, call: Usage, used: Usage) -> None:
+        used.add(call)
+        self.usage.add(call)
+
     async def _call(self, messages: list[BaseMessage], max_tokens: int | None,
-                    options: dict[str, Any], used: Usage) -> AIMessage:
+                    options: dict[str, Any], used: Usage, read_cache: bool = True) -> tuple[AIMessage, str | None]:
+        """One reply, from the cache or the endpoint, and its cache key (None without a cache). The
+        caller stores the reply (`self.cache.put`) once it has used it."""
         limit = max_tokens or self.max_tokens
         if self.token_param == "max_tokens":
             # langchain-openai renames max_tokens to max_completion_tokens, which llama-cpp-python
@@ -159,17 +160,31 @@ class LLM:
 
         request = ChatRequest(self.chat, messages, kwargs, self.wire)
         key = request_key(request.rendered()) if self.cache is not None else None
-        reply = self.cache.get(key) if key else None
+        reply = self.cache.get(key) if key and read_cache else None
         if reply is not None:
-            call = Usage(cache_hits=1)
+            self._count(Usage(cache_hits=1), used)
         else:
-            reply = await self.endpoint.request(request.send)
-            if key:
-                self.cache.put(key, reply)
-            call = Usage(1, _usage_tokens(reply))
-        used.add(call)
-        self.usage.add(call)
-        return reply
+            # a 200 with no usable completion is still a call the endpoint answered
+            reply = await self.endpoint.request(request.send,
+                                                on_broken_reply=lambda: self._count(Usage(calls=1), used))
+            self._count(Usage(1, reply_tokens(reply)), used)
+        return reply, key
+
+    def _read(self, reply: AIMessage, schema: type[BaseModel], check: Callable[[Any], None] | None,
+              max_tokens: int | None) -> tuple[Any, str, str]:
+        """(value, "", "") for a usable reply, else (None, the problem, the correction to send back)."""
+        if _finish_reason(reply) == "length":
+            return (None, f"output truncated at max_tokens={max_tokens or self.max_tokens}",
+                    "Your reply was cut off. Reply again with a shorter, complete JSON object.")
+        try:
+            # strict=False: grammar-constrained output may hold raw newlines inside strings.
+            value = schema.model_validate(json.loads(strip_fences(reply_text(reply)), strict=False))
+            if check is not None:
+                check(value)
+            return value, "", ""
+        except (ValidationError, ValueError) as exc:
+            problem = _short_error(exc)
+            return None, problem, f"That reply is not valid: {problem}. Reply again with corrected JSON only."
 
     async def structured(self, system: str, user: str, schema: type[BaseModel], *,
                          check: Callable[[Any], None] | None = None,
@@ -185,22 +200,22 @@ class LLM:
         messages: list[BaseMessage] = [SystemMessage(f"{system}\n\n{schema_hint(schema)}"), HumanMessage(user)]
         problem = ""
         for _ in range(self.fix_attempts + 1):
-            reply = await self._call(messages, max_tokens, options, used)
-            content = reply_text(reply)
-            if _finish_reason(reply) == "length":
-                problem = f"output truncated at max_tokens={max_tokens or self.max_tokens}"
-                correction = "Your reply was cut off. Reply again with a shorter, complete JSON object."
-            else:
-                try:
-                    # strict=False: grammar-constrained output may hold raw newlines inside strings.
-                    value = schema.model_validate(json.loads(strip_fences(content), strict=False))
-                    if check is not None:
-                        check(value)
-                    return value, used
-                except (ValidationError, ValueError) as exc:
-                    problem = _short_error(exc)
-                    correction = f"That reply is not valid: {problem}. Reply again with corrected JSON only."
-            messages = [*messages, AIMessage(content[:2000]), HumanMessage(correction)]
+            reply, key = await self._call(messages, max_tokens, options, used)
+            value, problem, correction = self._read(reply, schema, check, max_tokens)
+            cached = bool((reply.response_metadata or {}).get("cache_hit"))
+            if problem and cached:
+                # stored by an older teachgraph, which cached every reply: never served, ask the endpoint
+                self.cache.forget(key)
+                reply, key = await self._call(messages, max_tokens, options, used, read_cache=False)
+                value, problem, correction = self._read(reply, schema, check, max_tokens)
+                cached = False
+            if not problem:
+                if key and not cached:
+                    # Only replies that were used are cached: a malformed, truncated or empty one served
+                    # again would keep a healthy endpoint from ever being asked.
+                    self.cache.put(key, reply)
+                return value, used
+            messages = [*messages, AIMessage(reply_text(reply)[:2000]), HumanMessage(correction)]
         raise UnusableOutput(f"{schema.__name__}: {problem} (after {self.fix_attempts} corrections)", used)
 
 

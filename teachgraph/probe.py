@@ -19,8 +19,10 @@ import openai
 import sqlite_utils
 from pydantic import BaseModel, ValidationError
 
-from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
+from nodes.chat_call import check_envelope
+from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RequestRejected, RetryPolicy
 from nodes.llm import strip_fences, structured_request
+from teachgraph.transport import async_http_client
 
 STRONGEST_FIRST = ("json_schema", "json_object", "tools")
 
@@ -50,36 +52,87 @@ class Probe:
     probed: float = 0.0
 
 
-async def probe(base_url: str, api_key: str, model: str, *, timeout: float = 60.0,
+# At most this many attempts per probe request, within the run's --retries: a server that refuses a
+# response format with a 500 (llama-cpp-python's json_schema) must not cost a run's whole retry budget.
+PROBE_ATTEMPTS = 3
+
+
+async def probe(base_url: str, api_key: str, model: str, *, timeout: float = 60.0, attempts: int = PROBE_ATTEMPTS,
                 max_tokens: int = 64) -> Probe:
-    """Plain text first (it also checks the key and the model: EndpointFatal stops here), then each
-    structured strategy."""
-    client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
-    endpoint = Endpoint(base_url, 1, RetryPolicy(attempts=2, timeout=timeout, backoff=0.5, give_up_after=99),
-                        secrets=[api_key])
-    checks: list[Check] = []
+    """Plain text first (it also checks the key and the model: a failure stops here, at once), then
+    each structured strategy. `timeout` bounds each attempt; `attempts` (capped at PROBE_ATTEMPTS)
+    is how many each request gets. EndpointFatal when the endpoint cannot be probed: nothing is known."""
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout,
+                                http_client=async_http_client())   # a run's client: redirects refused
+    policy = RetryPolicy(attempts=max(1, min(attempts, PROBE_ATTEMPTS)), timeout=timeout, backoff=0.5,
+                         give_up_after=99)
+    endpoint = Endpoint(base_url, 1, policy, secrets=[api_key])
     async with client:
-        for mode in ("prompt", *STRONGEST_FIRST):
+        try:
+            checks = [_read(await _ask(client, endpoint, model, "prompt", max_tokens), "prompt")]
+        except EndpointFatal:
+            raise
+        except EndpointError as exc:
+            raise EndpointFatal(f"{base_url} does not answer a plain chat request for model {model!r}: {exc}") from None
+        for mode in STRONGEST_FIRST:
             checks.append(await _check(client, endpoint, model, mode, max_tokens))
-    if checks[0].outcome != "works":
-        raise EndpointFatal(f"{base_url} does not answer a plain chat request for model {model!r}: {checks[0].detail}")
     strategy = next((c.mode for c in checks[1:] if c.outcome == "works"), "prompt")
     return Probe(base_url.rstrip("/"), model, strategy, checks, time.time())
 
 
-async def _check(client: openai.AsyncOpenAI, endpoint: Endpoint, model: str, mode: str, max_tokens: int) -> Check:
+async def _ask(client: openai.AsyncOpenAI, endpoint: Endpoint, model: str, mode: str, max_tokens: int):
     options = structured_request(mode, ProbeReply)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+
+    async def send():
+        reply = await client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens,
+                                                     temperature=0, **options)
+        check_envelope(reply)   # a 200 with no choices is a broken reply (retried), not an answer
+        return reply
+    return await endpoint.request(send)
+
+
+async def _check(client: openai.AsyncOpenAI, endpoint: Endpoint, model: str, mode: str, max_tokens: int) -> Check:
+    """A 4xx is a refusal. A transient error is not, with one exception: a server that answers a
+    response format it does not know with a 500 (llama-cpp-python and json_schema). That looks like a
+    burst of 500s, so it counts as a refusal only if a plain request succeeds right after and the
+    mode fails again; anything else transient stops the probe with nothing cached."""
     try:
-        reply = await endpoint.request(lambda: client.chat.completions.create(
-            model=model, messages=messages, max_tokens=max_tokens, temperature=0, **options))
+        return _read(await _ask(client, endpoint, model, mode, max_tokens), mode)
+    except EndpointFatal:
+        raise
+    except RequestRejected as exc:
+        return Check(mode, "refused", str(exc))
+    except EndpointError as exc:
+        first = exc
+    if first.kind != "500":
+        raise _inconclusive(endpoint, mode, first)
+    try:
+        await _ask(client, endpoint, model, "prompt", max_tokens)
     except EndpointFatal:
         raise
     except EndpointError as exc:
+        raise _inconclusive(endpoint, mode, exc) from None
+    try:
+        return _read(await _ask(client, endpoint, model, mode, max_tokens), mode)
+    except EndpointFatal:
+        raise
+    except RequestRejected as exc:
         return Check(mode, "refused", str(exc))
-    choice = reply.choices[0] if reply.choices else None
-    if choice is None:
-        return Check(mode, "refused", "the reply has no choices")
+    except EndpointError as exc:
+        if exc.kind != "500":
+            raise _inconclusive(endpoint, mode, exc) from None
+        return Check(mode, "refused", str(exc))
+
+
+def _inconclusive(endpoint: Endpoint, mode: str, exc: EndpointError) -> EndpointFatal:
+    return EndpointFatal(f"{endpoint.name} kept failing while probing {mode} ({exc}); nothing was cached: "
+                         f"probe again later, or choose --structured")
+
+
+def _read(reply, mode: str) -> Check:
+    """What a reply shows about `mode`: works (the reply follows the schema) or ignored."""
+    choice = reply.choices[0]
     if mode == "prompt":
         return Check(mode, "works", f"replied {_snippet(choice.message.content or '')}")
     calls = choice.message.tool_calls or []

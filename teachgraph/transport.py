@@ -5,7 +5,11 @@ for requests the Wire cannot send).
 The SDK's default httpx stack costs more CPU per request than a fast endpoint takes to answer; its
 aiohttp transport (`openai[aiohttp]`) costs markedly less (bench/throughput.py prints both).
 teachgraph uses aiohttp when it is installed and no proxy is configured (aiohttp ignores the
-HTTP(S)_PROXY variables httpx honours), and the SDK's tuned httpx client otherwise."""
+HTTP(S)_PROXY variables httpx honours), and the SDK's tuned httpx client otherwise.
+
+Redirects are not followed (the SDK's clients follow them): a 301/302 would turn a model call's
+POST into a GET, and a redirect may lead anywhere with the key; nodes/endpoint.py stops the run in
+one line naming the new location instead."""
 
 from __future__ import annotations
 
@@ -23,10 +27,10 @@ def async_http_client() -> object:
     aiohttp_client = getattr(openai, "DefaultAioHttpClient", None)
     if aiohttp_client is not None and not proxy_configured():
         try:
-            return aiohttp_client()
+            return aiohttp_client(follow_redirects=False)
         except RuntimeError:  # the SDK's stand-in when aiohttp is not installed
             pass
-    return openai.DefaultAsyncHttpxClient()
+    return openai.DefaultAsyncHttpxClient(follow_redirects=False)
 
 
 def transport_name(client: object) -> str:

@@ -16,8 +16,10 @@ or run it as a script (prints ``listening on http://127.0.0.1:PORT/v1`` first)::
 Faults (each at its own rate, drawn from one seeded RNG): ``timeout`` (stall ``timeout_sleep``
 seconds), ``429`` (with ``Retry-After: retry_after``), ``429-bare`` (no Retry-After), ``500``,
 ``503``, ``reset`` (the connection is dropped with no reply), ``garbled`` (200 with a body that
-is not JSON), ``malformed`` (a completion whose content is cut, invalid JSON) and ``truncated``
-(cut content with ``finish_reason="length"``).
+is not JSON), ``malformed`` (a completion whose content is cut, invalid JSON), ``truncated``
+(cut content with ``finish_reason="length"``), and broken envelopes, 200s that are no usable
+completion: ``choices-empty`` (``choices: []``), ``choices-null``, ``no-message`` (a choice without
+``message``) and ``error-200`` (``{"error": ...}`` with status 200).
 
 Endpoints: ``GET /v1/models`` and ``POST /v1/chat/completions`` (non-streaming,
 plus a simple SSE stream when ``"stream": true``).  Structured-output requests
@@ -46,7 +48,16 @@ from typing import Any, Callable
 __all__ = ["FakeOpenAI", "instance_from_schema", "parse_faults", "FAULT_KINDS"]
 
 # New kinds go at the end: the order maps the seeded RNG's draws to faults.
-FAULT_KINDS = ("timeout", "429", "500", "malformed", "truncated", "429-bare", "503", "reset", "garbled")
+FAULT_KINDS = ("timeout", "429", "500", "malformed", "truncated", "429-bare", "503", "reset", "garbled",
+               "choices-empty", "choices-null", "no-message", "error-200")
+# 200 replies whose JSON is not a usable completion, as some servers and proxies send
+BROKEN_ENVELOPES = {
+    "choices-empty": {"id": "chatcmpl-broken", "object": "chat.completion", "choices": []},
+    "choices-null": {"id": "chatcmpl-broken", "object": "chat.completion", "choices": None},
+    "no-message": {"id": "chatcmpl-broken", "object": "chat.completion",
+                   "choices": [{"index": 0, "finish_reason": "stop"}]},
+    "error-200": {"error": {"message": "upstream model crashed", "type": "server_error"}},
+}
 MODEL_ID = "fake-model"
 _MAX_DEPTH = 8  # beyond this nesting depth, generate only what is required
 
@@ -565,6 +576,9 @@ class FakeOpenAI:
             return
         elif fault == "garbled":
             h._send(200, b"<html>502 Bad Gateway</html>")
+            return
+        elif fault in BROKEN_ENVELOPES:
+            h._send(200, BROKEN_ENVELOPES[fault])
             return
 
         reply: Any = self.responder(body) if self.responder is not None else None

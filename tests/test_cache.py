@@ -9,11 +9,12 @@ import json
 import shutil
 
 import openai
+import pytest
 from langchain_openai import ChatOpenAI
 
 from nodes.cache import ResponseCache
 from nodes.chat_call import ChatRequest
-from nodes.llm import LLM, Usage
+from nodes.llm import LLM, UnusableOutput, Usage
 from tests.conftest import SAMPLE, run_cli
 from tests.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
@@ -196,3 +197,68 @@ def test_a_cache_file_from_before_tool_calls_is_upgraded(tmp_path):
     assert cache.get("k").content == "old text" and cache.get("k").tool_calls == []
     cache.put("t", AIMessage("", tool_calls=[{"name": "Pick", "args": {"name": "abc"}, "id": "c1"}]))
     assert cache.get("t").tool_calls[0]["args"] == {"name": "abc"}
+
+
+def completion(content, finish_reason="stop") -> dict:
+    return {"body": {"id": "c", "object": "chat.completion", "created": 0, "model": "fake-model",
+                     "choices": [{"index": 0, "finish_reason": finish_reason,
+                                  "message": {"role": "assistant", "content": content}}],
+                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}}
+
+
+@pytest.mark.parametrize("bad", [
+    completion('{"name": "alpha", "sco'),                            # malformed JSON
+    completion('{"name": "alpha", "score": 3}', "length"),          # truncated: finish_reason=length
+    completion(None),                                                # content null
+], ids=["malformed", "truncated", "content-null"])
+def test_only_replies_that_were_used_are_cached(tmp_path, bad):
+    """A broken endpoint's replies are never served later: the healthy endpoint on the same URL is asked."""
+    async def main(fake):
+        cache = ResponseCache(tmp_path / "cache.db")
+        fake.responder = lambda body: bad
+        broken = LLM(chat=chat_for(fake), model_name="fake-model", cache=cache)
+        with pytest.raises(UnusableOutput):
+            await ask(broken)
+        assert fake.request_count == 3 and len(cache) == 0          # the first reply and 2 corrections
+        fake.responder = reply
+        healthy = LLM(chat=chat_for(fake), model_name="fake-model", cache=cache)
+        value, used = await ask(healthy)
+        assert value == Pick(name="alpha", score=3) and (used.calls, used.cache_hits) == (1, 0)
+        assert fake.request_count == 4 and len(cache) == 1          # this one was used: cached
+        assert (await ask(healthy))[1].cache_hits == 1
+
+    with FakeOpenAI() as fake:
+        asyncio.run(main(fake))
+
+
+def test_a_bad_reply_stored_by_an_older_version_is_not_served(tmp_path):
+    async def main(fake):
+        cache = ResponseCache(tmp_path / "cache.db")
+        llm = LLM(chat=chat_for(fake), model_name="fake-model", cache=cache)
+        await ask(llm)
+        cache.conn.execute("""update replies set content = '"{\\"name\\": \\"al"'""")   # as the old code stored
+        value, used = await ask(llm)
+        assert value == Pick(name="alpha", score=3) and (used.calls, used.cache_hits) == (1, 1)
+        assert fake.request_count == 2 and len(cache) == 1
+        assert (await ask(llm))[1].cache_hits == 1 and fake.request_count == 2   # the good one replaced it
+
+    with FakeOpenAI(responder=reply) as fake:
+        asyncio.run(main(fake))
+
+
+def test_a_huge_reply_is_used_but_not_cached(tmp_path):
+    from nodes.cache import MAX_STORED_CHARS
+    padded = json.dumps({"name": "alpha", "score": 3}) + " " * (2 * MAX_STORED_CHARS)
+
+    async def main(fake):
+        cache = ResponseCache(tmp_path / "cache.db")
+        llm = LLM(chat=chat_for(fake), model_name="fake-model", cache=cache)
+        value, used = await ask(llm)
+        assert value == Pick(name="alpha", score=3) and used.calls == 1
+        assert len(cache) == 0
+        await ask(LLM(chat=chat_for(fake, temperature=0.1), model_name="fake-model", cache=cache))
+        assert len(cache) == 0
+
+    with FakeOpenAI(responder=lambda body: padded) as fake:
+        asyncio.run(main(fake))
+    assert sum(p.stat().st_size for p in tmp_path.glob("cache.db*")) < MAX_STORED_CHARS

@@ -209,3 +209,74 @@ def test_connection_refused_is_retried_then_reported_in_one_line():
     (result,), endpoint = call_n(gone, 1, RetryPolicy(attempts=3, backoff=0.01))
     assert isinstance(result, EndpointUnavailable) and "cannot connect" in str(result)
     assert endpoint.stats["retried connection"] == 2
+
+
+# ---------------------------------------------------------------- replies that are no completion
+
+def run_llm(fake: FakeOpenAI, requests: int, wire: bool, retries: int = 2):
+    """`requests` structured calls through an LLM as a run builds it (make_llm: the Wire) or through
+    the SDK's post (wire=False); returns what each call gave (value or exception) and its Usage."""
+    from nodes.llm import LLM, Usage
+    from teachgraph.runner import Settings, make_llm
+    from teachgraph.transport import async_http_client
+    from tests.test_llm import Pick
+
+    async def main():
+        settings = Settings(skill="rag", seeds=[], out="unused", model="fake-model", structured="json_schema",
+                            concurrency=1, retries=retries, timeout=5)
+        if wire:
+            llm = make_llm(settings, fake.base_url, KEY, embedded=False)
+            assert llm.wire is not None
+        else:
+            chat = ChatOpenAI(base_url=fake.base_url, api_key=KEY, model="fake-model", max_retries=0,
+                              http_async_client=async_http_client())
+            llm = LLM(chat=chat, model_name="fake-model", endpoint=Endpoint(
+                fake.base_url, 1, RetryPolicy(attempts=retries, timeout=5, backoff=0.01), secrets=[KEY]))
+        outcomes = []
+        for _ in range(requests):
+            used = Usage()
+            try:
+                outcomes.append(((await llm.structured("system", "user", Pick, used=used))[0], used))
+            except Exception as exc:  # noqa: BLE001 - the test looks at what came out
+                outcomes.append((exc, used))
+        await llm.aclose()
+        return outcomes
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("wire", [True, False], ids=["wire", "sdk"])
+@pytest.mark.parametrize("kind", ["choices-empty", "choices-null", "no-message", "error-200"])
+def test_a_reply_that_is_no_completion_is_an_endpoint_error_with_its_calls_counted(kind, wire):
+    with FakeOpenAI(faults={kind: 1.0}) as fake:
+        outcomes = run_llm(fake, 3, wire)
+        sent = fake.request_count
+    errors = [type(exc) for exc, _ in outcomes]
+    # retried like a garbled reply, then the seed fails; 3 requests in a row: the endpoint is down
+    assert errors == [EndpointUnavailable, EndpointUnavailable, EndpointFatal], outcomes
+    assert all("not a chat completion" in str(exc) for exc, _ in outcomes)
+    assert [used.calls for _, used in outcomes] == [2, 2, 2] and sent == 6   # every answered attempt counts
+
+
+def test_negative_usage_tokens_count_as_zero():
+    def responder(body):
+        return {"body": {"id": "c", "object": "chat.completion", "created": 0, "model": "fake-model",
+                         "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                             "role": "assistant", "content": '{"name": "alpha", "score": 3}'}}],
+                         "usage": {"prompt_tokens": -5000, "completion_tokens": -7, "total_tokens": -5007}}}
+    with FakeOpenAI(responder=responder) as fake:
+        for wire in (True, False):
+            [(value, used)] = run_llm(fake, 1, wire)
+            assert value.name == "alpha" and (used.calls, used.tokens) == (1, 0)
+
+
+@pytest.mark.parametrize("wire", [True, False], ids=["wire", "sdk"])
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_of_a_model_call_stops_the_run_naming_the_new_location(status, wire):
+    with FakeOpenAI() as fake:
+        moved = fake.base_url + "/moved/chat/completions"   # where a GET would 404 and a POST would work
+        fake.responder = lambda body: {"status": status, "headers": {"Location": moved}, "body": ""}
+        [(exc, used)] = run_llm(fake, 1, wire)
+        sent = [path for path, _ in fake.request_lines]
+    assert isinstance(exc, EndpointFatal), exc
+    assert f"redirects model calls ({status}) to {moved}; use that address as --base-url" in str(exc)
+    assert sent == ["/v1/chat/completions"]                     # not followed, as a GET or otherwise

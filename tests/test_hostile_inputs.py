@@ -362,3 +362,35 @@ def test_a_seed_path_that_is_a_bad_symlink_says_what_it_is(tmp_path, make, reaso
     result = run_cli("graph", "run", "rag", "--seeds", str(link), "--base-url", "http://127.0.0.1:9/v1",
                      "--model", "m", home=tmp_path / "home")
     assert result.returncode == 2 and result.stderr.strip() == f"error: seed path {link}: {reason}"
+def test_markup_in_user_values_is_printed_as_given(tmp_path):
+    """Rich markup in a model name or an --out path is text: no MarkupError, nothing dropped."""
+    from tests.conftest import run_cli
+    model, out = "fake[/red] [instruct] [bold]", tmp_path / "[bold]out[/].jsonl"
+    with FakeOpenAI() as fake:
+        run = run_cli("graph", "run", "rag", "--limit", "1", "--rounds", "0", "--run-id", "m", "--structured",
+                      "json_schema", "--base-url", fake.base_url, "--model", model, "--out", str(out), home=tmp_path)
+    shown = run_cli("runs", "show", "m", home=tmp_path)
+    for result in (run, shown):
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert model in result.stdout and str(out) in result.stdout, result.stdout
+
+
+def test_terminal_escapes_from_the_endpoint_are_neutralised_when_shown(tmp_path):
+    """An endpoint's error text that sets the terminal's title and clears the screen is recorded as
+    sent, and shown with its control characters escaped by `runs failures` and `runs show`."""
+    from tests.conftest import run_cli
+    hostile = "bad request \x1b]0;pwned\x07\x1b[2J\x9b31m\u202eend"
+    with FakeOpenAI(responder=lambda body: {"status": 400, "content": hostile}) as fake:
+        run = run_cli("graph", "run", "rag", "--limit", "2", "--rounds", "0", "--run-id", "e", "--structured",
+                      "json_schema", "--base-url", fake.base_url, "--model", "fake-model", home=tmp_path)
+    assert run.returncode == 1, run.stderr                             # both seeds failed at their first call
+    failures = run_cli("runs", "failures", "e", home=tmp_path)
+    shown = run_cli("runs", "show", "e", home=tmp_path)
+    for result in (failures, shown):
+        printed = result.stdout + result.stderr
+        assert result.returncode == 0 and "Traceback" not in printed
+        assert not any(c in printed for c in "\x1b\x07\x9b\u202e"), repr(printed)
+        assert "bad request \\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202eend" in printed, printed
+    assert len(failures.stdout.splitlines()) == 2
+    stored = json.loads(run_cli("runs", "failures", "e", "--json", home=tmp_path).stdout.splitlines()[0])
+    assert hostile in stored["why"]                                    # the record keeps what was sent

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -60,7 +61,8 @@ def test_probe_of_a_wrong_key_stops_in_one_line(tmp_path):
     assert result.returncode == 2 and "refused the API key (401: invalid api key)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert run.returncode == 2 and "refused the API key" in run.stderr
-    assert "Traceback" not in run.stderr and "run id" not in run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stderr.splitlines()[0] == "run id: r" and run.stderr.splitlines()[-1].startswith("error:")
     assert run_cli("runs", "list", home=tmp_path).stdout == ""   # no half-made run
 
 
@@ -103,3 +105,39 @@ def test_probe_result_is_cached_and_graph_run_uses_it(tmp_path):
     assert shown["counts"]["accepted"] == 2 and shown["counts"]["samples"] == 4
     assert shown["run"]["settings"]["structured"] == "tools"
     assert shown["counts"]["llm_calls"] == len(run_requests)
+
+
+def test_a_burst_of_500s_while_probing_is_not_taken_for_a_refusal(tmp_path):
+    """Six 500s right after the plain check: json_schema fails its attempts, and so does the plain
+    request that would confirm a refusal. Nothing may be cached; a later probe finds json_schema."""
+    count = {"n": 0}
+
+    def burst(body):
+        count["n"] += 1
+        return {"status": 500, "content": "internal server error"} if 2 <= count["n"] <= 7 else None
+
+    with FakeOpenAI(responder=burst) as fake:
+        args = ("endpoint", "probe", "--base-url", fake.base_url, "--model", "fake-model")
+        first = run_cli(*args, home=tmp_path)
+        assert first.returncode == 2, first.stdout + first.stderr
+        assert "nothing was cached" in first.stderr and len(first.stderr.strip().splitlines()) == 1
+        from checkpoints.registry import Registry
+        assert probe.cached(Registry(tmp_path / "runs.db").db, fake.base_url, "fake-model") is None
+        second = run_cli(*args, home=tmp_path)
+    assert second.returncode == 0 and "strategy: json_schema" in second.stdout, second.stdout + second.stderr
+
+
+def test_the_probe_says_so_first_and_honours_the_runs_timeout_and_retries(tmp_path):
+    """Against an endpoint that hangs, `--timeout 1 --retries 1` gives up after one 1 s attempt."""
+    with FakeOpenAI(faults={"timeout": 1.0}, timeout_sleep=120) as fake:
+        started = time.monotonic()
+        run = run_cli("graph", "run", "rag", "--limit", "1", "--run-id", "h", "--base-url", fake.base_url,
+                      "--model", "fake-model", "--timeout", "1", "--retries", "1", home=tmp_path, timeout=100)
+        took = time.monotonic() - started
+        sent = fake.request_count
+    lines = run.stderr.strip().splitlines()
+    # (the CLI's start-up is most of `took`: seconds, more on a loaded machine; the probe used to take minutes)
+    assert run.returncode == 2 and took < 60, (took, run.stderr)
+    assert lines[0] == "run id: h" and lines[1].startswith(f"probing the endpoint {fake.base_url} ")
+    assert len(lines) == 3 and "no reply within 1 s" in lines[2] and sent == 1
+    assert run_cli("runs", "list", home=tmp_path).stdout == ""      # no half-made run
