@@ -310,17 +310,23 @@ def read_documents(path: Path) -> Iterator[tuple[str, str, str, str] | Skipped]:
 
 
 _SPACES = re.compile(" *")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # where str.splitlines() breaks
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _parts(text: str, separator: re.Pattern) -> Iterator[str]:
+    """re.split(separator, text), lazily."""
+    start = 0
+    for match in separator.finditer(text):
+        yield text[start:match.start()]
+        start = match.end()
+    yield text[start:]
 
 
 def _blocks(text: str) -> Iterator[str]:
-    """The paragraphs of `text`, stripped and non-empty, as re.split(r"\n\s*\n") gives them, lazily."""
-    start = 0
-    for gap in re.finditer(r"\n\s*\n", text):
-        if block := text[start:gap.start()].strip():
-            yield block
-        start = gap.end()
-    if block := text[start:].strip():
-        yield block
+    """The paragraphs of `text`, stripped and non-empty."""
+    return (block for part in _parts(text, _PARAGRAPH_BREAK) if (block := part.strip()))
 
 
 def _pieces(text: str, limit: int) -> Iterator[str]:
@@ -329,7 +335,8 @@ def _pieces(text: str, limit: int) -> Iterator[str]:
         if len(block) <= limit:
             yield block
             continue
-        units = block.splitlines() if "\n" in block else re.split(r"(?<=[.!?])\s+", block)
+        # a stripped block ends with no line break, so splitting at them gives block.splitlines()
+        units = _parts(block, _LINE_BREAK if "\n" in block else _SENTENCE_END)
         current = ""
         for unit in units:
             if len(unit) > limit and current:  # keep the text in order: flush before cutting

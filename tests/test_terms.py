@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+import skills
 from checkpoints import terms
 from checkpoints.registry import Registry
-from teachgraph.seeds import Chunk
+from teachgraph.mix import Dealer
+from teachgraph.seeds import Chunk, collect
+from tests.conftest import SAMPLE, run_cli
+from tests.fake_openai import FakeOpenAI
+from tests.rag_script import RagScript
 
 
 def chunk(n: int, text: str) -> Chunk:
@@ -48,14 +55,6 @@ def test_a_collection_cut_short_then_resumed_gives_the_samples_of_an_uninterrupt
     """A kill while seeds are collected leaves some seeds, passages and word counts stored; `graph
     resume` collects again. The counts must not add up twice (rarer-looking words pick other
     distractors): the resumed run's samples and counts are the uninterrupted run's, byte for byte."""
-    import json
-    from tests.conftest import SAMPLE, run_cli
-    from tests.fake_openai import FakeOpenAI
-    from tests.rag_script import RagScript
-    import skills
-    from teachgraph.mix import Dealer
-    from teachgraph.seeds import collect
-
     class SeedWordsScript(RagScript):
         """An empty search query: retrieval searches with the seed's rarest words, as counted."""
         def reply(self, system: str, user: str) -> str:
