@@ -21,7 +21,7 @@ from tests.planted import Planter, chat, planted
 
 # The planted defects are unambiguous (copies with 1-3 words changed, 15-word eval spans, loops ...),
 # so every gate should get every one; the only chance element is MinHash LSH's candidate search, which
-# misses a pair of 1+2-gram Jaccard 0.7 with probability (1 - 0.7^5)^25 < 1% at the default b=25, r=5.
+# misses a pair of 1+2-gram Jaccard 0.7 with probability (1 - 0.7^5)^25, about 1%, at the default b=25, r=5.
 # Recall must stay >= 0.95 (at most 1 in 20 planted rows slips through) and precision >= 0.98 (at
 # most 1 clean row in 50 drops): tighter bounds would test LSH's luck, looser ones would hide a bug.
 MIN_PRECISION, MIN_RECALL = 0.98, 0.95

@@ -46,6 +46,7 @@ class SemanticDuplicate(Gate):
 
     def __init__(self, settings, store):
         super().__init__(settings, store)
+        model()   # now: a missing extra must fail before `filter` opens its output files
         self.table = store.table(self.name, "kept")
         self.table.create({"id": str, "response": bytes, "instruction": str}, pk="id", if_not_exists=True)
         rows = store.db.execute(f"SELECT id, response FROM [{self.table.name}] ORDER BY rowid").fetchall()
