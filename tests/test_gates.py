@@ -109,6 +109,7 @@ def test_filter_command_puts_every_row_in_exactly_one_file(tmp_path, planted_run
     lines.insert(10, b"{not json\n")
     lines.insert(20, b"\n")
     lines.insert(30, b'{"id": "no-messages"}\n')
+    lines.insert(40, b'{"id": "latin-1", "messages": "caf\xe9"}\n')
     source.write_bytes(b"".join(lines))
     kept, rejected = tmp_path / "kept.jsonl", tmp_path / "rejected.jsonl"
     result = run_cli("filter", str(source), "--out", str(kept), "--rejected", str(rejected),
@@ -122,7 +123,7 @@ def test_filter_command_puts_every_row_in_exactly_one_file(tmp_path, planted_run
     assert kept_lines == [line for line in rows_in if line in set(kept_lines)]
     assert all(set(r["rejection"]) == {"gate", "reason", "duplicate_of"} for r in rejected_rows)
     gates = Counter(r["rejection"]["gate"] for r in rejected_rows)
-    assert gates["format"] == 2
+    assert gates["format"] == 3
     # Of each duplicate group (an original and its planted copies) exactly one row is kept.
     kept_ids = {json.loads(line)["id"] for line in kept_lines}
     groups = Counter(r.duplicate_of for r in rows if r.duplicate_of)
