@@ -70,10 +70,15 @@ def filter_lines(pipeline: Pipeline, source: BinaryIO, kept: BinaryIO, rejected:
         row = None
         try:
             row = json.loads(raw)
-            verdict = pipeline.judge(ChatSample.from_row(row, fallback_id=f"line {number}"))
-        except ValueError as exc:  # JSON errors and SampleError
-            reason = f"not JSON: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-            verdict = Verdict.drop("format", reason)
+            sample = ChatSample.from_row(row, fallback_id=f"line {number}")
+        except UnicodeDecodeError:
+            verdict = Verdict.drop("format", "not UTF-8")
+        except json.JSONDecodeError as exc:
+            verdict = Verdict.drop("format", f"not JSON: {exc.msg}")
+        except SampleError as exc:
+            verdict = Verdict.drop("format", str(exc))
+        else:
+            verdict = pipeline.judge(sample)
         if verdict.keep:
             counts.kept += 1
             kept.write(raw if raw.endswith(b"\n") else raw + b"\n")

@@ -43,9 +43,11 @@ class SemanticDuplicate(Gate):
         response_similarity: float = Field(0.9, gt=0, le=1)
         instruction_similarity: float = Field(0.85, gt=0, le=1)
         context_words: int = Field(20, ge=5)
+        max_candidates: int = Field(8, ge=1, description="closest responses whose instructions are compared")
 
     def __init__(self, settings, store):
         super().__init__(settings, store)
+        model()   # now: a missing extra must fail before `filter` opens its output files
         self.table = store.table(self.name, "kept")
         self.table.create({"id": str, "response": bytes, "instruction": str}, pk="id", if_not_exists=True)
         rows = store.db.execute(f"SELECT id, response FROM [{self.table.name}] ORDER BY rowid").fetchall()
@@ -64,22 +66,27 @@ class SemanticDuplicate(Gate):
         scores = self._buffer[:len(self.ids)] @ vector
         s = self.settings
         hits = np.flatnonzero(scores >= s.response_similarity)
-        for index in hits[np.argsort(-scores[hits])]:
-            kept_id = self.ids[index]
+        hits = hits[np.argsort(-scores[hits])][:s.max_candidates]
+        pairs = []
+        for index in hits:
             (instruction,) = self.store.db.execute(
-                f"SELECT instruction FROM [{self.table.name}] WHERE id = ?", [kept_id]).fetchone()
+                f"SELECT instruction FROM [{self.table.name}] WHERE id = ?", [self.ids[index]]).fetchone()
             mine, theirs = own_words(sample.instruction, instruction, s.context_words)
             if not mine and not theirs:
-                similarity = 1.0
-            elif not mine or not theirs:
-                continue
-            else:
-                a, b = embed([" ".join(mine), " ".join(theirs)])
-                similarity = float(a @ b)
-            if similarity >= s.instruction_similarity:
-                return self.drop(f"paraphrase: response cosine {scores[index]:.2f}, instruction's own words "
-                                 f"cosine {similarity:.2f}", kept_id)
+                return self._paraphrase(index, scores[index], 1.0)
+            if mine and theirs:
+                pairs.append((index, " ".join(mine), " ".join(theirs)))
+        if pairs:  # one batch for every candidate's instructions
+            vectors = embed([text for _, a, b in pairs for text in (a, b)])
+            for k, (index, _, _) in enumerate(pairs):
+                similarity = float(vectors[2 * k] @ vectors[2 * k + 1])
+                if similarity >= s.instruction_similarity:
+                    return self._paraphrase(index, scores[index], similarity)
         return KEEP
+
+    def _paraphrase(self, index: int, response: float, instruction: float) -> Verdict:
+        return self.drop(f"paraphrase: response cosine {response:.2f}, instruction's own words cosine "
+                         f"{instruction:.2f}", self.ids[index])
 
     def admit(self, sample: ChatSample) -> None:
         vector = self._pending[1] if self._pending and self._pending[0] == sample.id else embed([sample.response])[0]
