@@ -92,6 +92,35 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# Prompt cache: llama-cpp-python keeps the KV state after each reply and restores the one sharing the
+# longest prefix with the next prompt, so a call pays only for its tokens past what an earlier call
+# evaluated (an agent's fixed instructions, a correction's whole conversation), however seeds interleave.
+# cache_size counts KV states only (~23 KB per token for SmolLM2-135M); each entry also holds a copy
+# of the (n_batch x vocabulary) float scores, 50 MB at n_batch 256: 8 entries cost about 0.6 GB.
+PROMPT_CACHE_BYTES = 192 << 20
+TUNING_SWITCH = "TEACHGRAPH_EMBEDDED_TUNING"   # "off": the server as it ran before (bench/embedded_default.py)
+
+
+def tuning(threads: int | None = None) -> list[str]:
+    """The server options that make the default run fast (issue 11, measured in bench/embedded_default.py)."""
+    if os.environ.get(TUNING_SWITCH, "on") == "off":
+        return []
+    threads = threads or idle_cores()
+    return ["--logits_all", "false",   # True (the server's default) computes and copies the 49k-word
+                                       # vocabulary's logits for every prompt token: ~30% more CPU
+            "--n_batch", "256", "--n_ubatch", "256",
+            "--cache", "true", "--cache_type", "ram", "--cache_size", str(PROMPT_CACHE_BYTES),
+            "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+
+
+def idle_cores() -> int:
+    """Cores nobody else is using when the server starts. llama.cpp's threads spin at every barrier
+    waiting for each other: on a busy machine one descheduled thread stalls the rest (measured on 2
+    cores at load 10: 16 prompt tokens/s with 2 threads, 46 with 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - int(os.getloadavg()[0]))  # a whole busy core of load costs a thread
+
+
 def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess.Popen, str]:
     _check_server_installed()
     path = model_path()
@@ -100,7 +129,7 @@ def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess
     log_file = (home / "embedded-server.log").open("ab")
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL_NAME,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
-           "--n_threads", str(threads or max(1, os.cpu_count() or 1))]
+           "--n_threads", str(threads or max(1, os.cpu_count() or 1))] + tuning(threads)
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True,  # Ctrl-C goes to us; we stop it in order
                             preexec_fn=_die_with_parent)
