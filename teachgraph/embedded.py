@@ -114,11 +114,26 @@ def tuning(threads: int | None = None) -> list[str]:
 
 
 def idle_cores() -> int:
-    """Cores nobody else is using when the server starts. llama.cpp's threads spin at every barrier
-    waiting for each other: on a busy machine one descheduled thread stalls the rest (measured on 2
-    cores at load 10: 16 prompt tokens/s with 2 threads, 46 with 1)."""
+    """Cores nobody else is using when the server starts (at least 1). llama.cpp's threads spin at
+    every barrier waiting for each other: on a busy machine one descheduled thread stalls the rest
+    (measured on 2 cores at load 10: 16 prompt tokens/s with 2 threads, 46 with 1). Idle time over a
+    moment, not the load average, which still counts a run that has just finished."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - int(os.getloadavg()[0]))  # a whole busy core of load costs a thread
+    try:
+        first = _cpu_times()
+        time.sleep(0.3)
+        second = _cpu_times()
+        total = sum(second) - sum(first)
+        idle = (second[3] + second[4] - first[3] - first[4]) / total if total > 0 else 1.0
+        return max(1, min(cores, round(idle * (os.cpu_count() or cores))))  # /proc/stat counts every core
+    except (OSError, ValueError, IndexError):
+        return max(1, cores - int(os.getloadavg()[0]))
+
+
+def _cpu_times() -> list[int]:
+    """The machine's CPU time so far, in ticks: user nice system idle iowait ... (/proc/stat)."""
+    with open("/proc/stat") as fh:
+        return [int(x) for x in fh.readline().split()[1:]]
 
 
 def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess.Popen, str]:
