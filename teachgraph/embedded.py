@@ -217,12 +217,58 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def server_command(model: Path | None, port: int, threads: int) -> list[str]:
-    """The server's command line: llama-cpp-python's server, or the command TEACHGRAPH_EMBEDDED_SERVER
-    names, whose {model} {port} {threads} {context} {alias} are filled in (it must listen on 127.0.0.1)."""
+# Prompt cache: llama-cpp-python keeps the KV state after each reply and restores the one sharing the
+# longest prefix with the next prompt, so a call pays only for its tokens past what an earlier call
+# evaluated (an agent's fixed instructions, a correction's whole conversation), however seeds interleave.
+# cache_size counts KV states only (~23 KB per token for SmolLM2-135M); each entry also holds a copy
+# of the (n_batch x vocabulary) float scores, 50 MB at n_batch 256: 8 entries cost about 0.6 GB.
+PROMPT_CACHE_BYTES = 192 << 20
+TUNING_SWITCH = "TEACHGRAPH_EMBEDDED_TUNING"   # "off": the server as it ran before (bench/embedded_default.py)
+
+
+def tuning(threads: int | None = None) -> list[str]:
+    """The server options that make the default run fast (issue 11, measured in bench/embedded_default.py)."""
+    if os.environ.get(TUNING_SWITCH, "on") == "off":
+        return []
+    threads = threads or idle_cores()
+    return ["--logits_all", "false",   # True (the server's default) computes and copies the 49k-word
+                                       # vocabulary's logits for every prompt token: ~30% more CPU
+            "--n_batch", "256", "--n_ubatch", "256",
+            "--cache", "true", "--cache_type", "ram", "--cache_size", str(PROMPT_CACHE_BYTES),
+            "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+
+
+def idle_cores() -> int:
+    """Cores nobody else is using when the server starts (at least 1). llama.cpp's threads spin at
+    every barrier waiting for each other: on a busy machine one descheduled thread stalls the rest
+    (measured on 2 cores at load 10: 16 prompt tokens/s with 2 threads, 46 with 1). Idle time over a
+    moment, not the load average, which still counts a run that has just finished."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        first = _cpu_times()
+        time.sleep(0.3)
+        second = _cpu_times()
+        total = sum(second) - sum(first)
+        idle = (second[3] + second[4] - first[3] - first[4]) / total if total > 0 else 1.0
+        return max(1, min(cores, round(idle * (os.cpu_count() or cores))))  # /proc/stat counts every core
+    except (OSError, ValueError, IndexError):
+        return max(1, cores - int(os.getloadavg()[0]))
+
+
+def _cpu_times() -> list[int]:
+    """The machine's CPU time so far, in ticks: user nice system idle iowait ... (/proc/stat)."""
+    with open("/proc/stat") as fh:
+        return [int(x) for x in fh.readline().split()[1:]]
+
+
+def server_command(model: Path | None, port: int, threads: int | None = None) -> list[str]:
+    """The server's command line: llama-cpp-python's server with its tuning (threads None: as many as
+    are idle), or the command TEACHGRAPH_EMBEDDED_SERVER names, whose {model} {port} {threads}
+    {context} {alias} are filled in (it must listen on 127.0.0.1)."""
     custom = os.environ.get(SERVER_ENV, "").strip()
     if custom:
-        values = {"model": str(model or ""), "port": port, "threads": threads, "context": CONTEXT_TOKENS,
+        values = {"model": str(model or ""), "port": port, "threads": threads or max(1, os.cpu_count() or 1),
+                  "context": CONTEXT_TOKENS,
                   "alias": MODEL_NAME}
         try:
             return [part.format(**values) for part in shlex.split(custom)]
@@ -231,7 +277,7 @@ def server_command(model: Path | None, port: int, threads: int) -> list[str]:
                                 f"(use {{model}} {{port}} {{threads}} {{context}} {{alias}})") from None
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_NAME,
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(CONTEXT_TOKENS),
-            "--n_threads", str(threads)]
+            "--n_threads", str(threads or max(1, os.cpu_count() or 1))] + tuning(threads)
 
 
 def _command(port: int, threads: int | None) -> list[str]:
@@ -239,7 +285,7 @@ def _command(port: int, threads: int | None) -> list[str]:
     if not custom:
         _check_server_installed()
     model = model_path() if not custom or "{model}" in custom else None
-    return server_command(model, port, threads or max(1, os.cpu_count() or 1))
+    return server_command(model, port, threads)
 
 
 def launch(home: Path, port: int, threads: int | None = None) -> subprocess.Popen:

@@ -37,14 +37,14 @@ class RagScript:
                 payload["new_passage"] = "Contrary to the other documents, this operation never raises errors."
             return json.dumps(payload)
         if agent == "suggest":
-            done = len(re.findall(r"round \d+:", system))
+            done = len(re.findall(r"round \d+:", system + user))
             ops = self.suggest_operations
             op = ops[done] if done < len(ops) else "none"
             return json.dumps({"operation": op, "suggestion": f"apply {op}"})
         if agent == "edit":
             payload = {"query": f"Harder: which documented behaviour differs, and why (edit {n})?",
                        "new_passage": ""}
-            if "Operation: add_conflicting_passage" in system:
+            if "Operation: add_conflicting_passage" in system + user:
                 payload["new_passage"] = "A conflicting passage says the default value is different."
             return json.dumps(payload)
         if agent == "answer":

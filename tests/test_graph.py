@@ -10,6 +10,7 @@ from langgraph.graph import END
 
 import skills
 from tests.conftest import run_in_process
+from tests import rag_script
 from tests.rag_script import RagScript
 
 
@@ -181,3 +182,23 @@ def test_an_item_left_with_no_passages_is_answered_with_no_citations(tmp_path):
     refined = next(s for s in _samples(registry) if s["metadata"]["refinement_round"] == 1)
     assert "Document Id:" not in refined["messages"][1]["content"]
     assert json.loads(refined["messages"][2]["content"])["relevant_passages"] == []
+
+
+def test_each_agents_system_prompt_is_the_same_for_every_seed_and_round(tmp_path):
+    """What varies (the item, its passages, the history, the operation) comes after what does not,
+    so the embedded server's prompt cache evaluates an agent's instructions once per run, not per
+    call. generate's differs only from its query type on; the reply's field list (nodes/llm.py
+    schema_hint) ends every system prompt, and answer's names the item's passage ids."""
+    systems: dict[str, set[str]] = {}
+    script = RagScript(suggest_operations=["add_conflicting_passage", "rewrite_query"])
+
+    def recording(system: str, user: str) -> str:
+        agent = rag_script.agent_of(system)
+        instructions = system.split("\n\nReply with one JSON object")[0].split("Query type:")[0]
+        systems.setdefault(agent, set()).add(instructions)
+        return script.reply(system, user)
+
+    run_in_process(tmp_path, recording, limit=3, rounds=2)
+    assert set(systems) == {"transform", "generate", "suggest", "edit", "answer"}
+    assert script.calls["edit"] == 3 * 2
+    assert {agent: len(texts) for agent, texts in systems.items()} == dict.fromkeys(systems, 1)

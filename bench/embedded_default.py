@@ -1,0 +1,143 @@
+"""The default run's wall time on the embedded model, before and after the server tuning (issue 11).
+A benchmark, not a test.
+
+    python bench/embedded_default.py              # the default run (18 seeds), before then after
+    python bench/embedded_default.py --limit 3    # a quick look
+    python bench/embedded_default.py --repeat 2   # before, after, before, after (a shared machine is noisy)
+
+Each arm is `python cli.py graph run rag --no-cache` in a fresh TEACHGRAPH_HOME (the response cache
+must not replay): "before" with TEACHGRAPH_EMBEDDED_TUNING=off (the server as it ran before
+teachgraph/embedded.py's tuning()), "after" without it. Per arm it prints wall time, the embedded
+server's CPU seconds (less sensitive than wall time to what else the machine runs), calls, prompt
+tokens sent and evaluated (what the server's prompt cache and prefix match left to evaluate), tokens
+generated, per sample, the server's prompt-eval and generation time (llama.cpp's timings in
+embedded-server.log), and accepted seeds and samples; then the after/before ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SWITCH = "TEACHGRAPH_EMBEDDED_TUNING"
+PROMPT = re.compile(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens")
+GENERATED = re.compile(r"^llama_perf_context_print:\s+eval time =\s*([\d.]+) ms /\s*(\d+) runs", re.M)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def load() -> str:
+    return "load " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def watch_server(home: Path, done: threading.Event, out: dict) -> None:
+    """The server's CPU time, read from /proc until the run ends (the server dies with it)."""
+    pid = None
+    while not done.is_set():
+        if pid is None:
+            for record in home.glob("server-*.json"):
+                try:
+                    pid = json.loads(record.read_text())["pid"]
+                except (OSError, ValueError, KeyError):
+                    pass
+        elif (seconds := cpu_seconds(pid)) is not None:
+            out["server_cpu"] = seconds
+        done.wait(0.5)
+
+
+def server_log(home: Path) -> dict:
+    text = (home / "embedded-server.log").read_text(errors="replace")
+    prompt = [(float(ms), int(n)) for ms, n in PROMPT.findall(text)]
+    generated = [(float(ms), int(n)) for ms, n in GENERATED.findall(text)]
+    return {"evaluated": sum(n for _, n in prompt), "prompt_s": sum(ms for ms, _ in prompt) / 1000,
+            "generated": sum(n for _, n in generated), "generate_s": sum(ms for ms, _ in generated) / 1000}
+
+
+def run_arm(arm: str, limit: int | None, work: Path) -> dict:
+    home = work / arm
+    home.mkdir(parents=True)
+    env = {**os.environ, "TEACHGRAPH_HOME": str(home)}
+    env.pop("OPENAI_BASE_URL", None)
+    if arm.startswith("before"):
+        env[SWITCH] = "off"
+    else:
+        env.pop(SWITCH, None)
+    cmd = [sys.executable, str(ROOT / "cli.py"), "graph", "run", "rag", "--no-cache", "--run-id", arm]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    done, figures = threading.Event(), {}
+    watcher = threading.Thread(target=watch_server, args=(home, done, figures), daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    result = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    done.set()
+    watcher.join()
+    if result.returncode not in (0, 1):
+        raise SystemExit(f"{arm}: graph run exited {result.returncode}: {result.stderr[-2000:]}")
+    shown = subprocess.run([sys.executable, str(ROOT / "cli.py"), "runs", "show", arm, "--json"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, check=True)
+    counts = json.loads(shown.stdout)["counts"]
+    log = server_log(home)
+    return {"arm": arm, "wall": wall, "server_cpu": figures.get("server_cpu", float("nan")), **log,
+            "calls": counts["llm_calls"], "sent": counts["tokens"] - log["generated"],
+            "accepted": counts["accepted"], "rejected": counts["rejected"], "failed": counts["failed"],
+            "samples": counts["samples"], "seeds": counts["total"]}
+
+
+def show(r: dict) -> None:
+    per = max(1, r["samples"])
+    say(f"{r['arm']:>9}: {r['wall']:7.1f} s wall, server {r['server_cpu']:6.1f} s CPU "
+        f"(prompt eval {r['prompt_s']:6.1f} s, generation {r['generate_s']:6.1f} s) | "
+        f"{r['calls']} calls | per sample: {r['sent'] / per:6.0f} prompt tokens sent, "
+        f"{r['evaluated'] / per:6.0f} evaluated, {r['generated'] / per:5.0f} generated | "
+        f"{r['accepted']}/{r['seeds']} seeds accepted ({r['rejected']} rejected, {r['failed']} failed), "
+        f"{r['samples']} samples | {load()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--limit", type=int, help="seeds per run (default: the whole sample corpus, 18)")
+    parser.add_argument("--repeat", type=int, default=1, help="before/after pairs, alternated")
+    parser.add_argument("--after-first", action="store_true", help="run each pair after, then before")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="teachgraph-bench-default-"))
+    say(f"# the default run (graph run rag{f' --limit {args.limit}' if args.limit else ''}) before/after "
+        f"the embedded server's tuning; {os.cpu_count()} cores, {load()}; work dir {work}")
+    results: dict[str, list[dict]] = {"before": [], "after": []}
+    for i in range(args.repeat):
+        for arm in (("after", "before") if args.after_first else ("before", "after")):
+            result = run_arm(f"{arm}{i + 1}", args.limit, work)
+            results[arm].append(result)
+            show(result)
+    say()
+    for key, label in (("wall", "wall time"), ("server_cpu", "server CPU"), ("evaluated", "prompt tokens evaluated"),
+                       ("generated", "tokens generated")):
+        before = sum(r[key] for r in results["before"])
+        after = sum(r[key] for r in results["after"])
+        say(f"after/before {label}: {after / before:.2f}" if before else f"after/before {label}: n/a")
+    for key in ("accepted", "samples"):
+        say(f"{key}: before {[r[key] for r in results['before']]}, after {[r[key] for r in results['after']]}")
+
+
+if __name__ == "__main__":
+    main()
