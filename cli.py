@@ -540,7 +540,8 @@ def teach(run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="ru
         table.add_row(row["skill"], row["task_type"], str(row["n"]), shown(row["before"]["loss"]),
                       shown(row["after"]["loss"]), shown(row["before"]["pass_rate"]), shown(row["after"]["pass_rate"]))
     console.print(table)
-    console.print(f"model: {out / 'model'}  report: {out / 'report.json'}", highlight=False, markup=False)
+    console.print(f"model: {out / 'model'}  report: {out / 'report.json'}"
+                  + (f"  gguf: {result.gguf}" if result.gguf else ""), highlight=False, markup=False)
 
 
 def main() -> None:

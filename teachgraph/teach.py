@@ -199,11 +199,23 @@ def load_student(student: str):
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as exc:
         raise TeachError(f"cannot load the student {student!r}: {str(exc).splitlines()[0]}") from None
+    if student == EMBEDDED_STUDENT:
+        _forget_gguf_quantization(model)
     _prepare_tokenizer(tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     return model, tokenizer
+
+
+def _forget_gguf_quantization(model) -> None:
+    """transformers dequantizes a GGUF file into ordinary float tensors but keeps its GGUF "quantizer" on the model,
+    and the Trainer refuses to train a model quantized with GGUF; there is nothing quantized left to refuse."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized") and not isinstance(getattr(type(model), "is_quantized", None), property):
+        model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def _prepare_tokenizer(tokenizer) -> None:
@@ -350,6 +362,7 @@ class Teaching:
     after: dict[tuple[str, str], Scores]
     train_losses: list[float]
     seconds: dict[str, float] = field(default_factory=dict)
+    gguf: Optional[str] = None
 
     def rows(self) -> list[dict]:
         return [{"skill": skill, "task_type": task_type, "n": self.before[key].n,
@@ -379,6 +392,7 @@ class Teaching:
             "checked_skills": sorted({k[0] for k in self.before} & set(GENERATION_CHECKS)),
             "train_seeds": self.split.train_seeds, "heldout_seeds": self.split.heldout_seeds,
             "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+            "gguf": self.gguf,
         }
 
 
@@ -422,9 +436,65 @@ def teach(registry: Registry, run_ids: list[str], out: Path, settings: TeachSett
     seconds["evaluate_after"] = time.monotonic() - clock
 
     save_student(model, tokenizer, out / "model")
-    result = Teaching(settings, split, dropped, before, after, losses, seconds)
+    gguf_file = None
+    if settings.student == EMBEDDED_STUDENT:  # llama.cpp can serve it; other students have no source GGUF to follow
+        from teachgraph.embedded import model_path
+        gguf_file = str(export_gguf(model, model_path(), out / "model.gguf"))
+    result = Teaching(settings, split, dropped, before, after, losses, seconds, gguf_file)
     (out / "report.json").write_text(json.dumps(result.report(), indent=2, ensure_ascii=False) + "\n")
     return result
+
+
+def export_gguf(model, source: Path, dest: Path) -> Path:
+    """The trained weights in a GGUF file llama.cpp can serve, written with the `gguf` package: the source GGUF's
+    metadata and tokenizer are copied and each of its tensors is replaced by the trained one (F16; norms F32).
+
+    llama.cpp's own converter (convert_hf_to_gguf.py) is not in the `gguf` package, so this handles what the
+    student is: a Llama-architecture model that was loaded from `source`. Like that converter, it permutes the
+    query and key projections back into llama.cpp's rotary layout (transformers un-permutes them on load)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(source))
+    arch_name = bytes(reader.fields[gguf.Keys.General.ARCHITECTURE].parts[-1]).decode()
+    if arch_name != "llama":
+        raise TeachError(f"GGUF export handles llama-architecture students only (this one is {arch_name!r})")
+    config = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    state = {}
+    for hf_name, tensor in model.state_dict().items():
+        base = hf_name.removesuffix(".weight")
+        mapped = names.get_name(base)
+        if mapped is not None:
+            state[mapped + ".weight"] = tensor.detach().float().numpy()
+
+    def permute(weights: np.ndarray, heads: int) -> np.ndarray:
+        return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+                .swapaxes(1, 2).reshape(weights.shape))
+
+    writer = gguf.GGUFWriter(str(dest), arch=arch_name)
+    for fld in reader.fields.values():
+        if fld.name == gguf.Keys.General.ARCHITECTURE or fld.name.startswith("GGUF.") \
+                or fld.name == gguf.Keys.General.FILE_TYPE:
+            continue
+        kind = fld.types[0]
+        writer.add_key_value(fld.name, fld.contents(), kind,
+                             sub_type=fld.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    for tensor in reader.tensors:
+        if tensor.name not in state:
+            raise TeachError(f"GGUF export: the trained model has no weight for {tensor.name}")
+        weights = state[tensor.name]
+        if tensor.name.endswith("attn_q.weight"):
+            weights = permute(weights, config.num_attention_heads)
+        elif tensor.name.endswith("attn_k.weight"):
+            weights = permute(weights, config.num_key_value_heads)
+        writer.add_tensor(tensor.name, weights.astype(np.float16 if weights.ndim > 1 else np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dest
 
 
 def save_student(model, tokenizer, folder: Path) -> None:
