@@ -11,11 +11,13 @@ and importing them costs seconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,7 +344,8 @@ def train(model, tokenizer, template: str, examples: list[Example], settings: Te
     dataset = Dataset.from_list([{"messages": e.messages} for e in examples])
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=list(callbacks))
-    trainer.train()
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its per-step logs; stdout is the report's
+        trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     trained = trainer.model
     if settings.lora:

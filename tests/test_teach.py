@@ -152,3 +152,40 @@ def test_teach_bad_input_is_one_line(tmp_path):
     assert "not a Hugging Face model folder" in result.stderr
     result = run_cli("teach", "missing", "--out", str(tmp_path / "o"), home=tmp_path / "home")
     assert result.returncode == 2 and "no run 'missing'" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def embedded_student():
+    return load_student("smollm2")
+
+
+@pytest.mark.slow
+def test_the_embedded_student_is_trainable(embedded_student):
+    """transformers leaves a GGUF quantizer on the dequantized model, and the Trainer refuses such a model."""
+    from transformers.trainer_utils import validate_quantization_for_training
+    model, tokenizer = embedded_student
+    validate_quantization_for_training(model)  # raises "quantized with QuantizationMethod.GGUF" if not cleared
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+@pytest.mark.slow
+def test_gguf_export_reloads_with_the_trained_weights(embedded_student, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from teachgraph.embedded import model_path
+    from teachgraph.teach import export_gguf
+
+    model, tokenizer = embedded_student
+    with torch.no_grad():  # a change training could make, in a projection the export permutes
+        model.model.layers[0].self_attn.k_proj.weight.mul_(-1.0)
+    try:
+        export_gguf(model, model_path(), tmp_path / "student.gguf")
+        back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="student.gguf")
+        ids = tokenizer("The capital of France is", return_tensors="pt")
+        with torch.no_grad():
+            ours, theirs = model(**ids).logits, back(**ids).logits
+    finally:
+        with torch.no_grad():
+            model.model.layers[0].self_attn.k_proj.weight.mul_(-1.0)
+    assert (ours - theirs).abs().max() < 0.1  # F16 rounding
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
