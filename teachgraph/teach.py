@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,7 +432,8 @@ def teach(registry: Registry, run_ids: list[str], out: Path, settings: TeachSett
                       progress=advance("evaluate before"))
     seconds["evaluate_before"] = time.monotonic() - clock
     clock = time.monotonic()
-    model, losses = train(model, tokenizer, template, split.train, settings, out / "trainer", callbacks)
+    with tempfile.TemporaryDirectory(prefix="teachgraph-trainer-") as work_dir:  # the trainer saves nothing here
+        model, losses = train(model, tokenizer, template, split.train, settings, Path(work_dir), callbacks)
     seconds["train"] = time.monotonic() - clock
     clock = time.monotonic()
     after = evaluate(model, tokenizer, template, split.heldout, max_new_tokens=settings.max_new_tokens,
