@@ -37,6 +37,7 @@ from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings
                                new_run_id, run_status, shown_status)
 from teachgraph.output import SampleWriter, output_problem
 from teachgraph.seeds import Skipped, abbreviate, collect, file_problem
+from teachgraph.teach import EMBEDDED_STUDENT, TeachError, TeachSettings, teach as teach_student
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "sample"
 
@@ -688,6 +689,46 @@ def export_runs(
             say(f"pushed: {export.push(out, push)}")
     except export.ExportError as exc:
         fail(str(exc))
+
+
+@app.command("teach")
+def teach(run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="runs whose accepted samples to learn"),
+          out: Path = typer.Option(..., "--out", help="folder for model/ (Hugging Face format) and report.json"),
+          student: str = typer.Option(EMBEDDED_STUDENT, "--student",
+                                      help=f"{EMBEDDED_STUDENT} (the embedded GGUF) or a Hugging Face model folder"),
+          steps: int = typer.Option(60, "--steps", help="optimizer steps"),
+          lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA adapters (merged on save) or full fine-tuning"),
+          heldout: float = typer.Option(0.2, "--heldout", help="share of seeds held out for evaluation"),
+          max_length: int = typer.Option(1024, "--max-length", help="samples longer than this (tokens) are left out"),
+          batch_size: int = typer.Option(2, "--batch-size"),
+          learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="default 2e-4 LoRA, 2e-5 full"),
+          max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="length of the student's checked answers")) -> None:
+    """Fine-tune a student on runs' samples (split by seed) and compare it before and after, per task type."""
+    settings = TeachSettings(student=student, steps=steps, lora=lora, heldout=heldout, max_length=max_length,
+                             batch_size=batch_size, learning_rate=learning_rate, max_new_tokens=max_new_tokens)
+    registry = Registry(Home.from_env().registry_path)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as bars:
+        def progress(label: str, total: int):
+            task = bars.add_task(label, total=total)
+            return lambda n: bars.advance(task, n)
+        try:
+            result = teach_student(registry, run_ids, out, settings, progress=progress)
+        except TeachError as exc:
+            fail(str(exc))
+    report = result.report()
+    table = Table(title=f"held-out: {report['heldout_samples']} samples, {len(report['heldout_seeds'])} seeds "
+                        f"(trained on {report['train_samples']} samples, {settings.steps} steps)")
+    for column in ("skill", "task type", "n", "loss before", "loss after", "pass before", "pass after"):
+        table.add_column(column, justify="left" if column in ("skill", "task type") else "right")
+    shown = lambda v: "-" if v is None else f"{v:.3f}"
+    for row in [*report["per_task_type"], {"skill": "all", "task_type": "", "n": report["heldout_samples"],
+                                           "before": report["before"], "after": report["after"]}]:
+        table.add_row(row["skill"], row["task_type"], str(row["n"]), shown(row["before"]["loss"]),
+                      shown(row["after"]["loss"]), shown(row["before"]["pass_rate"]), shown(row["after"]["pass_rate"]))
+    console.print(table)
+    console.print(f"model: {out / 'model'}  report: {out / 'report.json'}"
+                  + (f"  gguf: {result.gguf}" if result.gguf else ""), highlight=False, markup=False)
 
 
 def main() -> None:
