@@ -57,6 +57,10 @@ class SampleWriter:
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
+        # Ids the file holds (after reconcile) or this writer wrote: a sample is never written twice,
+        # even if the registry holds the samples of a seed that then runs again (a store fault between
+        # commits). About 100 bytes per sample.
+        self._ids: set[str] = set()
 
     def _open(self) -> int:
         """The output, opened for appending; refuses anything but a regular file (without blocking on a FIFO)."""
@@ -82,6 +86,7 @@ class SampleWriter:
                 os.ftruncate(fd, good)
         except OSError as exc:
             raise describe_os(self.path, exc) from None
+        self._ids = ids
         appended = 0
         for sample_id, body in committed:
             if sample_id not in ids:
@@ -102,7 +107,10 @@ class SampleWriter:
             raise describe_os(self.path, exc) from None
 
     def append(self, sample: dict) -> None:
+        if sample["id"] in self._ids:
+            return
         self.append_line(json.dumps(sample, ensure_ascii=False))
+        self._ids.add(sample["id"])
 
     def close(self) -> None:
         if self._fd is not None:

@@ -114,6 +114,25 @@ def test_an_output_write_error_stops_the_run_keeps_outcomes_and_resume_writes_ea
     assert len(ids) == len(set(ids)) == counts["samples"] == 16     # every sample exactly once
 
 
+def test_a_sample_the_registry_already_holds_is_written_once_when_its_seed_runs_again(tmp_path):
+    """Seen once with a filling TEACHGRAPH_HOME: the registry held a sample of a seed that was still
+    pending, so the resume's reconcile wrote it and the seed, run again, wrote it a second time. The
+    file holds each sample id once, whatever the registry holds."""
+    home = Home(tmp_path / "home")
+    registry = Registry(home.registry_path)
+    out = tmp_path / "out.jsonl"
+    asyncio.run(_execution(home, registry, "orphan", out, limit=3).run())
+    seed = registry.db.execute("select seed_id from samples where run_id = 'orphan' order by seq").fetchone()[0]
+    with registry.db.conn:  # the seed pending again, its samples kept: what a store fault can leave
+        registry.db.execute("update seeds set status = 'pending' where run_id = 'orphan' and id = ?", [seed])
+    kept = [line for line in out.read_bytes().splitlines(keepends=True) if f":{seed}:".encode() not in line]
+    out.write_bytes(b"".join(kept))
+    asyncio.run(_execution(home, registry, "orphan", out, limit=3).run())
+    ids = file_ids(out)
+    assert registry.counts("orphan")["pending"] == 0
+    assert len(ids) == len(set(ids)) == registry.counts("orphan")["samples"] == 6
+
+
 def test_a_full_output_disk_stops_the_cli_run_with_one_line_and_resume_completes(tmp_path):
     with small_tmpfs(tmp_path / "disk", "24k") as disk, \
             FakeOpenAI(responder=RagScript().http_responder) as fake:
