@@ -221,7 +221,7 @@ def test_several_runs_export_into_one_dataset_each_sample_once(made, tmp_path):
 def _rejected_run(registry: Registry, base: dict) -> None:
     """A run with three samples: one kept, one a gate rejected, one a reviewer rejected (the verdict
     shapes the gate and review issues will write)."""
-    registry.create_run("judged", "mcq", {"skill": "mcq", "seeds": [], "out": "-", "model": "fake"})
+    registry.create_run("judged", "mcq", {"skill": "mcq", "seeds": [], "out": "judged.jsonl", "model": "fake"})
     registry.db["seeds"].insert({"run_id": "judged", "id": "s1", "ordinal": 0, "source": "x.md", "skill": "mcq",
                                  "status": "pending"})
 
@@ -256,7 +256,7 @@ def test_rejected_samples_are_left_out_unless_asked_for_with_their_verdicts(made
 
 def test_runs_without_samples_are_refused_before_anything_is_written(made, tmp_path):
     _, registry, _ = made
-    registry.create_run("empty", "mcq", {"skill": "mcq", "seeds": [], "out": "-", "model": "fake"})
+    registry.create_run("empty", "mcq", {"skill": "mcq", "seeds": [], "out": "empty.jsonl", "model": "fake"})
     with pytest.raises(export.ExportError, match="nothing to export: empty made no samples"):
         export.export(registry, ["empty"], tmp_path / "none")
     assert not (tmp_path / "none").exists()
