@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import skills  # noqa: E402
+from teachgraph import skills  # noqa: E402
 from teachgraph import embedded  # noqa: E402
 
 # One short text seed and the first chunk of a code file: both seed kinds, in this order.

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
-from checkpoints import storage, terms
+from teachgraph.checkpoints import storage, terms
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from skills.spec import SkillSpec, first_problem
+from teachgraph.skills.spec import SkillSpec, first_problem
 
 SKILLS_DIR = Path(__file__).parent
 

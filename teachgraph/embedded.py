@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
+from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"

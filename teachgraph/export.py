@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import skills
-from checkpoints.registry import Registry
+from teachgraph import skills
+from teachgraph.checkpoints.registry import Registry
 
 REJECT = "reject"
 SHARD_BYTES = 500 * 2**20     # as datasets' push_to_hub: Arrow bytes per shard, before compression

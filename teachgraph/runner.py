@@ -15,19 +15,19 @@ from typing import Any, Protocol
 
 from langchain_openai import ChatOpenAI
 
-from checkpoints import storage
-from checkpoints.registry import Registry
-from checkpoints.saver import forget_thread, open_saver, thread_id
-from nodes.agent import NodeFailed
-from nodes.chat_call import Wire
-from nodes.cache import ResponseCache
-from nodes.context import RunContext
-from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
-from nodes.llm import LLM, Usage
-import skills
-from skills import Skill
+from teachgraph.checkpoints import storage
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.checkpoints.saver import forget_thread, open_saver, thread_id
+from teachgraph.nodes.agent import NodeFailed
+from teachgraph.client.chat_call import Wire
+from teachgraph.checkpoints.cache import ResponseCache
+from teachgraph.nodes.context import RunContext
+from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
+from teachgraph.client.llm import LLM, Usage
+from teachgraph import skills
+from teachgraph.skills import Skill
 from teachgraph.output import SampleWriter
-from teachgraph.transport import async_http_client
+from teachgraph.client.transport import async_http_client
 
 
 

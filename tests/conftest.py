@@ -12,13 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "corpus" / "sample"
 sys.path.insert(0, str(ROOT))
 
-from checkpoints.registry import Registry  # noqa: E402
-from nodes.llm import LLM  # noqa: E402
+from teachgraph.checkpoints.registry import Registry  # noqa: E402
+from teachgraph.client.llm import LLM  # noqa: E402
 from teachgraph.runner import Execution, Home, Settings  # noqa: E402
 from teachgraph.mix import Dealer  # noqa: E402
 from teachgraph.seeds import collect  # noqa: E402
-import skills  # noqa: E402
-from tests.fake_chat import ScriptedChatModel  # noqa: E402
+from teachgraph import skills  # noqa: E402
+from teachgraph.testing.fake_chat import ScriptedChatModel  # noqa: E402
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import pytest
 datasets = pytest.importorskip("datasets", reason="the export extra is not installed")
 yaml = pytest.importorskip("yaml")
 
-import skills  # noqa: E402
-from checkpoints.registry import Registry  # noqa: E402
-from nodes.llm import LLM  # noqa: E402
+from teachgraph import skills  # noqa: E402
+from teachgraph.checkpoints.registry import Registry  # noqa: E402
+from teachgraph.client.llm import LLM  # noqa: E402
 from teachgraph import export  # noqa: E402
 from teachgraph.mix import Dealer  # noqa: E402
 from teachgraph.runner import Execution, Home, Settings  # noqa: E402

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import skills
+from teachgraph import skills
 from teachgraph.output import SampleWriter
 from teachgraph.seeds import MIN_CHUNK_CHARS, Chunk, Skipped, chunk_text, collect, read_documents
 from tests.conftest import SAMPLE
@@ -174,8 +174,8 @@ def test_the_linear_chunker_cuts_exactly_as_before():
 
 
 def test_collecting_is_counted_in_the_wall_time_and_says_so(tmp_path, monkeypatch, capsys):
-    import cli
-    from checkpoints.registry import Registry
+    from teachgraph import cli
+    from teachgraph.checkpoints.registry import Registry
     from teachgraph.runner import Settings
 
     def slow_collect(paths):

