@@ -6,6 +6,8 @@ either finished with all its samples or still pending. Never stores API keys."""
 
 from __future__ import annotations
 
+from teachgraph.errors import UsageError
+
 import json
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ def fts_query(text: str, max_terms: int = 12) -> str:
     return " OR ".join(f'"{w}"' for w in terms.words(text, max_terms))
 
 
-class OutputInUse(ValueError):
+class OutputInUse(UsageError):
     """Another run already writes the output file a new run asks for."""
 
     def __init__(self, out: str, run_id: str):

@@ -7,6 +7,8 @@ LangGraph, the runner, a CLI command) `fault` can turn it into a StorageError th
 
 from __future__ import annotations
 
+from teachgraph.errors import TeachgraphError
+
 import errno
 import functools
 import sqlite3
@@ -19,7 +21,7 @@ _LOST = {"runs.db": "the runs recorded in it are lost",
          "cache.db": "only cached replies are lost"}
 
 
-class StorageError(RuntimeError):
+class StorageError(TeachgraphError, RuntimeError):
     """A file teachgraph keeps cannot be read or written; the message names it and says what to do."""
 
 

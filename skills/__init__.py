@@ -3,9 +3,13 @@ and prompts.toml (agent prompts). The graph that runs a skill is named in skill.
 
 from __future__ import annotations
 
+from teachgraph.errors import UsageError
+
 import hashlib
 import importlib
+import sys
 import tomllib
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -18,7 +22,7 @@ from teachgraph.skills.spec import SkillSpec, first_problem
 SKILLS_DIR = Path(__file__).parent
 
 
-class SkillError(ValueError):
+class SkillError(UsageError):
     pass
 
 
@@ -281,3 +285,14 @@ def load(name: str) -> Skill:
                   prompts=_prompts(folder / "prompts.toml"), transformations=transformations)
     check_placeholders(skill)
     return skill
+
+
+class _SkillsModule(types.ModuleType):
+    """`teachgraph.skills()`: the package itself answers the API's "which skills are there"."""
+
+    def __call__(self) -> list[Skill]:
+        """Every skill, loaded (name, split, taxonomy, description ...)."""
+        return [load(name) for name in available()]
+
+
+sys.modules[__name__].__class__ = _SkillsModule

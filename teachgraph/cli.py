@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
 import signal
 import sqlite3
 import sys
 import time
-import urllib.parse
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -24,22 +19,14 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from teachgraph import skills
+from teachgraph import api, embedded, export, skills
+from teachgraph.api import without_credentials
 from teachgraph.checkpoints import storage
-from teachgraph.checkpoints.registry import OutputInUse, Registry
-from teachgraph.checkpoints.saver import check_store
-from teachgraph.checkpoints.cache import ResponseCache
-from teachgraph.client.endpoint import EndpointError, redact
-from teachgraph.client.llm import STRUCTURED_MODES
-from teachgraph import embedded, export
-from teachgraph.client import probe
-from teachgraph.mix import Dealer, load_mix
-from teachgraph.runner import (Execution, FatalRunError, Home, RunLock, Settings, default_rounds, make_llm,
-                               new_run_id, run_status, shown_status)
-from teachgraph.output import SampleWriter, output_problem
-from teachgraph.seeds import Skipped, abbreviate, collect, file_problem
-
-SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "corpus" / "sample"  # in a source checkout
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.errors import RunInterrupted, RunStopped, TeachgraphError
+from teachgraph.options import DEFAULTS
+from teachgraph.runner import Home, Settings, shown_status
+from teachgraph.seeds import abbreviate
 
 app = typer.Typer(help="Synthetic fine-tuning data from raw documents and code (AgentInstruct flows as LangGraph graphs).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -77,11 +64,6 @@ def print_error(message: str) -> None:
 def fail(message: str, code: int = 2) -> None:
     print_error(message)
     raise typer.Exit(code)
-
-
-def fail_stopped(run_id: str, exc: BaseException) -> None:
-    """A run that stopped on an error no retry fixes (endpoint, storage): it can be resumed."""
-    fail(f"{storage.fault(exc) or exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {run_id}")
 
 
 def say(message: str) -> None:
@@ -152,173 +134,79 @@ def _make_parent(out: Path) -> None:
         fail(f"--out {out}: cannot create its folder ({exc.strerror or exc})")
 
 
-def api_key() -> str:
-    """OPENAI_API_KEY, stripped of surrounding whitespace: a key read from a secret file often ends
-    in a newline, which no HTTP header can carry and no key holds (HTTP drops whitespace around a
-    header value anyway), so stripping sends exactly what the server would see. A key that still
-    holds control or non-ASCII characters cannot be sent at all: one line, never quoting it."""
-    key = (os.environ.get("OPENAI_API_KEY") or "").strip()
-    if not key.isascii():
-        fail("OPENAI_API_KEY holds non-ASCII characters, which an HTTP header cannot carry; check how it was set")
-    if not key.isprintable():
-        fail("OPENAI_API_KEY holds control characters, which an HTTP header cannot carry; check how it was set")
-    return key or "not-needed"
+class ConsoleReporter(api.Reporter):
+    """The run's events on stderr: notes, the collecting status, the progress bar and its figures."""
 
+    def __init__(self) -> None:
+        self.status = None
+        self.progress: Progress | None = None
+        self.task = None
 
-def checked_base_url(base_url: Optional[str]) -> Optional[str]:
-    """--base-url / OPENAI_BASE_URL, refused in one line if it carries credentials (user:password@).
-    Refused rather than used: the URL is stored (runs.db) and printed (summary, errors, the cache's
-    key), and the endpoint is authenticated with OPENAI_API_KEY as a bearer token, which takes the
-    same Authorization header Basic auth from the URL would, on every path (preflight, probe, Wire, SDK)."""
-    if base_url is None:
-        return None
-    try:
-        urllib.parse.urlsplit(base_url)
-    except ValueError as exc:   # a bad argument: one line, before any run id
-        fail(f"--base-url is not a URL ({exc})")   # not quoted: it may hold credentials
-    if without_credentials(base_url) != base_url:
-        fail(f"--base-url {without_credentials(base_url)} must not carry credentials (user:password@): they "
-             f"would be stored and shown; remove them and put the key in OPENAI_API_KEY")
-    return base_url
+    def run_started(self, run_id: str) -> None:
+        err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)   # run ids are [A-Za-z0-9._-]: no markup
 
+    def note(self, message: str) -> None:
+        say(message)
 
-def without_credentials(url: str) -> str:
-    """`url` with any user:password@ removed (also for showing runs recorded before they were refused)."""
-    return _URL_CREDENTIALS.sub(r"\1", url)
+    def collect_started(self) -> None:
+        self.status = err.status("collecting seeds ...")   # drawn only on a terminal
+        self.status.__enter__()
 
+    def collect_progress(self, seen: int, source: str) -> None:
+        self.status.update(f"collecting seeds: {seen} from {escape(abbreviate(source, 80))}")
 
-_URL_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")   # userinfo ends at the authority's last @
+    def collect_ended(self) -> None:
+        self.status.__exit__(None, None, None)
 
-
-def _endpoint(settings: Settings) -> tuple[Optional[str], str]:
-    return settings.base_url, api_key()
-
-
-def _preflight(base_url: str, api_key: str, timeout: float = 15.0) -> None:
-    """Fail in one clear line if the endpoint cannot be reached at all (within 15 s, or --timeout if shorter)."""
-    try:
-        httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"},
-                  timeout=min(15.0, timeout))
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        # httpx quotes the request (headers included) in some errors: never the key
-        fail(redact(f"cannot reach the endpoint {base_url}: {type(exc).__name__}: {exc}", [api_key]))
-
-
-class ProgressReporter:
-    def __init__(self, progress: Progress, task, counts: dict):
-        self.progress, self.task, self.samples = progress, task, counts["samples"]
-        # failed seeds are retried by this run, so they start uncounted
-        self.done = {"accepted": counts["accepted"], "rejected": counts["rejected"], "failed": 0}
-
-    def seed_done(self, status: str, samples: int) -> None:
-        self.done[status] += 1
-        self.samples += samples
-        self.progress.advance(self.task)
-
-
-@contextmanager
-def run_lock(home: Home, run_id: str) -> Iterator[None]:
-    """Held from before a run's seeds are collected until it stops: a second process refuses."""
-    lock = RunLock(home, run_id)
-    try:
-        lock.__enter__()
-    except FatalRunError as exc:
-        fail(str(exc))
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
-
-
-@contextmanager
-def endpoint_for(settings: Settings, home: Home, run_id: str) -> Iterator[tuple[str, str, bool, object]]:
-    """(base URL, API key, embedded?, the embedded server's supervisor or None)."""
-    base_url, api_key = _endpoint(settings)
-    if base_url:
-        _preflight(base_url, api_key, settings.timeout)
-        yield base_url, api_key, False, None
-        return
-    try:
-        with embedded.embedded_server(home.root, log=say) as (url, server):
-            yield url, api_key, True, server
-    except embedded.EmbeddedError as exc:
-        fail(f"{exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {run_id}")
-
-
-def execute(home: Home, registry: Registry, run_id: str, no_cache: bool = False) -> None:
-    """Run the run's unfinished seeds. The caller holds the run's lock (run_lock)."""
-    run = registry.run(run_id)
-    settings = Settings(**run["settings"])
-    skill = None if settings.mix else load_skill(settings.skill)
-    counts = registry.counts(run_id)
-    with ExitStack() as stack:
-        base_url, api_key, is_embedded, server = stack.enter_context(endpoint_for(settings, home, run_id))
-        # the cache is optional: a damaged cache.db is said once and the run goes on without it
-        cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path, on_fault=say)
-        if cache is not None:
-            stack.callback(cache.close)
-        llm = make_llm(settings, base_url, api_key, is_embedded, cache=cache, server=server)
-        registry.set_run(run_id, status="running")
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("seeds | {task.fields[stats]}"), TimeElapsedColumn(),
-                            console=err, transient=False)
-        task = progress.add_task(settings.skill, total=counts["total"],
-                                 completed=counts["total"] - counts["pending"] - counts["failed"], stats="")
-        reporter = ProgressReporter(progress, task, counts)
-        calls0, tokens0, hits0 = counts["llm_calls"], counts["tokens"], counts["cache_hits"]
-
-        def show_stats() -> None:
-            d = reporter.done
-            progress.update(task, stats=(
-                f"{reporter.samples} samples | {d['accepted']} ok {d['rejected']} rejected {d['failed']} failed | "
-                f"{calls0 + llm.usage.calls} LLM calls | {tokens0 + llm.usage.tokens} tokens"
-                + (f" | {hits0 + llm.usage.cache_hits} cached" if hits0 + llm.usage.cache_hits else "")))
-
-        async def main() -> None:
-            async def tick() -> None:
-                while True:
-                    show_stats()
-                    await asyncio.sleep(0.5)
-            ticker = asyncio.create_task(tick())
-            try:
-                await Execution(registry, home, run_id, skill, llm, settings, reporter).run()
-            finally:
-                ticker.cancel()
-                await llm.aclose()
-                show_stats()  # the last frame shows the final figures
-
-        interrupted = False
+    def seeds_started(self, label: str, total: int, done: int) -> None:
         # SIGTERM (a scheduler, `timeout`, `kill`) stops the run like Ctrl-C: checkpoints are kept,
         # the embedded server is stopped, and the run can be resumed.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        try:
-            with progress:
-                asyncio.run(main())
-        except KeyboardInterrupt:
-            interrupted = True
-        except (FatalRunError, storage.StorageError) as exc:
-            try:
-                registry.set_run(run_id, status="interrupted")
-            except sqlite3.Error:
-                pass  # runs.db is what failed; the run shows as interrupted anyway (its lock is released)
-            say(f"endpoint: {llm.endpoint.summary()}")
-            fail_stopped(run_id, exc)
-        say(f"endpoint: {llm.endpoint.summary()}")
-        counts = registry.counts(run_id)
-        status = run_status(counts)
-        registry.set_run(run_id, status=status)
-    _print_summary(registry, run_id, settings)
-    if interrupted:
-        err.print(f"interrupted. Resume with: python cli.py graph resume {run_id}")
-        raise typer.Exit(130)
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("seeds | {task.fields[stats]}"), TimeElapsedColumn(),
+                                 console=err, transient=False)
+        self.task = self.progress.add_task(label, total=total, completed=done, stats="")
+        self.progress.start()
+
+    def seed_done(self, status: str, samples: int) -> None:
+        self.progress.advance(self.task)
+
+    def figures(self, live: dict[str, int]) -> None:
+        self.progress.update(self.task, stats=(
+            f"{live['samples']} samples | {live['accepted']} ok {live['rejected']} rejected {live['failed']} failed"
+            f" | {live['llm_calls']} LLM calls | {live['tokens']} tokens"
+            + (f" | {live['cache_hits']} cached" if live["cache_hits"] else "")))
+
+    def seeds_ended(self) -> None:
+        self.progress.stop()
+
+    def build_report(self, lines: list[str]) -> None:
+        for line in lines:
+            print(line)
+
+    def nothing_to_do(self, run_id: str) -> None:
+        console.print(f"run {run_id} is already complete: nothing to do.")
+
+
+def _ended(run: api.Run) -> None:
+    """The summary of a run that stopped running, and its exit code (README: Command line)."""
+    _print_summary(run.registry, run.id, run.settings)
+    counts = run.counts
     if counts["pending"]:  # only possible if recording an outcome itself failed: say so, loudly
         err.print(f"{counts['pending']} seed(s) were left unfinished (see the errors above); "
-                  f"`graph resume {run_id}` runs them.")
+                  f"`graph resume {run.id}` runs them.")
         raise typer.Exit(1)
     if counts["failed"]:
-        err.print(f"{counts['failed']} seed(s) failed (see: python cli.py runs show {run_id}); "
-                  f"`graph resume {run_id}` retries them.")
+        err.print(f"{counts['failed']} seed(s) failed (see: python cli.py runs show {run.id}); "
+                  f"`graph resume {run.id}` retries them.")
         raise typer.Exit(1)
+
+
+def _interrupted(exc: RunInterrupted) -> None:
+    run = api.open_run(exc.run_id)
+    _print_summary(run.registry, run.id, run.settings)
+    err.print(f"interrupted. Resume with: python cli.py graph resume {run.id}")
+    raise typer.Exit(exc.exit_code)
 
 
 @graph_app.command("run")
@@ -328,170 +216,39 @@ def graph_run(
     seeds: List[Path] = typer.Option([], "--seeds", "-s", help="files or folders of seed documents (repeatable); default: the bundled sample corpus"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="use at most N seed chunks"),
     rounds: Optional[int] = typer.Option(None, "--rounds", min=0, help="refinement rounds (default: the skill's, 2 for rag)"),
-    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, help="seeds (and LLM calls) in flight"),
+    concurrency: int = typer.Option(DEFAULTS.concurrency, "--concurrency", "-c", min=1, help="seeds (and LLM calls) in flight"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON Lines output (default: TEACHGRAPH_HOME/runs/RUN_ID/samples.jsonl)"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="name the run (default: generated)"),
     base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
     model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
-    structured: str = typer.Option("auto", "--structured", help="how to ask for JSON: auto (probe the endpoint) | json_schema | json_object | tools | prompt"),
-    max_tokens: int = typer.Option(384, "--max-tokens", min=16, help="cap on every model reply (agents may set lower caps in prompts.toml)"),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0),
-    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="seconds one model request may take before it is retried"),
-    retries: int = typer.Option(10, "--retries", min=1, help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model: no replies from (or to) the response cache"),
+    structured: str = typer.Option(DEFAULTS.structured, "--structured", help="how to ask for JSON: auto (probe the endpoint) | json_schema | json_object | tools | prompt"),
+    max_tokens: int = typer.Option(DEFAULTS.max_tokens, "--max-tokens", min=16, help="cap on every model reply (agents may set lower caps in prompts.toml)"),
+    temperature: float = typer.Option(DEFAULTS.temperature, "--temperature", min=0.0, max=2.0),
+    timeout: float = typer.Option(DEFAULTS.timeout, "--timeout", min=0.1, help="seconds one model request may take before it is retried"),
+    retries: int = typer.Option(DEFAULTS.retries, "--retries", min=1, help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
+    no_cache: bool = typer.Option(not DEFAULTS.cache, "--no-cache", help="always ask the model: no replies from (or to) the response cache"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
-    if skill_name == "all":
-        try:
-            weights = load_mix(mix or "orca")
-        except skills.SkillError as exc:
-            fail(str(exc))
-        dealt = [load_skill(name) for name in weights]
-    elif mix:
-        fail("--mix goes with `graph run all`")
-    else:
-        weights, dealt = None, [load_skill(skill_name)]
-    run_skill = "all" if weights else dealt[0].name
-    if structured not in ("auto", *STRUCTURED_MODES):
-        fail(f"unknown --structured {structured!r} (auto, {', '.join(STRUCTURED_MODES)})")
-    paths = [p for p in seeds] or [SAMPLE_CORPUS]
-    for path in paths:
-        if not path.exists():  # a symlink loop or a broken symlink "exists" as a link: say which
-            problem = file_problem(path) if os.path.lexists(path) else None
-            fail(f"seed path {path}: {problem}" if problem else f"seed path not found: {path}")
-    home = Home.from_env()
-    run_id = run_id or new_run_id(run_skill)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", run_id):
-        fail(f"bad run id {run_id!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
-    problem = output_problem(out if out is not None else home.default_out(run_id))
-    if problem:
-        fail(problem)
-    registry = Registry(home.registry_path)
-    check_store(home.checkpoints_path)  # a damaged checkpoints.db stops us here, not after the run is made
-    settings = Settings(
-        skill=run_skill, seeds=[str(p.resolve()) for p in paths],
-        out=str((out or home.default_out(run_id)).resolve()), limit=limit,
-        rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
-        concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
-        structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
-        mix=weights, cache=not no_cache)
-    if base_url and not model:
-        fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
-    if registry.run(run_id):
-        fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
-    if not base_url:
-        try:
-            embedded.check_available(home.root)  # before the run exists, as for an endpoint
-        except embedded.EmbeddedError as exc:
-            fail(str(exc))
-    key = api_key()
-    err.print(f"run id: [bold]{run_id}[/bold]", highlight=False)   # first, whatever comes next
-    if base_url:  # before the run exists: a wrong URL, key or model must not leave a half-made run behind
-        _preflight(base_url, key, settings.timeout)
-        if structured == "auto":
-            settings.structured = _structured_strategy(registry, base_url, key, settings)
-    with run_lock(home, run_id):
-        if registry.run(run_id):  # created by another process since the check above
-            fail(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
-        try:
-            registry.create_run(run_id, run_skill, settings.to_json())
-        except OutputInUse as exc:
-            fail(str(exc))
-        try:
-            _collect_seeds(registry, run_id, settings, paths)
-            execute(home, registry, run_id)
-        except (storage.StorageError, sqlite3.Error) as exc:  # e.g. runs.db filled the disk
-            fail_stopped(run_id, exc)
-
-
-def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: List[Path]) -> None:
-    if settings.mix:
-        dealer = Dealer([load_skill(name) for name in settings.mix], settings.mix)
-    else:
-        dealer = Dealer([load_skill(settings.skill)])
-    # passages feed rag's retrieval of distractors, so they are cut to rag's size
-    passage_chars = skills.load("rag").spec.context.passage_chars
-    shown = ", ".join(map(str, paths))
-    say(f"collecting seeds from {shown} ...")
-    started = time.monotonic()
     try:
-        with err.status("collecting seeds ...") as status:   # drawn only on a terminal
-            def counted(items):
-                seen, last = 0, 0.0
-                for item in items:
-                    if not isinstance(item, Skipped):
-                        seen += 1
-                        if time.monotonic() - last > 0.2:
-                            last = time.monotonic()
-                            status.update(f"collecting seeds: {seen} from {escape(abbreviate(item.source, 80))}")
-                    yield item
-            total = registry.add_corpus(run_id, counted(collect(paths)), limit=settings.limit, assign=dealer,
-                                        passage_chars=passage_chars,
-                                        on_skip=lambda s: say(f"skipped {abbreviate(s.source)}: {s.reason}"))
-    finally:  # collecting is part of the run's time (a large corpus takes a while)
-        registry.add_wall_time(run_id, time.monotonic() - started)
-    if total == 0:
-        registry.set_run(run_id, status="empty")
-        fail(f"no usable seed text in {shown}")
-    say(f"{total} seeds from {shown}; output: {settings.out}")
-
-
-def _structured_strategy(registry: Registry, base_url: str, api_key: str, settings: Settings) -> str:
-    """--structured auto: what `endpoint probe` found for this endpoint and model, probing it now
-    (within the run's --timeout and --retries) if need be. Says where the strategy came from."""
-    known = probe.cached(registry.db, base_url, settings.model)
-    if known is not None:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(known.probed))
-        say(f"structured output: {known.strategy} (probed {when}; python cli.py endpoint probe re-probes)")
-        return known.strategy
-    say(f"probing the endpoint {base_url} for the structured output it enforces ...")
-    try:
-        known = asyncio.run(probe.probe(base_url, api_key, settings.model, timeout=settings.timeout,
-                                        attempts=settings.retries))
-    except EndpointError as exc:
-        fail(str(exc))
-    probe.remember(registry.db, known)
-    say(f"structured output: {known.strategy} (probed the endpoint just now; cached for later runs)")
-    return known.strategy
+        run = api.run(skill_name, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
+                      run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
+                      temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
+                      reporter=ConsoleReporter())
+    except RunInterrupted as exc:
+        _interrupted(exc)
+    _ended(run)
 
 
 @graph_app.command("resume")
 def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                  no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model, this time")) -> None:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint."""
-    home = Home.from_env()
-    registry = Registry(home.registry_path)
-    run = registry.run(run_id)
-    if run is None:
-        fail(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
-    with run_lock(home, run_id):
-        run = registry.run(run_id)  # as it is now that no other process runs it
-        settings = Settings(**run["settings"])
-        if run["status"] == "empty":
-            fail(f"run {run_id} found no usable seed text; start a new run with other --seeds")
-        if run["status"] == "collecting":
-            # Killed while collecting: no seed has run yet, so collecting again from scratch is safe
-            # (add_corpus forgets what the cut-short collection stored).
-            say(f"run {run_id} was stopped while collecting its seeds; collecting them again")
-            try:
-                _collect_seeds(registry, run_id, settings, [Path(p) for p in settings.seeds])
-            except (storage.StorageError, sqlite3.Error) as exc:
-                fail_stopped(run_id, exc)
-        counts = registry.counts(run_id)
-        if counts["total"] and not counts["pending"] and not counts["failed"]:
-            # A kill between the last seed's commit and its line in the file is mended here.
-            writer = SampleWriter(Path(settings.out))
-            writer.reconcile(registry.samples(run_id))
-            writer.close()
-            registry.set_run(run_id, status=run_status(counts))  # it may have stopped on a failed write
-            console.print(f"run {run_id} is already complete: nothing to do.")
-            _print_summary(registry, run_id, settings)
-            return
-        say(f"resuming {run_id}: {counts['pending']} pending, {counts['failed']} failed seeds")
-        try:
-            execute(home, registry, run_id, no_cache=no_cache)
-        except (storage.StorageError, sqlite3.Error) as exc:
-            fail_stopped(run_id, exc)
+    reporter = ConsoleReporter()
+    try:
+        run = api.resume(run_id, no_cache=no_cache, reporter=reporter)
+    except RunInterrupted as exc:
+        _interrupted(exc)
+    _ended(run)
 
 
 # ---------------------------------------------------------------- runs
@@ -596,36 +353,14 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
 def endpoint_probe(
     base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
     model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
-    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="seconds each probe request may take"),
+    timeout: float = typer.Option(DEFAULTS.probe_timeout, "--timeout", min=0.1, help="seconds each probe request may take"),
 ) -> None:
     """Find the structured output an endpoint honours (json_schema, json_object with a schema, tool calls, or the prompt alone).
 
     `graph run --structured auto` uses the result, cached per endpoint and model."""
-    if base_url and not model:
-        fail("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
-    home = Home.from_env()
-    base_url, key = checked_base_url(base_url), api_key()
-
-    def run_probe(url: str, name: str):
-        try:
-            return asyncio.run(probe.probe(url, key, name, timeout=timeout))
-        except EndpointError as exc:
-            fail(str(exc))
-
-    if base_url:
-        _preflight(base_url, key, timeout)
-        result = run_probe(base_url, model)
-        probe.remember(Registry(home.registry_path).db, result)
-        where = f"{base_url} {model}"
-    else:
-        for line in embedded.build_report():
-            print(line)
-        try:
-            with embedded.embedded_server(home.root, log=say) as (url, _):
-                result = run_probe(url, embedded.MODEL_NAME)
-        except embedded.EmbeddedError as exc:
-            fail(str(exc))
-        where = f"the embedded model ({embedded.MODEL_NAME}; runs on it always use json_object)"
+    result = api.probe_endpoint(base_url, model, timeout=timeout, reporter=ConsoleReporter())
+    where = (f"{base_url} {model}" if base_url else
+             f"the embedded model ({embedded.MODEL_NAME}; runs on it always use json_object)")
     for check in result.checks:
         print(f"{check.mode:<12}{check.outcome:<9}{shown(check.detail)}")
     print(f"strategy: {result.strategy}  <- {where}")
@@ -702,9 +437,15 @@ def main() -> None:
         where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
         print_error(exc.format_message() + where)
         sys.exit(getattr(exc, "exit_code", 2))
+    except RunStopped as exc:  # the run was made: it can be resumed once the cause is fixed
+        print_error(f"{exc}\nThe run stopped; fix the cause, then: python cli.py graph resume {exc.run_id}")
+        sys.exit(exc.exit_code)
     except (storage.StorageError, sqlite3.Error) as exc:  # a file we keep: one line naming it, what to do
         print_error(str(storage.fault(exc) or storage.describe(None, exc)))
         sys.exit(2)
+    except TeachgraphError as exc:  # every other error teachgraph raises on purpose: one line, its exit code
+        print_error(str(exc))
+        sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -17,6 +17,8 @@ with the type they will have."""
 
 from __future__ import annotations
 
+from teachgraph.errors import TeachgraphError
+
 import json
 import os
 import re
@@ -38,7 +40,7 @@ SOURCES_LISTED = 20           # a card lists this many seed sources, then says h
 EXTRA_HINT = "export needs the export extra: pip install 'teachgraph[export]'"
 
 
-class ExportError(RuntimeError):
+class ExportError(TeachgraphError, RuntimeError):
     """Bad input for an export (unknown run or format, output folder in the way): one line."""
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from teachgraph.checkpoints.registry import Registry  # noqa: E402
 from teachgraph.client.llm import LLM  # noqa: E402
-from teachgraph.runner import Execution, Home, Settings  # noqa: E402
+from teachgraph.runner import LocalExecutor, Home, Settings  # noqa: E402
 from teachgraph.mix import Dealer  # noqa: E402
 from teachgraph.seeds import collect  # noqa: E402
 from teachgraph import skills  # noqa: E402
@@ -48,7 +48,7 @@ def run_in_process(tmp_path: Path, script, *, limit: int = 3, rounds: int = 2, c
     registry.add_corpus(run_id, collect([seeds]), limit=limit, assign=Dealer([skill]), passage_chars=420)
     llm = LLM(chat=ScriptedChatModel(script=script), model_name="scripted", structured_mode="json_object",
               max_concurrency=concurrency)
-    asyncio.run(Execution(registry, home, run_id, skill, llm, settings, Tally()).run())
+    asyncio.run(LocalExecutor(registry, home, run_id, skill, llm, settings, Tally()).run())
     return registry, settings, llm
 
 

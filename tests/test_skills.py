@@ -15,7 +15,7 @@ from teachgraph import skills
 from teachgraph.checkpoints.registry import Registry
 from teachgraph.client.llm import LLM
 from teachgraph.mix import Dealer, load_mix
-from teachgraph.runner import Execution, Home, Settings
+from teachgraph.runner import LocalExecutor, Home, Settings
 from teachgraph.seeds import collect
 from tests.conftest import Tally, run_cli
 from teachgraph.testing.fake_openai import FakeOpenAI
@@ -45,7 +45,7 @@ def run_skill(tmp_path: Path, corpus: Path, skill: skills.Skill, script: FlowScr
     registry.create_run("t", skill.name, settings.to_json())
     registry.add_corpus("t", collect([corpus]), limit=None, assign=Dealer([skill]), passage_chars=420)
     llm = LLM(chat=SchemaChatModel(script=script), model_name="fake", structured_mode="json_object")
-    asyncio.run(Execution(registry, home, "t", skill, llm, settings, Tally()).run())
+    asyncio.run(LocalExecutor(registry, home, "t", skill, llm, settings, Tally()).run())
     samples = [json.loads(body) for _, body in registry.samples("t")]
     return registry, samples
 
@@ -338,7 +338,7 @@ def test_flow_resumes_from_every_step_boundary(tmp_path, monkeypatch, name):
         again = FlowScript()
         llm = LLM(chat=SchemaChatModel(script=again), model_name="fake", structured_mode="json_object")
         settings = Settings(skill=name, seeds=[str(folder)], out=str(work.default_out("t")), rounds=1, model="fake")
-        asyncio.run(Execution(reg, work, "t", skill, llm, settings, Tally()).run())
+        asyncio.run(LocalExecutor(reg, work, "t", skill, llm, settings, Tally()).run())
         counts = reg.counts("t")
         assert counts["accepted"] == 1 and counts["samples"] == 2, (index, reg.outcomes("t", "rejected"))
         resumed = [json.loads(body) for _, body in reg.samples("t")]

@@ -24,7 +24,7 @@ from teachgraph.checkpoints.registry import Registry
 from teachgraph.client.llm import LLM
 from teachgraph import output
 from teachgraph.mix import Dealer
-from teachgraph.runner import Execution, Home, Settings
+from teachgraph.runner import LocalExecutor, Home, Settings
 from teachgraph.seeds import collect
 from tests.conftest import ROOT, SAMPLE, Tally, run_cli
 from teachgraph.testing.fake_chat import ScriptedChatModel
@@ -68,7 +68,7 @@ def remount(where: Path, options: str) -> None:
 
 # ---------------------------------------------------------------- item 1: a failed output write
 
-def _execution(home: Home, registry: Registry, run_id: str, out: Path, limit: int) -> Execution:
+def _execution(home: Home, registry: Registry, run_id: str, out: Path, limit: int) -> LocalExecutor:
     skill = skills.load("rag")
     settings = Settings(skill="rag", seeds=[str(SAMPLE)], out=str(out), limit=limit, rounds=1,
                         concurrency=2, model="scripted")
@@ -77,7 +77,7 @@ def _execution(home: Home, registry: Registry, run_id: str, out: Path, limit: in
         registry.add_corpus(run_id, collect([SAMPLE]), limit=limit, assign=Dealer([skill]), passage_chars=420)
     llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted",
               structured_mode="json_object", max_concurrency=2)
-    return Execution(registry, home, run_id, skill, llm, settings, Tally())
+    return LocalExecutor(registry, home, run_id, skill, llm, settings, Tally())
 
 
 def test_an_output_write_error_stops_the_run_keeps_outcomes_and_resume_writes_each_sample_once(tmp_path, monkeypatch):
@@ -276,7 +276,7 @@ def test_a_damaged_cache_is_left_out_with_one_line_and_every_seed_runs(tmp_path,
 
 
 def test_a_locked_runs_db_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
-    from teachgraph import cli
+    from teachgraph import api, cli
     from teachgraph.checkpoints import registry as registry_module
     home = tmp_path / "home"
     Registry(home / "runs.db")
@@ -287,7 +287,7 @@ def test_a_locked_runs_db_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["cli.py", "graph", "run", "rag", "--limit", "1", "--out",
                                       str(tmp_path / "o.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
                                       "--model", "m", "--structured", "json_schema"])
-    monkeypatch.setattr(cli, "_preflight", lambda *a: None)
+    monkeypatch.setattr(api, "_preflight", lambda *a: None)
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
         cli.main()

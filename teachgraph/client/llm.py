@@ -3,6 +3,8 @@ the in-flight limit are nodes/endpoint.py's), usage counters, and structured out
 
 from __future__ import annotations
 
+from teachgraph.options import DEFAULTS
+
 import functools
 import json
 from dataclasses import dataclass, field
@@ -115,8 +117,8 @@ class LLM:
     chat: BaseChatModel
     model_name: str
     structured_mode: StructuredMode = "json_schema"
-    max_concurrency: int = 4
-    max_tokens: int = 384
+    max_concurrency: int = DEFAULTS.concurrency
+    max_tokens: int = DEFAULTS.max_tokens
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     fix_attempts: int = 2
     usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar

@@ -10,6 +10,8 @@ id column) if it has one, else FILE:ROW."""
 
 from __future__ import annotations
 
+from teachgraph.errors import UsageError
+
 import json
 import math
 from pathlib import Path
@@ -25,7 +27,7 @@ ID_FIELDS = ("id", "_id", "idx", "task_id", "question_id", "qid", "uid")
 MIN_N, MAX_N = 8, 13
 
 
-class EvalFileError(ValueError):
+class EvalFileError(UsageError):
     pass
 
 
