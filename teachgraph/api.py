@@ -16,6 +16,7 @@ Executor and records each outcome. It prints nothing: what it has to say goes to
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -91,6 +92,18 @@ class Reporter:
 QUIET = Reporter()
 
 
+def _store_errors(function):
+    """The API's boundary: an SQLite error from a file we keep leaves it as the StorageError that
+    names the file (the hierarchy's), never as sqlite3's own."""
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise (storage.fault(exc) or storage.describe(None, exc)) from None
+    return wrapped
+
+
 @dataclass
 class Run:
     """A run in a TEACHGRAPH_HOME, read from its registry (opened on first use, in the caller's thread)."""
@@ -100,6 +113,7 @@ class Run:
     _registry: Registry | None = field(default=None, repr=False)
 
     @property
+    @_store_errors
     def registry(self) -> Registry:
         if self._registry is None:
             self._registry = Registry(self.home.registry_path)
@@ -135,6 +149,7 @@ def _home(home: str | Path | Home | None) -> Home:
     return Home(Path(home).expanduser()) if home else Home.from_env()
 
 
+@_store_errors
 def open_run(run_id: str, home: str | Path | Home | None = None) -> Run:
     home = _home(home)
     run = Run(run_id, home)
@@ -197,6 +212,7 @@ def _preflight(base_url: str, api_key: str, timeout: float = 15.0) -> None:
                                    [api_key])) from None
 
 
+@_store_errors
 def probe_endpoint(base_url: Optional[str] = None, model: Optional[str] = None, *,
                    timeout: float = DEFAULTS.probe_timeout, home: str | Path | Home | None = None,
                    reporter: Reporter = QUIET) -> probe.ProbeResult:
@@ -491,6 +507,7 @@ def _resume(run_id: str, *, no_cache: bool, home: Home, reporter: Reporter, exec
     return run_id
 
 
+@_store_errors
 def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None, limit: int | None = None,
         rounds: int | None = None, concurrency: int = DEFAULTS.concurrency, out: str | Path | None = None,
         run_id: str | None = None, base_url: str | None = None, model: str | None = None,
@@ -513,6 +530,7 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
     return Run(made, home)
 
 
+@_store_errors
 def resume(run_id: str, *, no_cache: bool = False, home: str | Path | Home | None = None,
            reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor,
            _stopper: _Stopper | None = None) -> Run:
