@@ -26,6 +26,7 @@ from teachgraph.checkpoints.registry import Registry
 from teachgraph.errors import RunInterrupted, RunStopped, TeachgraphError
 from teachgraph.options import DEFAULTS
 from teachgraph.runner import Home, Settings, shown_status
+from teachgraph.states import SeedStatus
 from teachgraph.seeds import abbreviate
 
 app = typer.Typer(help="Synthetic fine-tuning data from raw documents and code (AgentInstruct flows as LangGraph graphs).",
@@ -301,14 +302,14 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
     if as_json:
         run["status"] = shown_status(Home.from_env(), run)
         print(json.dumps({"run": run, "counts": registry.counts(run_id),
-                          "rejected": registry.outcomes(run_id, "rejected"),
-                          "failed": registry.outcomes(run_id, "failed"),
+                          "rejected": registry.outcomes(run_id, SeedStatus.REJECTED),
+                          "failed": registry.outcomes(run_id, SeedStatus.FAILED),
                           "task_types": registry.task_types(run_id),
                           "skills": registry.by_skill(run_id),
                           "skipped": registry.skipped(run_id)}, indent=2))
         return
     _print_summary(registry, run_id, Settings(**run["settings"]))
-    for status in ("rejected", "failed"):
+    for status in (SeedStatus.REJECTED, SeedStatus.FAILED):
         rows = registry.outcomes(run_id, status)
         if rows:
             by_node: dict[str, int] = {}
@@ -320,7 +321,7 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
             for row in rows:
                 console.print(shown(f"  {row['seeds']:>4}  {row['node'] or '-'}: {row['reason']}"), highlight=False,
                               markup=False)
-        if rows and status == "failed":
+        if rows and status == SeedStatus.FAILED:
             console.print(f"  see every seed: python cli.py runs failures {run_id}", highlight=False, markup=False)
     skipped = registry.skipped(run_id)
     if skipped:
@@ -336,7 +337,7 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
     registry = Registry(Home.from_env().registry_path)
     if registry.run(run_id) is None:
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
-    tally = {"failed": 0, "rejected": 0}
+    tally = {SeedStatus.FAILED: 0, SeedStatus.REJECTED: 0}
     for row in registry.failures(run_id):
         tally[row["status"]] += 1
         if as_json:
