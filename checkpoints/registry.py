@@ -6,8 +6,6 @@ either finished with all its samples or still pending. Never stores API keys."""
 
 from __future__ import annotations
 
-from teachgraph.errors import UsageError
-
 import json
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 import sqlite_utils
 
 from teachgraph.checkpoints import storage, terms
+from teachgraph.errors import UsageError
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
 

@@ -7,13 +7,13 @@ LangGraph, the runner, a CLI command) `fault` can turn it into a StorageError th
 
 from __future__ import annotations
 
-from teachgraph.errors import TeachgraphError
-
 import errno
 import functools
 import sqlite3
 from pathlib import Path
 from typing import Any
+
+from teachgraph.errors import TeachgraphError
 
 # What is lost by moving a damaged file aside (teachgraph makes a new, empty one).
 _LOST = {"runs.db": "the runs recorded in it are lost",

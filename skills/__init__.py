@@ -3,8 +3,6 @@ and prompts.toml (agent prompts). The graph that runs a skill is named in skill.
 
 from __future__ import annotations
 
-from teachgraph.errors import UsageError
-
 import hashlib
 import importlib
 import sys
@@ -17,6 +15,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
+from teachgraph.errors import UsageError
 from teachgraph.skills.spec import SkillSpec, first_problem
 
 SKILLS_DIR = Path(__file__).parent

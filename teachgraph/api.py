@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import httpx
 
-from teachgraph import embedded, skills as skill_library
+from teachgraph import embedded
+from teachgraph import skills as skill_library
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.checkpoints.registry import Registry
@@ -43,8 +44,18 @@ from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageEr
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.options import DEFAULTS
 from teachgraph.output import SampleWriter, output_problem
-from teachgraph.runner import (Executor, Home, LocalExecutor, RunLock, Settings, default_rounds, make_llm,
-                               new_run_id, run_status, shown_status)
+from teachgraph.runner import (
+    Executor,
+    Home,
+    LocalExecutor,
+    RunLock,
+    Settings,
+    default_rounds,
+    make_llm,
+    new_run_id,
+    run_status,
+    shown_status,
+)
 from teachgraph.seeds import Skipped, abbreviate, collect, file_problem
 from teachgraph.states import RunStatus, SeedStatus
 

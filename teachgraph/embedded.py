@@ -8,9 +8,6 @@ server.json) is reused and left up."""
 
 from __future__ import annotations
 
-from teachgraph.errors import TeachgraphError
-from teachgraph.options import EMBEDDED_MODEL
-
 import asyncio
 import importlib.metadata
 import importlib.util
@@ -31,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
+from teachgraph.errors import TeachgraphError
+from teachgraph.options import EMBEDDED_MODEL
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = EMBEDDED_MODEL

@@ -17,8 +17,6 @@ with the type they will have."""
 
 from __future__ import annotations
 
-from teachgraph.errors import TeachgraphError
-
 import json
 import os
 import re
@@ -30,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from teachgraph import skills
 from teachgraph.checkpoints.registry import Registry
+from teachgraph.errors import TeachgraphError
 
 REJECT = "reject"
 SHARD_BYTES = 500 * 2**20     # as datasets' push_to_hub: Arrow bytes per shard, before compression

@@ -21,9 +21,6 @@ while it restarts a crashed server, so a crash costs no retries (teachgraph/embe
 
 from __future__ import annotations
 
-from teachgraph.errors import TeachgraphError
-from teachgraph.options import DEFAULTS
-
 import asyncio
 import email.utils
 import json
@@ -36,6 +33,9 @@ from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from teachgraph.errors import TeachgraphError
+from teachgraph.options import DEFAULTS
 
 T = TypeVar("T")
 

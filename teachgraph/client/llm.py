@@ -3,8 +3,6 @@ the in-flight limit are nodes/endpoint.py's), usage counters, and structured out
 
 from __future__ import annotations
 
-from teachgraph.options import DEFAULTS
-
 import functools
 import json
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from teachgraph.checkpoints.cache import ResponseCache, request_key
 from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens
 from teachgraph.client.endpoint import Endpoint
+from teachgraph.options import DEFAULTS
 
 # How to ask an endpoint for JSON. Servers differ (README, "Using another endpoint"): OpenAI and vLLM take
 # "json_schema"; llama-cpp-python's server rejects it but constrains output with a grammar

@@ -10,8 +10,6 @@ id column) if it has one, else FILE:ROW."""
 
 from __future__ import annotations
 
-from teachgraph.errors import UsageError
-
 import json
 import math
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Iterator, Optional
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
+from teachgraph.errors import UsageError
 from teachgraph.gates.base import KEEP, ChatSample, Gate, Verdict, register
 from teachgraph.gates.text import words
 
