@@ -39,7 +39,7 @@ from teachgraph.checkpoints.registry import Registry
 from teachgraph.checkpoints.saver import check_store
 from teachgraph.client import probe
 from teachgraph.client.endpoint import EndpointError, redact
-from teachgraph.client.llm import STRUCTURED_MODES
+from teachgraph.client.llm import LLM, STRUCTURED_MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.options import DEFAULTS
@@ -360,26 +360,32 @@ class _Stopper:
     def stop(self) -> None:
         with self._lock:
             self.stopped = True
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._task.cancel)
+            if self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._task.cancel)
+                except RuntimeError:  # its loop has closed: the run has ended already
+                    pass
 
 
 ExecutorFactory = Callable[..., Executor]
 
 
 def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no_cache: bool = False,
-             executor: ExecutorFactory = LocalExecutor, stopper: _Stopper | None = None) -> None:
-    """Run the run's unfinished seeds. The caller holds the run's lock."""
+             executor: ExecutorFactory = LocalExecutor, stopper: _Stopper | None = None,
+             llm: LLM | None = None) -> None:
+    """Run the run's unfinished seeds. The caller holds the run's lock. `llm`: a ready model instead
+    of the run's endpoint (a scripted one in tests)."""
     settings = Settings(**registry.run(run_id)["settings"])
     skill = None if settings.mix else skill_library.load(settings.skill)
     counts = registry.counts(run_id)
     with ExitStack() as stack:
-        base_url, key, is_embedded, server = stack.enter_context(_endpoint_for(settings, home, run_id, reporter))
-        # the cache is optional: a damaged cache.db is said once and the run goes on without it
-        cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path, on_fault=reporter.note)
-        if cache is not None:
-            stack.callback(cache.close)
-        llm = make_llm(settings, base_url, key, is_embedded, cache=cache, server=server)
+        if llm is None:
+            base_url, key, is_embedded, server = stack.enter_context(_endpoint_for(settings, home, run_id, reporter))
+            # the cache is optional: a damaged cache.db is said once and the run goes on without it
+            cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path, on_fault=reporter.note)
+            if cache is not None:
+                stack.callback(cache.close)
+            llm = make_llm(settings, base_url, key, is_embedded, cache=cache, server=server)
         registry.set_run(run_id, status=RunStatus.RUNNING)
         tally = _Tally(reporter)
         calls0, tokens0, hits0 = counts["llm_calls"], counts["tokens"], counts["cache_hits"]
@@ -434,7 +440,7 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
              concurrency: int, out: str | Path | None, run_id: str | None, base_url: str | None,
              model: str | None, structured: str, max_tokens: int, temperature: float, timeout: float,
              retries: int, cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
-             stopper: _Stopper | None) -> str:
+             stopper: _Stopper | None, llm: LLM | None) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
     if skill == "all":
         weights = load_mix(mix or "orca")
@@ -470,11 +476,11 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         raise UsageError("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     if registry.run(run_id):
         raise UsageError(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
-    if not base_url:
+    if not base_url and llm is None:
         embedded.check_available(home.root)  # before the run exists, as for an endpoint
     key = api_key()
     reporter.run_started(run_id)   # first, whatever comes next
-    if base_url:  # before the run exists: a wrong URL, key or model must not leave a half-made run behind
+    if base_url and llm is None:  # before the run exists: a wrong URL, key or model must not leave a half-made run behind
         _preflight(base_url, key, settings.timeout)
         if structured == "auto":
             settings.structured = _structured_strategy(registry, base_url, key, settings, reporter)
@@ -484,12 +490,12 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         registry.create_run(run_id, run_skill, settings.to_json())
         with _stopping(run_id):
             _collect_seeds(registry, run_id, settings, paths, reporter)
-            _execute(home, registry, run_id, reporter, executor=executor, stopper=stopper)
+            _execute(home, registry, run_id, reporter, executor=executor, stopper=stopper, llm=llm)
     return run_id
 
 
 def _resume(run_id: str, *, no_cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
-            stopper: _Stopper | None) -> str:
+            stopper: _Stopper | None, llm: LLM | None) -> str:
     registry = Registry(home.registry_path)
     if registry.run(run_id) is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
@@ -514,7 +520,8 @@ def _resume(run_id: str, *, no_cache: bool, home: Home, reporter: Reporter, exec
                 reporter.nothing_to_do(run_id)
                 return run_id
             reporter.note(f"resuming {run_id}: {counts['pending']} pending, {counts['failed']} failed seeds")
-            _execute(home, registry, run_id, reporter, no_cache=no_cache, executor=executor, stopper=stopper)
+            _execute(home, registry, run_id, reporter, no_cache=no_cache, executor=executor, stopper=stopper,
+                     llm=llm)
     return run_id
 
 
@@ -525,31 +532,32 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         structured: str = DEFAULTS.structured, max_tokens: int = DEFAULTS.max_tokens,
         temperature: float = DEFAULTS.temperature, timeout: float = DEFAULTS.timeout,
         retries: int = DEFAULTS.retries, cache: bool = DEFAULTS.cache, home: str | Path | Home | None = None,
-        reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor,
+        reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
         _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
     Returns the Run whatever its seeds' outcomes (see `run.status`, `run.counts`); raises a
     UsageError before anything is made, RunStopped (resumable) on an error no retry fixes,
-    RunInterrupted on Ctrl-C / SIGTERM."""
+    RunInterrupted on Ctrl-C / SIGTERM. `llm`: a ready model (teachgraph.client.llm.LLM) used
+    instead of an endpoint, as tests do with a scripted chat model."""
     home = _home(home)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
-                    reporter=reporter, executor=executor, stopper=_stopper)
+                    reporter=reporter, executor=executor, stopper=_stopper, llm=llm)
     return Run(made, home)
 
 
 @_store_errors
 def resume(run_id: str, *, no_cache: bool = False, home: str | Path | Home | None = None,
-           reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor,
+           reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
            _stopper: _Stopper | None = None) -> Run:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint, failed seeds
     are retried from the node that failed. A finished run is left as it is."""
     home = _home(home)
     return Run(_resume(run_id, no_cache=no_cache, home=home, reporter=reporter, executor=executor,
-                       stopper=_stopper), home)
+                       stopper=_stopper, llm=llm), home)
 
 
 async def _in_thread(call: Callable[..., Run], *args: Any, **kwargs: Any) -> Run:
