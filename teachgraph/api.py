@@ -160,6 +160,11 @@ def _home(home: str | Path | Home | None) -> Home:
     return Home(Path(home).expanduser()) if home else Home.from_env()
 
 
+def skills() -> list[skill_library.Skill]:
+    """Every skill, loaded (also `teachgraph.skills()`)."""
+    return skill_library()
+
+
 @_store_errors
 def open_run(run_id: str, home: str | Path | Home | None = None) -> Run:
     home = _home(home)

@@ -72,20 +72,13 @@ def say(message: str) -> None:
     err.print(shown(message), highlight=False, markup=False, soft_wrap=True)
 
 
-def load_skill(name: str) -> skills.Skill:
-    try:
-        return skills.load(name)
-    except skills.SkillError as exc:
-        fail(str(exc))
-
-
 # ---------------------------------------------------------------- graph
 
 @graph_app.command("list")
 def graph_list() -> None:
     """One skill per line: name, public split, task types, what it makes."""
-    for name in skills.available():
-        skill = load_skill(name)
+    for name in skills.available():   # one by one: a broken skill stops the list where it is
+        skill = skills.load(name)
         print(f"{skill.name}\t{skill.split}\t{len(skill.taxonomy)} task types\t{skill.description}")
 
 
@@ -94,7 +87,7 @@ def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a sk
                format: str = typer.Option("mermaid", "--format", "-f", help="mermaid | ascii | png"),
                out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout")) -> None:
     """Draw a skill's graph, offline."""
-    graph = load_skill(skill_name).build_graph().compile().get_graph()
+    graph = skills.load(skill_name).build_graph().compile().get_graph()
     if format == "mermaid":
         text = graph.draw_mermaid()
     elif format == "ascii":
