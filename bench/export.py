@@ -59,7 +59,7 @@ def synthetic_sample(run_id: str, n: int) -> dict:
 
 
 def make_registry(home: Path, sizes: list[int]) -> None:
-    from checkpoints.registry import Registry
+    from teachgraph.checkpoints.registry import Registry
     registry = Registry(home / "runs.db")
     for size in sizes:
         run_id = f"bench{size}"
@@ -78,7 +78,7 @@ def make_registry(home: Path, sizes: list[int]) -> None:
 
 
 def child(home: str, run_id: str, out: str, fmt: str) -> None:
-    from checkpoints.registry import Registry
+    from teachgraph.checkpoints.registry import Registry
     from teachgraph import export
     started = time.monotonic()
     result = export.export(Registry(Path(home) / "runs.db"), [run_id], Path(out), format=fmt)

@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.fake_openai import instance_from_schema  # noqa: E402  (the one schema-instance generator)
+from teachgraph.testing.fake_openai import instance_from_schema  # noqa: E402  (the one schema-instance generator)
 
 COMPLETION_TOKENS = 20
 PROMPT_TOKENS = 400

@@ -5,8 +5,8 @@ common rejection reason. A benchmark, not a test: it shows how each flow fares o
     python bench/skills.py                      # all 17 skills, 2 seeds each (1 text, 1 code), 1 round
     python bench/skills.py --skills mcq,coding --limit 1
 
-One embedded server serves every skill's run (each run is `python cli.py graph run SKILL` pointed at
-it, the way a user points teachgraph at any endpoint), so the table compares the flows, not startups.
+One embedded server serves every skill's run (each run is `teachgraph.run(SKILL, base_url=...)` pointed
+at it, the way a user points teachgraph at any endpoint), so the table compares the flows, not startups.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import skills  # noqa: E402
+import teachgraph  # noqa: E402
+from teachgraph import skills  # noqa: E402
 from teachgraph import embedded  # noqa: E402
 
 # One short text seed and the first chunk of a code file: both seed kinds, in this order.
@@ -31,24 +31,16 @@ SEEDS = [ROOT / "corpus" / "sample" / "zen_of_python.txt", ROOT / "corpus" / "sa
 
 
 def run_skill(skill: str, url: str, home: Path, limit: int, rounds: int) -> dict:
-    run_id = f"bench-{skill}"
-    args = [sys.executable, str(ROOT / "cli.py"), "graph", "run", skill, "--run-id", run_id,
-            "--base-url", url, "--model", embedded.MODEL_NAME, "--structured", "json_object",
-            "--concurrency", "1", "--limit", str(limit), "--rounds", str(rounds)]
-    for seed in SEEDS:
-        args += ["--seeds", str(seed)]
-    env = {**os.environ, "TEACHGRAPH_HOME": str(home)}
     started = time.monotonic()
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        run = teachgraph.run(skill, SEEDS, run_id=f"bench-{skill}", base_url=url, model=embedded.MODEL_NAME,
+                             structured="json_object", concurrency=1, limit=limit, rounds=rounds, home=home)
+    except teachgraph.TeachgraphError as exc:
+        return {"skill": skill, "error": str(exc).splitlines()[0], "wall": time.monotonic() - started}
     wall = time.monotonic() - started
-    shown = subprocess.run([sys.executable, str(ROOT / "cli.py"), "runs", "show", run_id, "--json"],
-                           capture_output=True, text=True, env=env)
-    if shown.returncode != 0:
-        return {"skill": skill, "error": (proc.stderr.strip().splitlines() or ["?"])[-1], "wall": wall}
-    report = json.loads(shown.stdout)
-    reasons = report["rejected"] + report["failed"]
+    reasons = run.registry.outcomes(run.id, "rejected") + run.registry.outcomes(run.id, "failed")
     top = max(reasons, key=lambda r: r["seeds"], default=None)
-    return {"skill": skill, **report["counts"], "wall": wall, "exit": proc.returncode,
+    return {"skill": skill, **run.counts, "wall": wall, "status": run.status,
             "top_reason": f"{top['node']}: {top['reason']}"[:90] if top else ""}
 
 

@@ -127,7 +127,7 @@ def db_bytes(path: Path) -> int:
 
 
 def counts(home: Path, run_id: str) -> dict:
-    from checkpoints.registry import Registry
+    from teachgraph.checkpoints.registry import Registry
     return Registry(home / "runs.db").counts(run_id)
 
 
@@ -173,7 +173,7 @@ def client_main(kind: str, url: str, concurrency: int, calls: int) -> None:
         from langchain_openai import ChatOpenAI
         client = None
         if kind == "_bare_aiohttp":
-            from teachgraph.transport import async_http_client
+            from teachgraph.client.transport import async_http_client
             client = async_http_client()
         chat = ChatOpenAI(base_url=url, api_key="bench", model=FAKE_MODEL, temperature=0.7, timeout=120,
                           max_retries=5, http_async_client=client)
@@ -348,8 +348,8 @@ def default_mode(args) -> None:
 def versions() -> str:
     from importlib.metadata import version
     from langchain_openai import ChatOpenAI
-    from nodes.chat_call import Wire
-    from teachgraph.transport import async_http_client, transport_name
+    from teachgraph.client.chat_call import Wire
+    from teachgraph.client.transport import async_http_client, transport_name
     names = ["openai", "langchain-openai", "langgraph", "langgraph-checkpoint-sqlite", "aiohttp"]
     found = []
     for name in names:

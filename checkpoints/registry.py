@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
-from checkpoints import storage, terms
+from teachgraph.checkpoints import storage, terms
+from teachgraph.errors import UsageError
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
 
@@ -22,7 +23,7 @@ def fts_query(text: str, max_terms: int = 12) -> str:
     return " OR ".join(f'"{w}"' for w in terms.words(text, max_terms))
 
 
-class OutputInUse(ValueError):
+class OutputInUse(UsageError):
     """Another run already writes the output file a new run asks for."""
 
     def __init__(self, out: str, run_id: str):

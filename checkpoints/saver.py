@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from checkpoints import storage
+from teachgraph.checkpoints import storage
 
 
 def thread_id(run_id: str, seed_id: str) -> str:

@@ -13,13 +13,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from teachgraph.errors import TeachgraphError
+
 # What is lost by moving a damaged file aside (teachgraph makes a new, empty one).
 _LOST = {"runs.db": "the runs recorded in it are lost",
          "checkpoints.db": "unfinished seeds then restart from their first node",
          "cache.db": "only cached replies are lost"}
 
 
-class StorageError(RuntimeError):
+class StorageError(TeachgraphError, RuntimeError):
     """A file teachgraph keeps cannot be read or written; the message names it and says what to do."""
 
 

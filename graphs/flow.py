@@ -30,15 +30,15 @@ from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from graphs.refinement import unless_rejected
-from graphs.skeleton import Agent, instruction_graph
-from nodes import checks, schemas
-from nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
-from nodes.context import RunContext
-from nodes.llm import UnusableOutput
-from nodes.sample import Refinement, make_sample
-from skills import Skill
-from skills.spec import FieldSpec, Goal, SkillSpec
+from teachgraph.graphs.refinement import unless_rejected
+from teachgraph.graphs.skeleton import Agent, instruction_graph
+from teachgraph.nodes import checks, schemas
+from teachgraph.nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
+from teachgraph.nodes.context import RunContext
+from teachgraph.client.llm import UnusableOutput
+from teachgraph.nodes.sample import Refinement, make_sample
+from teachgraph.skills import Skill
+from teachgraph.skills.spec import FieldSpec, Goal, SkillSpec
 
 DEFAULT_CONTENT = {"content": FieldSpec(description="the transformed material, plain text", max_length=4000)}
 

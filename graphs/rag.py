@@ -21,13 +21,13 @@ from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from graphs.skeleton import Agent, instruction_graph
-from nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
-from nodes.context import RunContext
-from nodes.llm import UnusableOutput, Usage
-from nodes.sample import Refinement, make_sample
-from skills import Skill
-from skills.spec import SkillSpec
+from teachgraph.graphs.skeleton import Agent, instruction_graph
+from teachgraph.nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
+from teachgraph.nodes.context import RunContext
+from teachgraph.client.llm import UnusableOutput, Usage
+from teachgraph.nodes.sample import Refinement, make_sample
+from teachgraph.skills import Skill
+from teachgraph.skills.spec import SkillSpec
 
 # ---- agent reply schemas (flat: grammar-constrained decoding handles flat schemas best) ----
 

@@ -15,9 +15,9 @@ from typing import Any, Callable, NamedTuple
 from langgraph.graph import START, StateGraph
 from pydantic import BaseModel
 
-from graphs.refinement import add_refinement_loop
-from nodes.agent import Apply, Inputs, agent_node, stop_refining
-from nodes.context import RunContext
+from teachgraph.graphs.refinement import add_refinement_loop
+from teachgraph.nodes.agent import Apply, Inputs, agent_node, stop_refining
+from teachgraph.nodes.context import RunContext
 
 
 class Agent(NamedTuple):

@@ -10,9 +10,9 @@ from typing import Annotated, Any, Callable, TypedDict
 from langgraph.runtime import Runtime
 from pydantic import BaseModel
 
-from nodes.context import RunContext
-from nodes.llm import UnusableOutput, Usage
-from nodes.sample import Refinement
+from teachgraph.nodes.context import RunContext
+from teachgraph.client.llm import UnusableOutput, Usage
+from teachgraph.nodes.sample import Refinement
 
 
 class NodeFailed(RuntimeError):

@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from nodes.extensions import Registry, UnknownName
-from nodes.llm import LLM, UnusableOutput, Usage
-from nodes.sandbox import Limits, run_python
-from skills import Skill, SkillError
+from teachgraph.nodes.extensions import Registry, UnknownName
+from teachgraph.client.llm import LLM, UnusableOutput, Usage
+from teachgraph.nodes.sandbox import Limits, run_python
+from teachgraph.skills import Skill, SkillError
 
 
 @dataclass

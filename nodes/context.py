@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from nodes.llm import LLM
-from skills import Skill
+from teachgraph.client.llm import LLM
+from teachgraph.skills import Skill
 
 
 class Corpus(Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from nodes.context import RunContext
+from teachgraph.nodes.context import RunContext
 
 
 class _Record(BaseModel):

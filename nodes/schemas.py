@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
 
-from skills.spec import Fields, FieldSpec
+from teachgraph.skills.spec import Fields, FieldSpec
 
 
 class Parameter(BaseModel):

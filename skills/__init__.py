@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import sys
 import tomllib
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -13,12 +15,13 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from skills.spec import SkillSpec, first_problem
+from teachgraph.errors import UsageError
+from teachgraph.skills.spec import SkillSpec, first_problem
 
 SKILLS_DIR = Path(__file__).parent
 
 
-class SkillError(ValueError):
+class SkillError(UsageError):
     pass
 
 
@@ -281,3 +284,14 @@ def load(name: str) -> Skill:
                   prompts=_prompts(folder / "prompts.toml"), transformations=transformations)
     check_placeholders(skill)
     return skill
+
+
+class _SkillsModule(types.ModuleType):
+    """`teachgraph.skills()`: the package itself answers the API's "which skills are there"."""
+
+    def __call__(self) -> list[Skill]:
+        """Every skill, loaded (name, split, taxonomy, description ...)."""
+        return [load(name) for name in available()]
+
+
+sys.modules[__name__].__class__ = _SkillsModule

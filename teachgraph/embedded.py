@@ -27,10 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
+from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy
+from teachgraph.errors import TeachgraphError
+from teachgraph.options import EMBEDDED_MODEL
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_NAME = "SmolLM2-135M-Instruct"
+MODEL_NAME = EMBEDDED_MODEL
 CONTEXT_TOKENS = 4096
 # The llama.cpp build flags, shared by the README's install lines, .ci/run, the tests and the fix
 # printed when the server crashes (README, "The embedded model").
@@ -41,7 +43,7 @@ MAX_CRASHES = 3          # in a row without a successful reply: the run stops
 STARTUP_SECONDS = 120.0
 
 
-class EmbeddedError(RuntimeError):
+class EmbeddedError(TeachgraphError, RuntimeError):
     pass
 
 

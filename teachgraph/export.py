@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import skills
-from checkpoints.registry import Registry
+from teachgraph import skills
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.errors import TeachgraphError
 
 REJECT = "reject"
 SHARD_BYTES = 500 * 2**20     # as datasets' push_to_hub: Arrow bytes per shard, before compression
@@ -38,7 +39,7 @@ SOURCES_LISTED = 20           # a card lists this many seed sources, then says h
 EXTRA_HINT = "export needs the export extra: pip install 'teachgraph[export]'"
 
 
-class ExportError(RuntimeError):
+class ExportError(TeachgraphError, RuntimeError):
     """Bad input for an export (unknown run or format, output folder in the way): one line."""
 
 

@@ -12,8 +12,8 @@ import math
 import tomllib
 from pathlib import Path
 
-import skills
-from skills import Skill, SkillError
+from teachgraph import skills
+from teachgraph.skills import Skill, SkillError
 
 MIXES_FILE = skills.SKILLS_DIR / "mixes.toml"
 

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
-from checkpoints.storage import StorageError, describe_os
+from teachgraph.checkpoints.storage import StorageError, describe_os
 
 
 def _complete_ids(fd: int) -> tuple[set[str], int]:

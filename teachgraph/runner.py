@@ -1,5 +1,9 @@
-"""Running a skill graph over a run's seeds: one LangGraph thread per seed, seeds concurrent
-(bounded), every outcome recorded in the registry before its samples reach the output file."""
+"""Running a skill graph over a run's seeds: one LangGraph thread per seed, every outcome recorded in
+the registry before its samples reach the output file.
+
+Two parts, so that seeds can run elsewhere: an `Executor` decides which seeds run where and when
+(`LocalExecutor`: concurrently on this process's event loop, bounded), and `SeedRunner` runs one
+seed's graph and records its outcome, whichever executor called it."""
 
 from __future__ import annotations
 
@@ -15,24 +19,25 @@ from typing import Any, Protocol
 
 from langchain_openai import ChatOpenAI
 
-from checkpoints import storage
-from checkpoints.registry import Registry
-from checkpoints.saver import forget_thread, open_saver, thread_id
-from nodes.agent import NodeFailed
-from nodes.chat_call import Wire
-from nodes.cache import ResponseCache
-from nodes.context import RunContext
-from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
-from nodes.llm import LLM, Usage
-import skills
-from skills import Skill
+from teachgraph.checkpoints import storage
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.checkpoints.saver import forget_thread, open_saver, thread_id
+from teachgraph.nodes.agent import NodeFailed
+from teachgraph.client.chat_call import Wire
+from teachgraph.checkpoints.cache import ResponseCache
+from teachgraph.nodes.context import RunContext
+from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
+from teachgraph.client.llm import LLM, Usage
+from teachgraph import skills
+from teachgraph.skills import Skill
 from teachgraph.output import SampleWriter
-from teachgraph.transport import async_http_client
+from teachgraph.client.transport import async_http_client
+from teachgraph.errors import FatalRunError
+from teachgraph.options import DEFAULTS
+from teachgraph.states import LIVE, RunStatus, SeedStatus
 
-
-
-class FatalRunError(RuntimeError):
-    pass
+__all__ = ["Executor", "FatalRunError", "Home", "LocalExecutor", "Reporter", "RunLock", "SeedRunner", "Settings",
+           "default_rounds", "make_llm", "new_run_id", "run_status", "shown_status"]
 
 
 @dataclass
@@ -43,16 +48,16 @@ class Settings:
     seeds: list[str]
     out: str
     limit: int | None = None
-    rounds: int | None = 2               # None: each skill's own default
-    concurrency: int = 4
+    rounds: int | None = DEFAULTS.rounds  # None: each skill's own default
+    concurrency: int = DEFAULTS.concurrency
     base_url: str | None = None          # None: the embedded llama.cpp server
-    model: str = "SmolLM2-135M-Instruct"
-    structured: str = "auto"             # auto | json_schema | json_object | tools | prompt
-    temperature: float = 0.7
-    max_tokens: int = 384
-    timeout: float = 120.0               # seconds per request attempt
-    retries: int = 10                    # attempts per request for transient endpoint errors
-    cache: bool = True                   # the LLM response cache (TEACHGRAPH_HOME/cache.db)
+    model: str = DEFAULTS.model
+    structured: str = DEFAULTS.structured  # auto | json_schema | json_object | tools | prompt
+    temperature: float = DEFAULTS.temperature
+    max_tokens: int = DEFAULTS.max_tokens
+    timeout: float = DEFAULTS.timeout    # seconds per request attempt
+    retries: int = DEFAULTS.retries      # attempts per request for transient endpoint errors
+    cache: bool = DEFAULTS.cache         # the LLM response cache (TEACHGRAPH_HOME/cache.db)
     mix: dict[str, float] | None = None  # skill -> weight, for multi-skill runs
 
     def to_json(self) -> dict[str, Any]:
@@ -140,12 +145,14 @@ class RunLock:
 
 def shown_status(home: Home, run: dict) -> str:
     """The registry says "running" until the process says otherwise; a killed one never does."""
-    if run["status"] in ("running", "collecting") and not RunLock.held(home, run["id"]):
-        return "interrupted"
+    if run["status"] in LIVE and not RunLock.held(home, run["id"]):
+        return RunStatus.INTERRUPTED
     return run["status"]
 
 
 class Reporter(Protocol):
+    """What the executor tells as seeds end (teachgraph.api.Reporter is the full set of events)."""
+
     def seed_done(self, status: str, samples: int) -> None: ...
 
 
@@ -212,107 +219,56 @@ def step_limit(skill: Skill, rounds: int) -> int:
     return 3 + 2 * rounds + 2 * per_item + 10   # 10: room for a node added without updating this
 
 
-@dataclass
-class Execution:
-    registry: Registry
-    home: Home
-    run_id: str
-    skill: Skill | None                  # the run's skill; None for a multi-skill run
-    llm: LLM
-    settings: Settings
-    reporter: Reporter
-    writer: SampleWriter = field(init=False)
-    _clock: float = field(init=False, default=0.0)
-    _graphs: dict[str, tuple[Any, RunContext]] = field(init=False, default_factory=dict)
+class Executor(Protocol):
+    """Runs a run's unfinished seeds, each through `SeedRunner.run`, and returns when every one has
+    ended or a fatal error (FatalRunError, StorageError) stopped them all (then it raises it; seeds
+    in flight stay resumable, as after Ctrl-C). `LocalExecutor` is the one in this process; an
+    executor on other machines (Ray, issue 17) is built with the same arguments."""
 
-    def _graph_for(self, name: str | None, saver) -> tuple[Any, RunContext]:
+    async def run(self) -> None: ...
+
+
+class SeedRunner:
+    """Runs one seed's graph from its last checkpoint and records its outcome (accepted with its
+    samples, rejected with the reason, failed with the node and the error) with the calls it spent:
+    the per-seed part every executor uses."""
+
+    def __init__(self, registry: Registry, run_id: str, skill: Skill | None, llm: LLM, settings: Settings,
+                 reporter: Reporter, writer: SampleWriter, saver):
+        self.registry, self.run_id, self.skill, self.llm = registry, run_id, skill, llm
+        self.settings, self.reporter, self.writer, self.saver = settings, reporter, writer, saver
+        self._corpus = RunCorpus(registry, run_id)
+        self._graphs: dict[str, tuple[Any, RunContext]] = {}
+
+    def _graph_for(self, name: str | None) -> tuple[Any, RunContext]:
         """The compiled graph and context of a seed's skill, built on first use."""
         name = name or self.skill.name
         if name not in self._graphs:
             skill = self.skill if self.skill and self.skill.name == name else skills.load(name)
             ctx = RunContext(run_id=self.run_id, skill=skill, llm=self.llm, corpus=self._corpus)
-            self._graphs[name] = (skill.build_graph().compile(checkpointer=saver), ctx)
+            self._graphs[name] = (skill.build_graph().compile(checkpointer=self.saver), ctx)
         return self._graphs[name]
 
-    async def run(self) -> None:
-        """Run the unfinished seeds. A fatal error (FatalRunError, or a StorageError: a file that
-        cannot be written or read) stops the run at once: seeds in flight are cancelled and stay
-        resumable, as after Ctrl-C; no seed is marked failed for it."""
-        self._clock = time.monotonic()  # wall time is added up to here as seeds finish
-        self.writer = SampleWriter(Path(self.settings.out))
+    async def run(self, seed: dict) -> None:
+        """Run `seed` to its outcome. Raises only what should stop the whole run (FatalRunError,
+        a storage fault); any other error fails this seed, recorded."""
         try:
-            self.writer.reconcile(self.registry.samples(self.run_id))
-            self._corpus = RunCorpus(self.registry, self.run_id)
-            async with open_saver(self.home.checkpoints_path) as saver:
-                await self._run_seeds(saver)
-        except BaseException as exc:
-            try:  # best effort: the run is stopping on an error already
-                self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
-                self.writer.close()
-            except (storage.StorageError, sqlite3.Error):
-                pass
-            fault = storage.fault(exc) if isinstance(exc, Exception) else None
-            if fault is None or fault is exc:
-                raise
-            raise fault from None
-        try:
-            self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
-            self.writer.close()
-        except sqlite3.Error as exc:
-            raise storage.fault(exc) or exc from None
-
-    async def _run_seeds(self, saver) -> None:
-        slots = asyncio.Semaphore(self.settings.concurrency)
-        running: set[asyncio.Task] = set()
-        fatal: list[BaseException] = []
-
-        def stop(exc: BaseException) -> None:
-            fatal.append(exc)
-            for task in running:
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        async def one(seed: dict) -> None:
+            graph, ctx = self._graph_for(seed.get("skill"))
+            await self._run_seed(graph, ctx, seed)
+        except FatalRunError:
+            raise
+        except Exception as exc:  # our bug: the seed still ends accounted for
+            fault = storage.fault(exc)
+            if fault is not None:
+                raise fault from None
             try:
-                graph, ctx = self._graph_for(seed.get("skill"), saver)
-                await self._run_seed(graph, saver, ctx, seed)
-                now = time.monotonic()
-                self.registry.add_wall_time(self.run_id, now - self._clock)
-                self._clock = now
-            except FatalRunError as exc:
-                stop(exc)
-            except Exception as exc:  # our bug: the seed still ends accounted for
-                fault = storage.fault(exc)
-                if fault is not None:
-                    stop(fault)
-                    return
-                try:
-                    self.registry.finish_seed(self.run_id, seed["id"], status="failed", node="runner",
-                                              error=self._error_text(exc))
-                except Exception as record_exc:  # runs.db itself fails: stop, do not spill
-                    stop(storage.fault(record_exc) or record_exc)
-                    return
-                self.reporter.seed_done("failed", 0)
-            finally:
-                slots.release()
+                self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.FAILED, node="runner",
+                                          error=self._error_text(exc))
+            except Exception as record_exc:  # runs.db itself fails: stop, do not spill
+                raise (storage.fault(record_exc) or record_exc) from None
+            self.reporter.seed_done(SeedStatus.FAILED, 0)
 
-        try:
-            for seed in self.registry.unfinished_seeds(self.run_id):
-                await slots.acquire()
-                if fatal:
-                    slots.release()
-                    break
-                task = asyncio.create_task(one(seed))
-                running.add(task)
-                task.add_done_callback(running.discard)
-        except Exception as exc:  # reading the next seeds failed (runs.db): stop the seeds in flight too
-            stop(exc)
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
-        if fatal:
-            raise fatal[0]
-
-    async def _run_seed(self, graph, saver, ctx: RunContext, seed: dict) -> None:
+    async def _run_seed(self, graph, ctx: RunContext, seed: dict) -> None:
         thread = thread_id(self.run_id, seed["id"])
         rounds = default_rounds(ctx.skill) if self.settings.rounds is None else self.settings.rounds
         config = {"configurable": {"thread_id": thread}, "recursion_limit": step_limit(ctx.skill, rounds)}
@@ -321,7 +277,7 @@ class Execution:
         # A seed that failed before keeps the calls its failed attempts spent (they are not in its
         # checkpointed state): carry them, so its final figures count every call made for it.
         carry = Usage()
-        if seed.get("status") == "failed":
+        if seed.get("status") == SeedStatus.FAILED:
             values = snapshot.values or {}
             carry = Usage(max(0, seed.get("llm_calls", 0) - values.get("llm_calls", 0)),
                           max(0, seed.get("tokens", 0) - values.get("tokens", 0)),
@@ -359,20 +315,20 @@ class Execution:
         calls, tokens = final.get("llm_calls", 0) + carry.calls, final.get("tokens", 0) + carry.tokens
         hits = final.get("cache_hits", 0) + carry.cache_hits
         if final.get("rejected") or not samples:
-            self.registry.finish_seed(self.run_id, seed["id"], status="rejected",
+            self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.REJECTED,
                                       node=final.get("rejected_by"),
                                       reason=final.get("rejected") or "no sample produced",
                                       llm_calls=calls, tokens=tokens, cache_hits=hits)
-            self.reporter.seed_done("rejected", 0)
+            self.reporter.seed_done(SeedStatus.REJECTED, 0)
         else:
             # an accepted seed's reason, if any, says why its refined task got no sample
-            self.registry.finish_seed(self.run_id, seed["id"], status="accepted", samples=samples,
+            self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.ACCEPTED, samples=samples,
                                       reason=final.get("refined_rejected"),
                                       llm_calls=calls, tokens=tokens, cache_hits=hits)
             for sample in samples:
                 self.writer.append(sample)
-            self.reporter.seed_done("accepted", len(samples))
-        await forget_thread(saver, thread)
+            self.reporter.seed_done(SeedStatus.ACCEPTED, len(samples))
+        await forget_thread(self.saver, thread)
 
     def _error_text(self, error: BaseException) -> str:
         return self.llm.endpoint.redact(_error_text(error))  # whatever the error quotes, never the key
@@ -380,15 +336,97 @@ class Execution:
     async def _fail(self, graph, config, seed: dict, node: str, error: BaseException, spent: Usage) -> None:
         """`spent`: calls not in the checkpointed state (the failed node's, earlier failed attempts')."""
         values = (await graph.aget_state(config)).values or {}
-        self.registry.finish_seed(self.run_id, seed["id"], status="failed", node=node, error=self._error_text(error),
+        self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.FAILED, node=node,
+                                  error=self._error_text(error),
                                   llm_calls=values.get("llm_calls", 0) + spent.calls,
                                   tokens=values.get("tokens", 0) + spent.tokens,
                                   cache_hits=values.get("cache_hits", 0) + spent.cache_hits)
-        self.reporter.seed_done("failed", 0)
+        self.reporter.seed_done(SeedStatus.FAILED, 0)
 
 
-def run_status(counts: dict[str, int]) -> str:
+@dataclass
+class LocalExecutor:
+    """The executor in this process: up to `settings.concurrency` seeds at once on the event loop."""
+
+    registry: Registry
+    home: Home
+    run_id: str
+    skill: Skill | None                  # the run's skill; None for a multi-skill run
+    llm: LLM
+    settings: Settings
+    reporter: Reporter
+    writer: SampleWriter = field(init=False)
+    _clock: float = field(init=False, default=0.0)
+
+    async def run(self) -> None:
+        """Run the unfinished seeds. A fatal error (FatalRunError, or a StorageError: a file that
+        cannot be written or read) stops the run at once: seeds in flight are cancelled and stay
+        resumable, as after Ctrl-C; no seed is marked failed for it."""
+        self._clock = time.monotonic()  # wall time is added up to here as seeds finish
+        self.writer = SampleWriter(Path(self.settings.out))
+        try:
+            self.writer.reconcile(self.registry.samples(self.run_id))
+            async with open_saver(self.home.checkpoints_path) as saver:
+                await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
+                                                 self.reporter, self.writer, saver))
+        except BaseException as exc:
+            try:  # best effort: the run is stopping on an error already
+                self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
+                self.writer.close()
+            except (storage.StorageError, sqlite3.Error):
+                pass
+            fault = storage.fault(exc) if isinstance(exc, Exception) else None
+            if fault is None or fault is exc:
+                raise
+            raise fault from None
+        try:
+            self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
+            self.writer.close()
+        except sqlite3.Error as exc:
+            raise storage.fault(exc) or exc from None
+
+    async def _run_seeds(self, runner: SeedRunner) -> None:
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        running: set[asyncio.Task] = set()
+        fatal: list[BaseException] = []
+
+        def stop(exc: BaseException) -> None:
+            fatal.append(exc)
+            for task in running:
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        async def one(seed: dict) -> None:
+            try:
+                await runner.run(seed)
+                now = time.monotonic()
+                self.registry.add_wall_time(self.run_id, now - self._clock)
+                self._clock = now
+            except Exception as exc:  # FatalRunError or a storage fault: the whole run stops
+                stop(storage.fault(exc) or exc)
+            finally:
+                slots.release()
+
+        try:
+            for seed in self.registry.unfinished_seeds(self.run_id):
+                await slots.acquire()
+                if fatal:
+                    slots.release()
+                    break
+                task = asyncio.create_task(one(seed))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        except Exception as exc:  # reading the next seeds failed (runs.db): stop the seeds in flight too
+            stop(exc)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        if fatal:
+            raise fatal[0]
+
+
+def run_status(counts: dict[str, int]) -> RunStatus:
+    """The status a run that stopped running has, from its seeds' counts."""
     if counts["pending"]:
-        return "interrupted"
-    return "finished with failures" if counts["failed"] else "complete"
+        return RunStatus.INTERRUPTED
+    return RunStatus.FINISHED_WITH_FAILURES if counts["failed"] else RunStatus.COMPLETE
 

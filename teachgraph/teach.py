@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from checkpoints.registry import Registry
-from nodes.checks import choice_key, label_in_set
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.nodes.checks import choice_key, label_in_set
 
 EMBEDDED_STUDENT = "smollm2"
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -12,13 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "corpus" / "sample"
 sys.path.insert(0, str(ROOT))
 
-from checkpoints.registry import Registry  # noqa: E402
-from nodes.llm import LLM  # noqa: E402
-from teachgraph.runner import Execution, Home, Settings  # noqa: E402
-from teachgraph.mix import Dealer  # noqa: E402
-from teachgraph.seeds import collect  # noqa: E402
-import skills  # noqa: E402
-from tests.fake_chat import ScriptedChatModel  # noqa: E402
+import teachgraph  # noqa: E402
+from teachgraph.client.llm import LLM  # noqa: E402
+from teachgraph.testing.fake_chat import ScriptedChatModel  # noqa: E402
 
 
 @pytest.fixture
@@ -39,17 +34,11 @@ class Tally:
 def run_in_process(tmp_path: Path, script, *, limit: int = 3, rounds: int = 2, concurrency: int = 2,
                    seeds: Path = SAMPLE, run_id: str = "t1"):
     """Run the rag graph over `seeds` with a scripted model; returns (registry, settings, llm)."""
-    home = Home(tmp_path / "home")
-    registry = Registry(home.registry_path)
-    skill = skills.load("rag")
-    settings = Settings(skill="rag", seeds=[str(seeds)], out=str(home.default_out(run_id)), limit=limit,
-                        rounds=rounds, concurrency=concurrency, model="scripted")
-    registry.create_run(run_id, "rag", settings.to_json())
-    registry.add_corpus(run_id, collect([seeds]), limit=limit, assign=Dealer([skill]), passage_chars=420)
     llm = LLM(chat=ScriptedChatModel(script=script), model_name="scripted", structured_mode="json_object",
               max_concurrency=concurrency)
-    asyncio.run(Execution(registry, home, run_id, skill, llm, settings, Tally()).run())
-    return registry, settings, llm
+    run = teachgraph.run("rag", [seeds], limit=limit, rounds=rounds, concurrency=concurrency, model="scripted",
+                         home=tmp_path / "home", run_id=run_id, llm=llm)
+    return run.registry, run.settings, llm
 
 
 def run_cli(*args: str, home: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

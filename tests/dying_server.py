@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.fake_openai import FakeOpenAI  # noqa: E402
+from teachgraph.testing.fake_openai import FakeOpenAI  # noqa: E402
 
 
 class DyingServer(FakeOpenAI):

@@ -14,7 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from tests.fake_openai import instance_from_schema
+from teachgraph.testing.fake_openai import instance_from_schema
 
 APIS = [
     {"name": "get_weather", "description": "Current weather for a city.",

@@ -12,11 +12,11 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
-from nodes.cache import ResponseCache
-from nodes.chat_call import ChatRequest
-from nodes.llm import LLM, UnusableOutput, Usage
+from teachgraph.checkpoints.cache import ResponseCache
+from teachgraph.client.chat_call import ChatRequest
+from teachgraph.client.llm import LLM, UnusableOutput, Usage
 from tests.conftest import SAMPLE, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 from tests.test_llm import Pick
 
@@ -247,7 +247,7 @@ def test_a_bad_reply_stored_by_an_older_version_is_not_served(tmp_path):
 
 
 def test_a_huge_reply_is_used_but_not_cached(tmp_path):
-    from nodes.cache import MAX_STORED_CHARS
+    from teachgraph.checkpoints.cache import MAX_STORED_CHARS
     padded = json.dumps({"name": "alpha", "score": 3}) + " " * (2 * MAX_STORED_CHARS)
 
     async def main(fake):

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from teachgraph import probe
+from teachgraph.client import probe
 from tests.conftest import SAMPLE, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 
 

@@ -32,7 +32,7 @@ def dying(*args: str) -> dict:
                                  + " ".join(args)}
 
 
-HEALTHY = {embedded.SERVER_ENV: f"{PY} {shlex.quote(str(ROOT / 'tests' / 'fake_openai.py'))} --port {{port}}"}
+HEALTHY = {embedded.SERVER_ENV: f"{PY} {shlex.quote(str(ROOT / 'teachgraph' / 'testing' / 'fake_openai.py'))} --port {{port}}"}
 
 
 def run_timed(*args: str, home: Path, env: dict, timeout: float = 240) -> tuple[int, str, float]:

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from langchain_openai import ChatOpenAI
 
-from nodes.endpoint import (AdaptiveLimit, Endpoint, EndpointFatal, EndpointUnavailable, RequestRejected,
+from teachgraph.client.endpoint import (AdaptiveLimit, Endpoint, EndpointFatal, EndpointUnavailable, RequestRejected,
                             RetryPolicy, retry_after_seconds)
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 
 FAST = RetryPolicy(attempts=6, timeout=5.0, backoff=0.01, max_backoff=0.05)
 KEY = "sk-test-ENDPOINT-key-0123456789"
@@ -216,9 +216,9 @@ def test_connection_refused_is_retried_then_reported_in_one_line():
 def run_llm(fake: FakeOpenAI, requests: int, wire: bool, retries: int = 2):
     """`requests` structured calls through an LLM as a run builds it (make_llm: the Wire) or through
     the SDK's post (wire=False); returns what each call gave (value or exception) and its Usage."""
-    from nodes.llm import LLM, Usage
+    from teachgraph.client.llm import LLM, Usage
     from teachgraph.runner import Settings, make_llm
-    from teachgraph.transport import async_http_client
+    from teachgraph.client.transport import async_http_client
     from tests.test_llm import Pick
 
     async def main():

@@ -14,12 +14,12 @@ import pytest
 datasets = pytest.importorskip("datasets", reason="the export extra is not installed")
 yaml = pytest.importorskip("yaml")
 
-import skills  # noqa: E402
-from checkpoints.registry import Registry  # noqa: E402
-from nodes.llm import LLM  # noqa: E402
+from teachgraph import skills  # noqa: E402
+from teachgraph.checkpoints.registry import Registry  # noqa: E402
+from teachgraph.client.llm import LLM  # noqa: E402
 from teachgraph import export  # noqa: E402
 from teachgraph.mix import Dealer  # noqa: E402
-from teachgraph.runner import Execution, Home, Settings  # noqa: E402
+from teachgraph.runner import LocalExecutor, Home, Settings  # noqa: E402
 from teachgraph.seeds import collect  # noqa: E402
 from tests.conftest import Tally, run_cli  # noqa: E402
 from tests.fake_hub import FakeHub  # noqa: E402
@@ -43,7 +43,7 @@ def run_mix(home: Home, run_id: str, weights: dict[str, float], corpus: Path) ->
     registry.add_corpus(run_id, collect([corpus]), limit=None, passage_chars=420,
                         assign=Dealer([skills.load(name) for name in weights], weights))
     llm = LLM(chat=SchemaChatModel(script=FlowScript()), model_name="fake", structured_mode="json_object")
-    asyncio.run(Execution(registry, home, run_id, None, llm, settings, Tally()).run())
+    asyncio.run(LocalExecutor(registry, home, run_id, None, llm, settings, Tally()).run())
     return registry
 
 

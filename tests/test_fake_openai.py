@@ -13,7 +13,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.fake_openai import FakeOpenAI, instance_from_schema, parse_faults
+from teachgraph.testing.fake_openai import FakeOpenAI, instance_from_schema, parse_faults
 
 
 class Step(BaseModel):

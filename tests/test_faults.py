@@ -9,7 +9,7 @@ import re
 import threading
 
 from tests.conftest import SAMPLE, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript, agent_of
 
 TRANSPORT_FAULTS = ("timeout", "429", "429-bare", "500", "503", "reset", "garbled")   # no reply reaches the client

@@ -8,7 +8,7 @@ import json
 
 from langgraph.graph import END
 
-import skills
+from teachgraph import skills
 from tests.conftest import run_in_process
 from tests import rag_script
 from tests.rag_script import RagScript

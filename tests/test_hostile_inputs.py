@@ -16,7 +16,7 @@ import pytest
 
 from teachgraph.seeds import Chunk, Skipped, abbreviate, collect
 from tests.conftest import ROOT, run_in_process
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 
 PARAGRAPH = ("Python lists keep their items in order. The sort method sorts a list in place and returns "
@@ -324,7 +324,7 @@ def test_file_symlinks_out_of_the_seed_paths_are_skipped(tmp_path):
     ("nan.json", '{"rag": NaN, "mcq": 1}'), ("inf.json", '{"rag": Infinity}'),
     ("huge.toml", "rag = 1e308\nmcq = 1e308")])
 def test_mix_weights_that_are_not_finite_are_refused(tmp_path, name, text):
-    from skills import SkillError
+    from teachgraph.skills import SkillError
     from teachgraph.mix import load_mix
     (tmp_path / name).write_text(text)
     with pytest.raises(SkillError, match="finite number|add up to more"):

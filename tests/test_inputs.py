@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import skills
+from teachgraph import skills
 from teachgraph.output import SampleWriter
 from teachgraph.seeds import MIN_CHUNK_CHARS, Chunk, Skipped, chunk_text, collect, read_documents
 from tests.conftest import SAMPLE
@@ -174,19 +174,19 @@ def test_the_linear_chunker_cuts_exactly_as_before():
 
 
 def test_collecting_is_counted_in_the_wall_time_and_says_so(tmp_path, monkeypatch, capsys):
-    import cli
-    from checkpoints.registry import Registry
+    from teachgraph import api, cli
+    from teachgraph.checkpoints.registry import Registry
     from teachgraph.runner import Settings
 
     def slow_collect(paths):
         time.sleep(0.6)           # a large corpus being read
         yield from collect(paths)
 
-    monkeypatch.setattr(cli, "collect", slow_collect)
+    monkeypatch.setattr(api, "collect", slow_collect)
     registry = Registry(tmp_path / "runs.db")
     settings = Settings(skill="rag", seeds=[str(SAMPLE)], out=str(tmp_path / "out.jsonl"), limit=2)
     registry.create_run("r", "rag", settings.to_json())
-    cli._collect_seeds(registry, "r", settings, [SAMPLE])
+    api._collect_seeds(registry, "r", settings, [SAMPLE], cli.ConsoleReporter())
     assert registry.counts("r")["total"] == 2
     assert registry.run("r")["wall_seconds"] >= 0.6
     assert f"collecting seeds from {SAMPLE} ..." in capsys.readouterr().err

@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from checkpoints.registry import Registry
+from teachgraph.checkpoints.registry import Registry
 from tests.conftest import ROOT, SAMPLE, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 
 SEEDS, ROUNDS, CONCURRENCY, KILLS = 10, 1, 2, 14

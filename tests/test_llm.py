@@ -12,8 +12,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from nodes.llm import LLM, UnusableOutput, response_format
-from tests.fake_openai import FakeOpenAI
+from teachgraph.client.llm import LLM, UnusableOutput, response_format
+from teachgraph.testing.fake_openai import FakeOpenAI
 
 
 class Pick(BaseModel):
@@ -108,7 +108,7 @@ def test_the_direct_call_sends_and_reads_what_ainvoke_does(mode):
 def _three_ways(fake, mode: str, **chat_kwargs):
     """The same structured call over the Wire, the SDK's post and the public ainvoke."""
     from langchain_core.callbacks import AsyncCallbackHandler
-    from nodes.chat_call import Wire
+    from teachgraph.client.chat_call import Wire
 
     async def main(way):
         chat = ChatOpenAI(base_url=fake.base_url, api_key="sk-test-key-1234", model="m", max_retries=0,
@@ -151,7 +151,7 @@ def test_the_wire_sends_what_the_sdk_sends(no_proxy, mode):
 def test_the_wire_raises_the_sdks_errors(no_proxy, reply, error):
     """Retries and their classification (nodes/endpoint.py) read the SDK's exceptions: the Wire must
     raise the same types with the same status, body and headers."""
-    from nodes.chat_call import Wire
+    from teachgraph.client.chat_call import Wire
 
     with FakeOpenAI(responder=lambda body: reply) as fake:
         async def main():
@@ -173,7 +173,7 @@ def test_the_wire_raises_the_sdks_errors(no_proxy, reply, error):
 
 
 def _wire_post_raises(base_url: str, error: type[Exception]) -> None:
-    from nodes.chat_call import Wire
+    from teachgraph.client.chat_call import Wire
 
     async def main():
         wire = Wire.for_chat(ChatOpenAI(base_url=base_url, api_key="k", model="m", max_retries=0))
@@ -202,7 +202,7 @@ def test_the_wire_lets_the_users_headers_win_as_the_sdk_does(no_proxy):
 @pytest.mark.parametrize("case", ["proxy", "subclass", "custom-auth", "key-provider", "users-client"])
 def test_no_wire_where_it_could_send_differently(no_proxy, monkeypatch, case):
     from langchain_openai import AzureChatOpenAI
-    from nodes.chat_call import Wire
+    from teachgraph.client.chat_call import Wire
 
     if case == "proxy":
         monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")

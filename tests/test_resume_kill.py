@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
-from checkpoints.registry import Registry
+from teachgraph.checkpoints.registry import Registry
 from tests.conftest import ROOT, SAMPLE, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript, agent_of
 
 SEEDS, ROUNDS, CONCURRENCY = 8, 2, 2

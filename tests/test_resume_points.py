@@ -7,13 +7,13 @@ import asyncio
 import shutil
 import sqlite3
 
-import skills
+from teachgraph import skills
 import teachgraph.runner as runner
-from checkpoints.registry import Registry
-from nodes.llm import LLM
-from teachgraph.runner import Execution, Home
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.client.llm import LLM
+from teachgraph.runner import LocalExecutor, Home
 from tests.conftest import Tally, run_in_process
-from tests.fake_chat import ScriptedChatModel
+from teachgraph.testing.fake_chat import ScriptedChatModel
 from tests.rag_script import RagScript
 
 
@@ -53,7 +53,7 @@ def test_resume_from_every_step_boundary(tmp_path, monkeypatch):
         llm = LLM(chat=ScriptedChatModel(script=again.reply), model_name="scripted",
                   structured_mode="json_object", max_concurrency=1)
         settings.out = str(work.default_out("t1"))
-        asyncio.run(Execution(reg, work, "t1", skills.load("rag"), llm, settings, Tally()).run())
+        asyncio.run(LocalExecutor(reg, work, "t1", skills.load("rag"), llm, settings, Tally()).run())
         counts = reg.counts("t1")
         assert counts["accepted"] == 1 and counts["samples"] == 2, (index, reg.outcomes("t1", "rejected"))
         assert sorted(i for i, _ in reg.samples("t1")) == sample_ids

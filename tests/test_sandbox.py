@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from nodes.checks import python_compute, python_tests
-from nodes.sandbox import Limits, run_python
+from teachgraph.nodes.checks import python_compute, python_tests
+from teachgraph.nodes.sandbox import Limits, run_python
 
 
 @pytest.fixture
@@ -32,10 +32,10 @@ def test_good_code_runs_and_its_output_is_kept():
 
 @pytest.mark.parametrize("namespaces", [True, False], ids=["netns", "no-netns"])
 def test_network_is_refused(listening_port, monkeypatch, namespaces):
-    import nodes.sandbox
-    if namespaces and not nodes.sandbox.network_namespaces_available():
+    from teachgraph.nodes import sandbox
+    if namespaces and not sandbox.network_namespaces_available():
         pytest.skip("this machine has no unprivileged network namespaces")
-    monkeypatch.setattr(nodes.sandbox, "_netns_ok", namespaces)  # what machines without userns get
+    monkeypatch.setattr(sandbox, "_netns_ok", namespaces)  # what machines without userns get
     port, accepted = listening_port
     for code in (f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)",
                  "import urllib.request; urllib.request.urlopen('http://127.0.0.1:%d/', timeout=2)" % port,
@@ -51,14 +51,14 @@ def test_the_kernel_layer_alone_cuts_the_network(listening_port):
     import subprocess
     import sys
 
-    import nodes.sandbox
-    if not nodes.sandbox.network_namespaces_available():
+    from teachgraph.nodes import sandbox
+    if not sandbox.network_namespaces_available():
         pytest.skip("this machine has no unprivileged network namespaces")
-    nodes.sandbox.run_python("pass")  # resolves libc's unshare in the parent, as a real check does
+    sandbox.run_python("pass")  # resolves libc's unshare in the parent, as a real check does
     port, accepted = listening_port
     code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
     child = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=30,
-                           preexec_fn=nodes.sandbox.child_setup(Limits(), isolate=True, drop=False))
+                           preexec_fn=sandbox.child_setup(Limits(), isolate=True, drop=False))
     assert child.returncode != 0 and "Network is unreachable" in child.stderr, child.stderr
     assert accepted == []
 

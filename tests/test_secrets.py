@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.conftest import SAMPLE, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript, agent_of
 
 SECRET = "sk-proj-TEACHGRAPH-canary-5f3a9c7e1b2d"

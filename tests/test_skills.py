@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-import skills
-from checkpoints.registry import Registry
-from nodes.llm import LLM
+from teachgraph import skills
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.client.llm import LLM
 from teachgraph.mix import Dealer, load_mix
-from teachgraph.runner import Execution, Home, Settings
+from teachgraph.runner import LocalExecutor, Home, Settings
 from teachgraph.seeds import collect
 from tests.conftest import Tally, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.flow_script import FlowScript, SchemaChatModel
 
 ISSUE_SKILLS = {"reading_comprehension", "open_domain_qa", "text_modification", "web_agent", "brain_teaser",
@@ -45,7 +45,7 @@ def run_skill(tmp_path: Path, corpus: Path, skill: skills.Skill, script: FlowScr
     registry.create_run("t", skill.name, settings.to_json())
     registry.add_corpus("t", collect([corpus]), limit=None, assign=Dealer([skill]), passage_chars=420)
     llm = LLM(chat=SchemaChatModel(script=script), model_name="fake", structured_mode="json_object")
-    asyncio.run(Execution(registry, home, "t", skill, llm, settings, Tally()).run())
+    asyncio.run(LocalExecutor(registry, home, "t", skill, llm, settings, Tally()).run())
     samples = [json.loads(body) for _, body in registry.samples("t")]
     return registry, samples
 
@@ -338,7 +338,7 @@ def test_flow_resumes_from_every_step_boundary(tmp_path, monkeypatch, name):
         again = FlowScript()
         llm = LLM(chat=SchemaChatModel(script=again), model_name="fake", structured_mode="json_object")
         settings = Settings(skill=name, seeds=[str(folder)], out=str(work.default_out("t")), rounds=1, model="fake")
-        asyncio.run(Execution(reg, work, "t", skill, llm, settings, Tally()).run())
+        asyncio.run(LocalExecutor(reg, work, "t", skill, llm, settings, Tally()).run())
         counts = reg.counts("t")
         assert counts["accepted"] == 1 and counts["samples"] == 2, (index, reg.outcomes("t", "rejected"))
         resumed = [json.loads(body) for _, body in reg.samples("t")]
@@ -350,7 +350,7 @@ def test_flow_resumes_from_every_step_boundary(tmp_path, monkeypatch, name):
 
 
 def test_web_actions_must_follow_the_action_grammar():
-    from nodes.checks import web_actions
+    from teachgraph.nodes.checks import web_actions
     page = {"content": '[1] link "Home"\n[2] textbox "Search"'}
     assert web_actions(page, {"actions": 'type [2] "shoes"\nclick [1]'}).ok
     assert web_actions(page, {"actions": 'answer "impossible: no checkout on this page"'}).ok
@@ -359,7 +359,7 @@ def test_web_actions_must_follow_the_action_grammar():
 
 
 def test_tool_calls_must_use_tools_the_sample_offers():
-    from nodes.checks import tool_arguments
+    from teachgraph.nodes.checks import tool_arguments
     from tests.flow_script import APIS
     item = {"apis": APIS, "tools": ["get_forecast"]}   # get_weather was taken away
     hidden = {"action": "call_tools", "calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'}]}

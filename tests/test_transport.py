@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from teachgraph.runner import Settings, make_llm
-from teachgraph.transport import async_http_client, transport_name
-from tests.fake_openai import FakeOpenAI
+from teachgraph.client.transport import async_http_client, transport_name
+from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.test_llm import Pick
 
 

@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
+from teachgraph.errors import UsageError
 from teachgraph.gates.base import KEEP, ChatSample, Gate, Verdict, register
 from teachgraph.gates.text import words
 
@@ -25,7 +26,7 @@ ID_FIELDS = ("id", "_id", "idx", "task_id", "question_id", "qid", "uid")
 MIN_N, MAX_N = 8, 13
 
 
-class EvalFileError(ValueError):
+class EvalFileError(UsageError):
     pass
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from teachgraph.gates.base import KEEP, ChatSample, Gate, Verdict, register
 from teachgraph.gates.text import ngrams, paragraphs, words
 
-SKILLS_DIR = Path(__file__).resolve().parents[2] / "skills"
+from teachgraph.skills import SKILLS_DIR  # noqa: E402 (installed or in a checkout)
 _PLACEHOLDER = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")   # Unicode's Cc less tab, LF, CR
 _LATIN_WORD = re.compile(r"\b[A-Za-z]{5,}\b")

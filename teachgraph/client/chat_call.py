@@ -37,7 +37,7 @@ from langchain_core.outputs import ChatResult
 from langsmith.utils import tracing_is_enabled
 from openai.types.chat import ChatCompletion
 
-from nodes.endpoint import BrokenReply
+from teachgraph.client.endpoint import BrokenReply
 
 
 class Wire:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import openai
 
-from nodes.chat_call import proxy_configured
+from teachgraph.client.chat_call import proxy_configured
 
 
 def async_http_client() -> object:

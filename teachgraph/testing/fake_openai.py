@@ -2,7 +2,7 @@
 
 Stdlib only.  Use it as a context manager::
 
-    from tests.fake_openai import FakeOpenAI
+    from teachgraph.testing.fake_openai import FakeOpenAI
 
     with FakeOpenAI(delay=0.01, faults={"429": 0.1}) as fake:
         client = openai.OpenAI(base_url=fake.base_url, api_key="x")
@@ -11,7 +11,7 @@ Stdlib only.  Use it as a context manager::
 
 or run it as a script (prints ``listening on http://127.0.0.1:PORT/v1`` first)::
 
-    python tests/fake_openai.py --port 0 --delay 0.05 --faults 429=0.1,500=0.05
+    python -m teachgraph.testing.fake_openai --port 0 --delay 0.05 --faults 429=0.1,500=0.05
 
 Faults (each at its own rate, drawn from one seeded RNG): ``timeout`` (stall ``timeout_sleep``
 seconds), ``429`` (with ``Retry-After: retry_after``), ``429-bare`` (no Retry-After), ``500``,

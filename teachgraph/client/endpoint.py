@@ -34,10 +34,13 @@ from typing import Awaitable, Callable, Iterable, Protocol, TypeVar
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from teachgraph.errors import TeachgraphError
+from teachgraph.options import DEFAULTS
+
 T = TypeVar("T")
 
 
-class EndpointError(RuntimeError):
+class EndpointError(TeachgraphError, RuntimeError):
     """An endpoint failure, described in one line that never holds the API key. `kind` says what the
     last attempt met (a status such as "500", "timeout", "connection", "broken"), when it was transient."""
 
@@ -78,8 +81,8 @@ class _ServerLost(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 10                 # per request, the first included (waits add up to ~1.5-3 min)
-    timeout: float = 120.0             # seconds per attempt, whatever the transport does
+    attempts: int = DEFAULTS.retries   # per request, the first included (waits add up to ~1.5-3 min)
+    timeout: float = DEFAULTS.timeout  # seconds per attempt, whatever the transport does
     backoff: float = 0.5               # first wait; doubles per attempt, full jitter
     max_backoff: float = 60.0
     max_retry_after: float = 600.0     # a longer Retry-After (a spent daily quota) stops the run
@@ -217,7 +220,7 @@ def is_transient_status(status: int) -> bool:
 class Endpoint:
     """One OpenAI-compatible endpoint as seen by this process: its limiter, policy and figures."""
 
-    def __init__(self, name: str = "endpoint", max_concurrency: int = 4, policy: RetryPolicy = RetryPolicy(),
+    def __init__(self, name: str = "endpoint", max_concurrency: int = DEFAULTS.concurrency, policy: RetryPolicy = RetryPolicy(),
                  secrets: Iterable[str] = (), server: ServerWatch | None = None):
         self.name = name
         self.server = server

@@ -19,10 +19,10 @@ import openai
 import sqlite_utils
 from pydantic import BaseModel, ValidationError
 
-from nodes.chat_call import check_envelope
-from nodes.endpoint import Endpoint, EndpointError, EndpointFatal, RequestRejected, RetryPolicy
-from nodes.llm import strip_fences, structured_request
-from teachgraph.transport import async_http_client
+from teachgraph.client.chat_call import check_envelope
+from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RequestRejected, RetryPolicy
+from teachgraph.client.llm import strip_fences, structured_request
+from teachgraph.client.transport import async_http_client
 
 STRONGEST_FIRST = ("json_schema", "json_object", "tools")
 

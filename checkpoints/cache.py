@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 from langchain_core.messages import AIMessage
 
-from checkpoints import storage
-from nodes.chat_call import reply_tokens
+from teachgraph.checkpoints import storage
+from teachgraph.client.chat_call import reply_tokens
 
 
 def request_key(request: dict[str, Any]) -> str:

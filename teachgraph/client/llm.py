@@ -12,9 +12,10 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
-from nodes.cache import ResponseCache, request_key
-from nodes.chat_call import ChatRequest, Wire, reply_tokens
-from nodes.endpoint import Endpoint
+from teachgraph.checkpoints.cache import ResponseCache, request_key
+from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens
+from teachgraph.client.endpoint import Endpoint
+from teachgraph.options import DEFAULTS
 
 # How to ask an endpoint for JSON. Servers differ (README, "Using another endpoint"): OpenAI and vLLM take
 # "json_schema"; llama-cpp-python's server rejects it but constrains output with a grammar
@@ -115,8 +116,8 @@ class LLM:
     chat: BaseChatModel
     model_name: str
     structured_mode: StructuredMode = "json_schema"
-    max_concurrency: int = 4
-    max_tokens: int = 384
+    max_concurrency: int = DEFAULTS.concurrency
+    max_tokens: int = DEFAULTS.max_tokens
     token_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     fix_attempts: int = 2
     usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar
