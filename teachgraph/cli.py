@@ -439,7 +439,7 @@ def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: L
 def _structured_strategy(registry: Registry, base_url: str, api_key: str, settings: Settings) -> str:
     """--structured auto: what `endpoint probe` found for this endpoint and model, probing it now
     (within the run's --timeout and --retries) if need be. Says where the strategy came from."""
-    known = probe.cached(registry.db, base_url, settings.model)
+    known = registry.probe_result(base_url, settings.model)
     if known is not None:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(known.probed))
         say(f"structured output: {known.strategy} (probed {when}; python cli.py endpoint probe re-probes)")
@@ -450,7 +450,7 @@ def _structured_strategy(registry: Registry, base_url: str, api_key: str, settin
                                         attempts=settings.retries))
     except EndpointError as exc:
         fail(str(exc))
-    probe.remember(registry.db, known)
+    registry.remember_probe(known)
     say(f"structured output: {known.strategy} (probed the endpoint just now; cached for later runs)")
     return known.strategy
 
@@ -615,7 +615,7 @@ def endpoint_probe(
     if base_url:
         _preflight(base_url, key, timeout)
         result = run_probe(base_url, model)
-        probe.remember(Registry(home.registry_path).db, result)
+        Registry(home.registry_path).remember_probe(result)
         where = f"{base_url} {model}"
     else:
         for line in embedded.build_report():

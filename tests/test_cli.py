@@ -99,7 +99,8 @@ def test_api_key_never_reaches_the_databases_or_output(tmp_path, fake):
     (["graph", "show", "rag", "--format", "svg"], "unknown format"),
     (["graph", "run", "rag", "--run-id", "../escape"], "bad run id"),
     (["graph", "run", "rag", "--out", "README.md"], "already exists"),
-    (["graph", "run", "rag", "--base-url", "http://[bad", "--model", "m"], "--base-url is not a URL (Invalid IPv6 URL)"),
+    (["graph", "run", "rag", "--base-url", "http://[bad", "--model", "m"],
+     "--base-url is not a URL (Invalid IPv6 URL)"),
 ])
 def test_bad_arguments_give_one_clear_line(tmp_path, args, message):
     result = run_cli(*args, home=tmp_path)

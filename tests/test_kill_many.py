@@ -58,7 +58,8 @@ def check_consistent(home: Path, run_id: str) -> dict:
     assert counts["accepted"] + counts["rejected"] + counts["failed"] + counts["pending"] == SEEDS
     assert counts["failed"] == 0, registry.outcomes(run_id, "failed")
     db = registry.db
-    per_seed = dict(db.execute("select seed_id, count(*) from samples where run_id = ? group by seed_id", [run_id]).fetchall())
+    per_seed = dict(db.execute("select seed_id, count(*) from samples where run_id = ? group by seed_id",
+                               [run_id]).fetchall())
     for seed in db.query("select id, status, samples from seeds where run_id = ?", [run_id]):
         assert per_seed.get(seed["id"], 0) == (seed["samples"] if seed["status"] == "accepted" else 0)
     committed = {sid for sid, _ in registry.samples(run_id)}
@@ -76,7 +77,8 @@ def test_sigkill_at_many_random_moments_loses_and_duplicates_nothing(tmp_path):
         base = run_cli(*args(fake, "base"), home=tmp_path / "base")
         assert base.returncode == 0, base.stderr
         baseline_calls = fake.request_count
-    base_ids = sorted(i.replace("base:", "") for i in output_lines(tmp_path / "base" / "runs" / "base" / "samples.jsonl")[0])
+    base_ids = sorted(i.replace("base:", "")
+                      for i in output_lines(tmp_path / "base" / "runs" / "base" / "samples.jsonl")[0])
 
     home = tmp_path / "killed"
     kills, launches, finished_runs, phases = 0, 0, 0, []

@@ -122,7 +122,7 @@ def test_a_burst_of_500s_while_probing_is_not_taken_for_a_refusal(tmp_path):
         assert first.returncode == 2, first.stdout + first.stderr
         assert "nothing was cached" in first.stderr and len(first.stderr.strip().splitlines()) == 1
         from teachgraph.checkpoints.registry import Registry
-        assert probe.cached(Registry(tmp_path / "runs.db").db, fake.base_url, "fake-model") is None
+        assert Registry(tmp_path / "runs.db").probe_result(fake.base_url, "fake-model") is None
         second = run_cli(*args, home=tmp_path)
     assert second.returncode == 0 and "strategy: json_schema" in second.stdout, second.stdout + second.stderr
 
