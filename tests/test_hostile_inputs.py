@@ -378,6 +378,7 @@ def test_markup_in_user_values_is_printed_as_given(tmp_path):
         assert model in result.stdout and str(out) in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 def test_terminal_escapes_from_the_endpoint_are_neutralised_when_shown(tmp_path):
     """An endpoint's error text that sets the terminal's title and clears the screen is recorded as
     sent, and shown with its control characters escaped by `runs failures` and `runs show`."""

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from teachgraph.checkpoints.registry import Registry
 from tests.conftest import ROOT, SAMPLE, run_cli
 from teachgraph.testing.fake_openai import FakeOpenAI
@@ -69,6 +71,7 @@ def check_consistent(home: Path, run_id: str) -> dict:
     return {"phase": "running", **counts}
 
 
+@pytest.mark.slow
 def test_sigkill_at_many_random_moments_loses_and_duplicates_nothing(tmp_path):
     seed = int(os.environ.get("TEACHGRAPH_KILL_SEED") or random.SystemRandom().randrange(10**6))
     rng = random.Random(seed)
@@ -143,6 +146,7 @@ def finish(home: Path, run_id: str, base_ids: list[str]) -> None:
         assert db.execute("select count(*) from checkpoints where thread_id like ?", [f"{run_id}:%"]).fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_collecting_collects_again_on_resume(tmp_path):
     """The state a kill leaves mid-collection: the run row says "collecting", some seeds and passages
     are in, others not. Resume throws the partial corpus away and collects it again."""
@@ -171,6 +175,7 @@ def test_a_run_killed_while_collecting_collects_again_on_resume(tmp_path):
     assert tail == b"" and len(ids) == len(set(ids)) == counts["samples"]
 
 
+@pytest.mark.slow
 def test_a_second_process_resuming_the_same_run_refuses(tmp_path):
     home = tmp_path / "home"
     with FakeOpenAI(responder=RagScript().http_responder, delay=0.3) as fake:

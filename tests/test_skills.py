@@ -280,6 +280,7 @@ def test_mix_files_and_bad_mixes(tmp_path):
 
 # ---- the CLI ----
 
+@pytest.mark.slow
 def test_graph_list_and_show_every_skill(tmp_path):
     listed = run_cli("graph", "list", home=tmp_path)
     assert listed.returncode == 0
@@ -289,6 +290,7 @@ def test_graph_list_and_show_every_skill(tmp_path):
         assert shown.returncode == 0 and "answer" in shown.stdout, (name, shown.stderr)
 
 
+@pytest.mark.slow
 def test_graph_run_all_with_a_mix_over_the_http_fake(tmp_path, corpus):
     script = FlowScript()
     with FakeOpenAI(responder=script.http_responder) as server:
