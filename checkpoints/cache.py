@@ -21,29 +21,43 @@ full), the run carries on without it, and `on_fault` is told once, in one line."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+import sqlite_utils
 from langchain_core.messages import AIMessage
 
 from teachgraph.checkpoints import storage
 from teachgraph.client.chat_call import reply_tokens
 
 
-def request_key(request: dict[str, Any]) -> str:
-    """SHA-256 of a rendered request (nodes/chat_call.py: ChatRequest.rendered)."""
-    text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 # A reply whose stored text is longer is not stored (it is still used): replies are capped by
 # --max-tokens (384 tokens is ~1.5 KB), so only a runaway or hostile endpoint sends this much.
 MAX_STORED_CHARS = 1_000_000
+
+
+# cache.db's schema, as named, append-only migrations (sqlite-utils records the applied ones in
+# `_sqlite_migrations`). Never edit or reorder one that has shipped: add a new one at the end.
+MIGRATIONS = sqlite_utils.Migrations("teachgraph.cache")
+
+
+# These two describe cache.db as it was before migrations were recorded ("version 0"): a file made
+# then may hold either or both, so they skip what is there.
+@MIGRATIONS(name="0001_replies")
+def _replies(db: sqlite_utils.Database) -> None:
+    db.execute("""create table if not exists replies (
+        key text primary key, content text not null, finish_reason text, model text,
+        tokens integer not null default 0, created real not null) without rowid""")
+
+
+@MIGRATIONS(name="0002_replies_tool_calls")
+def _tool_calls(db: sqlite_utils.Database) -> None:   # the tools strategy's replies are tool calls
+    if "tool_calls" not in db["replies"].columns_dict:
+        db["replies"].add_column("tool_calls", str)
 
 
 class ResponseCache:
@@ -57,12 +71,7 @@ class ResponseCache:
             self.conn = storage.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("""create table if not exists replies (
-                key text primary key, content text not null, finish_reason text, model text,
-                tokens integer not null default 0, created real not null) without rowid""")
-            columns = {row[1] for row in self.conn.execute("pragma table_info(replies)")}
-            if "tool_calls" not in columns:  # added for the tools strategy; older files lack it
-                self.conn.execute("alter table replies add column tool_calls text")
+            storage.migrate(sqlite_utils.Database(self.conn), MIGRATIONS)
         except (sqlite3.Error, OSError) as exc:
             self._give_up(exc)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -15,6 +16,7 @@ import sqlite_utils
 
 from teachgraph.checkpoints import storage, terms
 from teachgraph.errors import UsageError
+from teachgraph.client.probe import Check, Probe
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
 
@@ -34,6 +36,69 @@ class OutputInUse(UsageError):
 
 BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock on runs.db
 
+# runs.db's schema, as named, append-only migrations (sqlite-utils records the applied ones in
+# `_sqlite_migrations`). Never edit or reorder one that has shipped: add a new one at the end.
+MIGRATIONS = sqlite_utils.Migrations("teachgraph.runs")
+
+# The migrations up to endpoint_probes describe the schema as it was before migrations were recorded
+# ("version 0"): a runs.db made then holds some or all of what they create, so they skip what is
+# already there. A later migration runs on a file whose record says what it holds, and need not check.
+
+
+def _missing(db: sqlite_utils.Database, table: str) -> bool:
+    return table not in db.table_names()
+
+
+@MIGRATIONS(name="0001_runs_seeds_samples_skipped_passages")
+def _initial(db: sqlite_utils.Database) -> None:
+    if _missing(db, "runs"):
+        db["runs"].create({"id": str, "skill": str, "status": str, "created": float, "updated": float,
+                           "settings": str, "wall_seconds": float, "seeds_total": int}, pk="id")
+    if _missing(db, "seeds"):
+        db["seeds"].create({"run_id": str, "id": str, "ordinal": int, "source": str, "chunk": int,
+                            "title": str, "kind": str, "text": str, "task_type": str, "status": str,
+                            "reason": str, "node": str, "error": str, "llm_calls": int, "tokens": int,
+                            "samples": int, "updated": float}, pk=("run_id", "id"))
+        db["seeds"].create_index(["run_id", "status", "ordinal"])
+        db["seeds"].create_index(["run_id", "ordinal"])
+    if _missing(db, "samples"):
+        db["samples"].create({"id": str, "run_id": str, "seed_id": str, "seq": int, "body": str}, pk="id")
+        db["samples"].create_index(["run_id", "seq"])
+    if _missing(db, "skipped"):
+        db["skipped"].create({"run_id": str, "source": str, "reason": str})
+        db["skipped"].create_index(["run_id"])
+    if _missing(db, "passages"):
+        db["passages"].create({"run_id": str, "seed_id": str, "idx": int, "title": str, "text": str})
+        db["passages"].create_index(["run_id", "seed_id"])
+        db["passages"].enable_fts(["title", "text"], tokenize="porter", create_triggers=True)
+
+
+@MIGRATIONS(name="0002_seeds_skill_transformation")
+def _multi_skill(db: sqlite_utils.Database) -> None:   # multi-skill runs: which skill and agent a seed got
+    for column in ("skill", "transformation"):
+        if column not in db["seeds"].columns_dict:
+            db["seeds"].add_column(column, str)
+
+
+@MIGRATIONS(name="0003_seeds_cache_hits")
+def _cache_hits(db: sqlite_utils.Database) -> None:    # the response cache: replies served from it
+    if "cache_hits" not in db["seeds"].columns_dict:
+        db["seeds"].add_column("cache_hits", int, not_null_default=0)
+
+
+@MIGRATIONS(name="0004_terms")
+def _terms(db: sqlite_utils.Database) -> None:         # retrieval's word counts (checkpoints/terms.py)
+    if _missing(db, "terms"):
+        db.execute("""create table terms (run_id text not null, term text not null, passages integer not null,
+                      primary key (run_id, term)) without rowid""")
+
+
+@MIGRATIONS(name="0005_endpoint_probes")
+def _endpoint_probes(db: sqlite_utils.Database) -> None:   # what `endpoint probe` found (client/probe.py)
+    if _missing(db, "endpoint_probes"):
+        db["endpoint_probes"].create({"endpoint": str, "model": str, "strategy": str, "checks": str,
+                                      "probed": float}, pk=("endpoint", "model"))
+
 
 class Registry:
     def __init__(self, path: Path):
@@ -46,36 +111,7 @@ class Registry:
         self.db = sqlite_utils.Database(storage.connect(path, timeout=BUSY_TIMEOUT_S))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self._ensure_schema()
-
-    def _ensure_schema(self) -> None:
-        db = self.db
-        if "runs" not in db.table_names():
-            db["runs"].create({"id": str, "skill": str, "status": str, "created": float, "updated": float,
-                               "settings": str, "wall_seconds": float, "seeds_total": int}, pk="id")
-        if "seeds" not in db.table_names():
-            db["seeds"].create({"run_id": str, "id": str, "ordinal": int, "source": str, "chunk": int,
-                                "title": str, "kind": str, "text": str, "task_type": str, "status": str,
-                                "reason": str, "node": str, "error": str, "llm_calls": int, "tokens": int,
-                                "samples": int, "updated": float}, pk=("run_id", "id"))
-            db["seeds"].create_index(["run_id", "status", "ordinal"])
-            db["seeds"].create_index(["run_id", "ordinal"])
-        for column in ("skill", "transformation"):  # added with multi-skill runs; older databases lack them
-            if column not in db["seeds"].columns_dict:
-                db["seeds"].add_column(column, str)
-        if "cache_hits" not in db["seeds"].columns_dict:  # added with the response cache
-            db["seeds"].add_column("cache_hits", int, not_null_default=0)
-        if "samples" not in db.table_names():
-            db["samples"].create({"id": str, "run_id": str, "seed_id": str, "seq": int, "body": str}, pk="id")
-            db["samples"].create_index(["run_id", "seq"])
-        if "skipped" not in db.table_names():
-            db["skipped"].create({"run_id": str, "source": str, "reason": str})
-            db["skipped"].create_index(["run_id"])
-        if "passages" not in db.table_names():
-            db["passages"].create({"run_id": str, "seed_id": str, "idx": int, "title": str, "text": str})
-            db["passages"].create_index(["run_id", "seed_id"])
-            db["passages"].enable_fts(["title", "text"], tokenize="porter", create_triggers=True)
-        terms.ensure_table(db)
+        storage.migrate(self.db, MIGRATIONS)
 
     # ---- runs ----
     def create_run(self, run_id: str, skill: str, settings: dict[str, Any]) -> None:
@@ -289,3 +325,21 @@ class Registry:
         first = [row["source"] for row in self.db.query(
             "select distinct source from seeds where run_id = ? order by source limit ?", [run_id, limit])]
         return total, first
+
+    # ---- endpoint probes (teachgraph/client/probe.py finds them; no key is ever stored) ----
+    def probe_result(self, endpoint: str, model: str) -> Probe | None:
+        """What the last probe of `endpoint` with `model` found, if it was probed."""
+        rows = list(self.db.query("select * from endpoint_probes where endpoint = ? and model = ?",
+                                  [endpoint.rstrip("/"), model]))
+        if not rows:
+            return None
+        row = rows[0]
+        return Probe(row["endpoint"], row["model"], row["strategy"],
+                     [Check(**c) for c in json.loads(row["checks"])], row["probed"])
+
+    def remember_probe(self, result: Probe) -> None:
+        with self.db.conn:
+            self.db["endpoint_probes"].upsert(
+                {"endpoint": result.endpoint, "model": result.model, "strategy": result.strategy,
+                 "checks": json.dumps([asdict(c) for c in result.checks]), "probed": result.probed},
+                pk=("endpoint", "model"))

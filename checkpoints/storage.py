@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,20 @@ def connect(path: Path, **kwargs: Any) -> sqlite3.Connection:
     return conn
 
 
+def _full(path: Path | str | None) -> bool:
+    """Whether the file system holding `path` has (next to) no room left. SQLite reports some writes
+    that fail for want of space as an I/O error (growing the WAL index, shm), not as SQLITE_FULL."""
+    try:
+        return path is not None and shutil.disk_usage(Path(path).parent).free < 64 * 1024
+    except OSError:
+        return False
+
+
 def describe(path: Path | str | None, exc: sqlite3.Error) -> StorageError:
     name = Path(path).name if path else ""
     where = str(path) if path else "a teachgraph database"
     code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-    if code == sqlite3.SQLITE_FULL:
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _full(path)):
         text = f"{where}: the disk is full ({exc}); free some space, then try again"
     elif code == sqlite3.SQLITE_BUSY or code == sqlite3.SQLITE_LOCKED:
         text = (f"{where} is locked by another process ({exc}); wait for it to finish (or stop it), "
@@ -128,3 +138,21 @@ def fault(exc: BaseException) -> StorageError | None:
         inner = getattr(exc, "error", None)
         exc = inner if isinstance(inner, BaseException) else exc.__cause__ or exc.__context__
     return None
+
+
+def migrate(db: Any, migrations: Any) -> None:
+    """Apply `migrations` (a sqlite_utils.Migrations set) to `db` (a sqlite_utils.Database), each once.
+
+    sqlite-utils records what it applied in `_sqlite_migrations`. Processes opening one file at once
+    take turns: the first to hold the write lock (BEGIN IMMEDIATE; the others wait out the busy
+    timeout) applies what is pending, the next finds nothing left. Each migration still runs in its
+    own savepoint inside that transaction, so a failed one leaves the file as it was."""
+    if not migrations.pending(db):   # the usual case: a read, no write lock
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        migrations.apply(db)
+    except BaseException:
+        db.rollback()
+        raise
+    db.execute("COMMIT")

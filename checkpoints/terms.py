@@ -33,12 +33,6 @@ def words(text: str, limit: int | None = None) -> list[str]:
     return list(seen)
 
 
-def ensure_table(db: sqlite_utils.Database) -> None:
-    if "terms" not in db.table_names():
-        db.execute("""create table terms (run_id text not null, term text not null, passages integer not null,
-                      primary key (run_id, term)) without rowid""")
-
-
 def count(db: sqlite_utils.Database, run_id: str, passages: Iterable[str]) -> None:
     """Add the passages' words to the run's counts (call inside the transaction that stores them)."""
     counts: Counter[str] = Counter()

@@ -431,7 +431,8 @@ FinalReply = create_model("FinalReply", message=(str, Field(min_length=1, max_le
 def _tool_reply(tools: tuple[str, ...]) -> type[BaseModel]:
     if not tools:  # every API the task needs was taken away: there is nothing to call
         return create_model("ToolReply",
-                            action=(Literal["ask_user", "cannot_do"], Field(description="cannot_do: no tool given can do it")),
+                            action=(Literal["ask_user", "cannot_do"],
+                                    Field(description="cannot_do: no tool given can do it")),
                             calls=(list[ToolCall], Field(default_factory=list, max_length=0, description="always []")),
                             message=(str, Field(min_length=1, max_length=1000, description="what to tell the user")))
     call = create_model("Call", __base__=ToolCall, name=(Literal[tools], Field(description="the tool to call")))
@@ -560,7 +561,8 @@ async def simulate_tools(state: FlowState, runtime: Runtime[RunContext]) -> dict
     schema = _tool_results(len(calls))
     listing = "\n".join(f"{n + 1}. {c['function']['name']}({c['function']['arguments']})" for n, c in enumerate(calls))
     item = items_to_answer(state)[answering["index"]]
-    values: SimulateToolsInputs = {"calls": listing, "tools": sample_system(ctx, state, item), **_skill_values(ctx.skill)}
+    values: SimulateToolsInputs = {"calls": listing, "tools": sample_system(ctx, state, item),
+                                   **_skill_values(ctx.skill)}
     try:
         out, used = await ask(ctx, "simulate_tools", values, schema, state)
     except UnusableOutput as exc:

@@ -61,8 +61,8 @@ def field_definition(name: str, spec: FieldSpec) -> tuple[Any, Any]:
         try:
             annotation = NAMED_TYPES[spec.type]
         except KeyError:
-            raise SchemaError(f"field {name!r}: type {spec.type!r} is not a reply type (known: {sorted(NAMED_TYPES)})") \
-                from None
+            raise SchemaError(f"field {name!r}: type {spec.type!r} is not a reply type "
+                              f"(known: {sorted(NAMED_TYPES)})") from None
         return annotation, Field(description=spec.description)
     if spec.optional:
         return str, Field(default="", description=spec.description, max_length=spec.max_length)

@@ -241,7 +241,7 @@ def probe_endpoint(base_url: Optional[str] = None, model: Optional[str] = None, 
     if base_url:
         _preflight(base_url, key, timeout)
         result = asyncio.run(probe.probe(base_url, key, model, timeout=timeout))
-        probe.remember(Registry(home.registry_path).db, result)
+        Registry(home.registry_path).remember_probe(result)
         return result
     reporter.build_report(embedded.build_report())
     with embedded.embedded_server(home.root, log=reporter.note) as (url, _):
@@ -268,7 +268,7 @@ def _structured_strategy(registry: Registry, base_url: str, api_key: str, settin
                          reporter: Reporter) -> str:
     """structured="auto": what `endpoint probe` found for this endpoint and model, probing it now
     (within the run's timeout and retries) if need be. Says where the strategy came from."""
-    known = probe.cached(registry.db, base_url, settings.model)
+    known = registry.probe_result(base_url, settings.model)
     if known is not None:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(known.probed))
         reporter.note(f"structured output: {known.strategy} (probed {when}; python cli.py endpoint probe re-probes)")
@@ -276,7 +276,7 @@ def _structured_strategy(registry: Registry, base_url: str, api_key: str, settin
     reporter.note(f"probing the endpoint {base_url} for the structured output it enforces ...")
     known = asyncio.run(probe.probe(base_url, api_key, settings.model, timeout=settings.timeout,
                                     attempts=settings.retries))
-    probe.remember(registry.db, known)
+    registry.remember_probe(known)
     reporter.note(f"structured output: {known.strategy} (probed the endpoint just now; cached for later runs)")
     return known.strategy
 

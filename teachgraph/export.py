@@ -521,8 +521,8 @@ def _card_body(registry: Registry, run_ids: list[str], fmt: Format, stats: dict[
     for r in runs:
         total, first = registry.seed_sources(r["id"], SOURCES_LISTED)
         listed = ", ".join(f"`{s}`" for s in first) + (f", and {total - len(first)} more" if total > len(first) else "")
-        parts.append(f"- `{r['id']}`: {total} files under " + ", ".join(f"`{p}`" for p in r["settings"].get("seeds", []))
-                     + f": {listed}")
+        under = ", ".join(f"`{p}`" for p in r["settings"].get("seeds", []))
+        parts.append(f"- `{r['id']}`: {total} files under {under}: {listed}")
     rejections: dict[str, Counter] = defaultdict(Counter)
     for r in runs:
         for row in registry.rejections(r["id"]):
@@ -586,7 +586,8 @@ def hub_token() -> str:
     """HF_TOKEN, or a one-line error (checked before an export that is to be pushed, too)."""
     token = os.environ.get("HF_TOKEN")
     if not token:
-        raise ExportError("--push needs a Hugging Face token in HF_TOKEN (a write token: huggingface.co/settings/tokens)")
+        raise ExportError("--push needs a Hugging Face token in HF_TOKEN "
+                          "(a write token: huggingface.co/settings/tokens)")
     return token
 
 

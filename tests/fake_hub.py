@@ -40,7 +40,8 @@ class FakeHub:
                 parts = self.path.split("?")[0].strip("/").split("/")
                 if self.path.startswith("/api/repos/create"):
                     info = json.loads(body)
-                    repo = f"{info.get('organization') or 'user'}/{info['name']}" if "/" not in info["name"] else info["name"]
+                    repo = (f"{info.get('organization') or 'user'}/{info['name']}" if "/" not in info["name"]
+                            else info["name"])
                     hub.repos[repo] = {"private": info.get("private")}
                     return self._reply(200, {"url": f"{hub.endpoint}/datasets/{repo}", "name": repo})
                 if self.path.startswith("/api/validate-yaml"):  # the card's front matter must parse

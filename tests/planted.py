@@ -80,7 +80,8 @@ class Planter:
     def modification_row(self) -> dict:
         """A light edit of a long text: the reply repeats most of the prompt's text, legitimately."""
         original = self.text(7)
-        return chat(self.next_id("mod"), f"Fix the typos in the text below.\n\nText:\n{original}", self.edit(original, 3))
+        return chat(self.next_id("mod"), f"Fix the typos in the text below.\n\nText:\n{original}",
+                    self.edit(original, 3))
 
     def conversation_row(self) -> dict:
         return chat(self.next_id("conv"), [self.question(), self.question()], [self.text(2), self.text(2)],
@@ -137,7 +138,8 @@ class Planter:
             chat(self.next_id("echo"), prompt, prompt),
             chat(self.next_id("fffd"), q, self.text(2).replace(" ", " \ufffd", 1)),
             chat(self.next_id("ctrl"), q, self.text(2) + "\x00\x07"),
-            chat(self.next_id("gibberish"), q, " ".join("".join(self.rng.choices("abcdefghijklmnopqrstuvwxyz", k=self.rng.randint(5, 10)))
+            chat(self.next_id("gibberish"), q, " ".join("".join(self.rng.choices("abcdefghijklmnopqrstuvwxyz",
+                                                                          k=self.rng.randint(5, 10)))
                                                          for _ in range(25))),
             {"id": self.next_id("nouser"), "messages": [{"role": "system", "content": "Be nice."},
                                                         {"role": "assistant", "content": self.text(2)}]},

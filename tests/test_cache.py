@@ -111,6 +111,7 @@ def cli_counts(home, run_id):
     return json.loads(run_cli("runs", "show", run_id, "--json", home=home).stdout)["counts"]
 
 
+@pytest.mark.slow
 def test_cli_reuses_replies_across_runs_and_no_cache_turns_it_off(tmp_path):
     home = tmp_path / "home"
     args = ["--seeds", str(SAMPLE), "--limit", "3", "--rounds", "1", "--model", "fake-model",
@@ -141,6 +142,7 @@ def test_cli_reuses_replies_across_runs_and_no_cache_turns_it_off(tmp_path):
     assert SECRET.encode() not in b"".join(p.read_bytes() for p in home.glob("*.db*"))
 
 
+@pytest.mark.slow
 def test_resume_no_cache_asks_the_model_again(tmp_path):
     home = tmp_path / "home"
     denied = {"on": True}

@@ -49,6 +49,7 @@ def test_graph_show_draws_offline(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_run_writes_samples_and_runs_show_adds_up(tmp_path, fake):
     out = tmp_path / "out.jsonl"
     result = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "5", "--rounds", "2",
@@ -99,7 +100,8 @@ def test_api_key_never_reaches_the_databases_or_output(tmp_path, fake):
     (["graph", "show", "rag", "--format", "svg"], "unknown format"),
     (["graph", "run", "rag", "--run-id", "../escape"], "bad run id"),
     (["graph", "run", "rag", "--out", "README.md"], "already exists"),
-    (["graph", "run", "rag", "--base-url", "http://[bad", "--model", "m"], "--base-url is not a URL (Invalid IPv6 URL)"),
+    (["graph", "run", "rag", "--base-url", "http://[bad", "--model", "m"],
+     "--base-url is not a URL (Invalid IPv6 URL)"),
 ])
 def test_bad_arguments_give_one_clear_line(tmp_path, args, message):
     result = run_cli(*args, home=tmp_path)
@@ -123,6 +125,7 @@ def test_a_corpus_with_no_usable_text_is_an_error(tmp_path, fake):
     assert "skipped" in result.stderr and "empty file" in result.stderr and "no usable seed text" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_stops_cleanly_and_resume_finishes(tmp_path, sig):
     import os

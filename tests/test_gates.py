@@ -64,8 +64,10 @@ def test_planted_defects_precision_and_recall(planted_run):
     for r, v in zip(rows, verdicts):
         if r.duplicate_of and not v.keep:
             assert v.duplicate_of == r.duplicate_of, (r.sample["id"], v)
-    for kind in ("empty", "blank", "loop", "charloop", "echo", "fffd", "ctrl", "gibberish", "nouser", "fields", "placeholder"):
-        assert any(r.kind == kind for r in rows) and all(not v.keep for r, v in zip(rows, verdicts) if r.kind == kind), kind
+    for kind in ("empty", "blank", "loop", "charloop", "echo", "fffd", "ctrl", "gibberish", "nouser", "fields",
+                 "placeholder"):
+        assert any(r.kind == kind for r in rows), kind
+        assert all(not v.keep for r, v in zip(rows, verdicts) if r.kind == kind), kind
 
 
 def test_same_passage_rows_stay_because_the_passage_is_stripped(planted_run):
@@ -148,7 +150,8 @@ def test_filter_bad_evaluation_file_is_one_line_and_writes_nothing(tmp_path):
 
 def test_decontamination_reads_jsonl_parquet_and_datasets_folders(tmp_path):
     p = Planter(3)
-    items = [{"id": f"q{i}", "meta": {"passage": p.text(2)}, "choices": [p.sentence(), p.sentence()]} for i in range(20)]
+    items = [{"id": f"q{i}", "meta": {"passage": p.text(2)}, "choices": [p.sentence(), p.sentence()]}
+             for i in range(20)]
     table = pa.Table.from_pylist(items)
     pq.write_table(table, tmp_path / "eval.parquet")
     folder = tmp_path / "eval_ds" / "test"
@@ -164,7 +167,8 @@ def test_decontamination_reads_jsonl_parquet_and_datasets_folders(tmp_path):
         if len(nested.split()) >= 8:
             assert leaked.gate == "decontaminate" and leaked.duplicate_of.endswith(":q4"), (source, leaked)
         passage = items[7]["meta"]["passage"].split()
-        assert gate.check(ChatSample.from_row(chat("y", " ".join(passage[:14]), "ok then"), "y")).duplicate_of.endswith(":q7")
+        fourteen = ChatSample.from_row(chat("y", " ".join(passage[:14]), "ok then"), "y")
+        assert gate.check(fourteen).duplicate_of.endswith(":q7")
         # seven words in common is an ordinary phrase, not contamination
         assert gate.check(ChatSample.from_row(chat("z", " ".join(passage[:7]), "fine answer here"), "z")).keep
 
@@ -225,6 +229,7 @@ def test_semantic_duplicates_are_paraphrases_not_other_questions_on_the_passage(
     store.close()
     store = GateStore(tmp_path / "gates.db")            # reopened: it still knows what it kept
     pipeline = Pipeline([make_gate("semantic_duplicate", store)], store)
-    verdicts = [pipeline.judge(ChatSample.from_row(chat(f"p{i}", *para), "p")) for i, (_, para) in enumerate(PARAPHRASES)]
+    verdicts = [pipeline.judge(ChatSample.from_row(chat(f"p{i}", *para), "p"))
+                for i, (_, para) in enumerate(PARAPHRASES)]
     print("\n" + "\n".join(f"  {v.duplicate_of}: {v.reason}" for v in verdicts))
     assert [v.duplicate_of for v in verdicts] == [f"k{i}" for i in range(len(PARAPHRASES))]

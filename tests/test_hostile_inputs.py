@@ -98,7 +98,8 @@ def hostile_corpus(root: Path) -> dict[str, str]:
              '{"text": "nul \\u0000 inside ' + PARAGRAPH + '"}', "not json at all"]
     write("records.jsonl", "\n".join(lines).encode(), "")
     expect.update({"records.jsonl#line1": "", "records.jsonl#line2": "malformed JSON",
-                   "records.jsonl#line3": "no non-empty 'text' field", "records.jsonl#line4": "no non-empty 'text' field",
+                   "records.jsonl#line3": "no non-empty 'text' field",
+                   "records.jsonl#line4": "no non-empty 'text' field",
                    "records.jsonl#line5": "malformed JSON: nested too deeply",
                    "records.jsonl#line6": "lone surrogate", "records.jsonl#line7": "NUL characters",
                    "records.jsonl#line8": "malformed JSON"})
@@ -178,7 +179,8 @@ def test_hostile_corpus_every_file_is_used_or_skipped_with_a_clear_reason(tmp_pa
     db = sqlite3.connect(home / "runs.db")
     skipped = db.execute("select source, reason from skipped where run_id = 'hostile'").fetchall()
     used = {row[0] for row in db.execute("select source from seeds where run_id = 'hostile'")}
-    statuses = dict(db.execute("select status, count(*) from seeds where run_id = 'hostile' group by status").fetchall())
+    statuses = dict(db.execute("select status, count(*) from seeds where run_id = 'hostile' group by status")
+                    .fetchall())
 
     # each skipped input: one stderr line, a registry row, the expected reason
     lines = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
@@ -337,7 +339,8 @@ def test_a_nan_mix_weight_is_one_line_before_any_work(tmp_path):
     result = run_cli("graph", "run", "all", "--mix", str(tmp_path / "mix.toml"), "--base-url", "http://127.0.0.1:9/v1",
                      "--model", "m", home=tmp_path / "home")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"error: mix {tmp_path / 'mix.toml'}: weight of 'rag' must be a finite number >= 0, not nan"
+    assert result.stderr.strip() == (f"error: mix {tmp_path / 'mix.toml'}: "
+                                     "weight of 'rag' must be a finite number >= 0, not nan")
 
 
 @pytest.mark.parametrize("name, encoding, expected", [
@@ -375,6 +378,7 @@ def test_markup_in_user_values_is_printed_as_given(tmp_path):
         assert model in result.stdout and str(out) in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 def test_terminal_escapes_from_the_endpoint_are_neutralised_when_shown(tmp_path):
     """An endpoint's error text that sets the terminal's title and clears the screen is recorded as
     sent, and shown with its control characters escaped by `runs failures` and `runs show`."""

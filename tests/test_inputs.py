@@ -71,7 +71,8 @@ def test_rag_taxonomy_loads_and_covers_types_evenly():
 
 
 def test_taxonomy_validation_rejects_duplicates(tmp_path):
-    (tmp_path / "taxonomy.toml").write_text('[[types]]\nname="a"\ndescription="x"\n[[types]]\nname="a"\ndescription="y"\n')
+    (tmp_path / "taxonomy.toml").write_text('[[types]]\nname="a"\ndescription="x"\n'
+                                            '[[types]]\nname="a"\ndescription="y"\n')
     with pytest.raises(skills.SkillError, match="duplicate"):
         skills._load_taxonomy(tmp_path / "taxonomy.toml")
     with pytest.raises(skills.SkillError, match="unknown skill"):

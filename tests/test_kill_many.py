@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from teachgraph.checkpoints.registry import Registry
 from tests.conftest import ROOT, SAMPLE, run_cli
 from teachgraph.testing.fake_openai import FakeOpenAI
@@ -58,7 +60,8 @@ def check_consistent(home: Path, run_id: str) -> dict:
     assert counts["accepted"] + counts["rejected"] + counts["failed"] + counts["pending"] == SEEDS
     assert counts["failed"] == 0, registry.outcomes(run_id, "failed")
     db = registry.db
-    per_seed = dict(db.execute("select seed_id, count(*) from samples where run_id = ? group by seed_id", [run_id]).fetchall())
+    per_seed = dict(db.execute("select seed_id, count(*) from samples where run_id = ? group by seed_id",
+                               [run_id]).fetchall())
     for seed in db.query("select id, status, samples from seeds where run_id = ?", [run_id]):
         assert per_seed.get(seed["id"], 0) == (seed["samples"] if seed["status"] == "accepted" else 0)
     committed = {sid for sid, _ in registry.samples(run_id)}
@@ -68,6 +71,7 @@ def check_consistent(home: Path, run_id: str) -> dict:
     return {"phase": "running", **counts}
 
 
+@pytest.mark.slow
 def test_sigkill_at_many_random_moments_loses_and_duplicates_nothing(tmp_path):
     seed = int(os.environ.get("TEACHGRAPH_KILL_SEED") or random.SystemRandom().randrange(10**6))
     rng = random.Random(seed)
@@ -76,7 +80,8 @@ def test_sigkill_at_many_random_moments_loses_and_duplicates_nothing(tmp_path):
         base = run_cli(*args(fake, "base"), home=tmp_path / "base")
         assert base.returncode == 0, base.stderr
         baseline_calls = fake.request_count
-    base_ids = sorted(i.replace("base:", "") for i in output_lines(tmp_path / "base" / "runs" / "base" / "samples.jsonl")[0])
+    base_ids = sorted(i.replace("base:", "")
+                      for i in output_lines(tmp_path / "base" / "runs" / "base" / "samples.jsonl")[0])
 
     home = tmp_path / "killed"
     kills, launches, finished_runs, phases = 0, 0, 0, []
@@ -141,6 +146,7 @@ def finish(home: Path, run_id: str, base_ids: list[str]) -> None:
         assert db.execute("select count(*) from checkpoints where thread_id like ?", [f"{run_id}:%"]).fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_collecting_collects_again_on_resume(tmp_path):
     """The state a kill leaves mid-collection: the run row says "collecting", some seeds and passages
     are in, others not. Resume throws the partial corpus away and collects it again."""
@@ -169,6 +175,7 @@ def test_a_run_killed_while_collecting_collects_again_on_resume(tmp_path):
     assert tail == b"" and len(ids) == len(set(ids)) == counts["samples"]
 
 
+@pytest.mark.slow
 def test_a_second_process_resuming_the_same_run_refuses(tmp_path):
     home = tmp_path / "home"
     with FakeOpenAI(responder=RagScript().http_responder, delay=0.3) as fake:

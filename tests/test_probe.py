@@ -53,6 +53,7 @@ def test_probe_picks_the_strongest_strategy_the_endpoint_enforces(responder, str
     assert result.strategy == strategy
 
 
+@pytest.mark.slow
 def test_probe_of_a_wrong_key_stops_in_one_line(tmp_path):
     with FakeOpenAI(responder=lambda b: {"status": 401, "content": "invalid api key"}) as fake:
         result = run_cli("endpoint", "probe", "--base-url", fake.base_url, "--model", "m", home=tmp_path)
@@ -85,6 +86,7 @@ def as_tool_calls(script: RagScript):
     return responder
 
 
+@pytest.mark.slow
 def test_probe_result_is_cached_and_graph_run_uses_it(tmp_path):
     home = tmp_path / "home"
     with FakeOpenAI(responder=as_tool_calls(RagScript())) as fake:
@@ -107,6 +109,7 @@ def test_probe_result_is_cached_and_graph_run_uses_it(tmp_path):
     assert shown["counts"]["llm_calls"] == len(run_requests)
 
 
+@pytest.mark.slow
 def test_a_burst_of_500s_while_probing_is_not_taken_for_a_refusal(tmp_path):
     """Six 500s right after the plain check: json_schema fails its attempts, and so does the plain
     request that would confirm a refusal. Nothing may be cached; a later probe finds json_schema."""
@@ -122,7 +125,7 @@ def test_a_burst_of_500s_while_probing_is_not_taken_for_a_refusal(tmp_path):
         assert first.returncode == 2, first.stdout + first.stderr
         assert "nothing was cached" in first.stderr and len(first.stderr.strip().splitlines()) == 1
         from teachgraph.checkpoints.registry import Registry
-        assert probe.cached(Registry(tmp_path / "runs.db").db, fake.base_url, "fake-model") is None
+        assert Registry(tmp_path / "runs.db").probe_result(fake.base_url, "fake-model") is None
         second = run_cli(*args, home=tmp_path)
     assert second.returncode == 0 and "strategy: json_schema" in second.stdout, second.stdout + second.stderr
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from teachgraph.checkpoints.registry import Registry
 from tests.conftest import ROOT, SAMPLE, run_cli
 from teachgraph.testing.fake_openai import FakeOpenAI
@@ -29,6 +31,7 @@ def agents(fake):
             for body in fake.requests]
 
 
+@pytest.mark.slow
 def test_kill_mid_refinement_then_resume_loses_and_repeats_nothing(tmp_path):
     # Baseline: the same run, uninterrupted.
     with FakeOpenAI(responder=RagScript().http_responder, delay=0.02) as fake:

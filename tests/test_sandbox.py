@@ -131,7 +131,8 @@ def test_python_tests_check_reports_the_failing_assert():
     item = {"tests": "assert add(2, 3) == 5\nassert add(1, 1) == 3, 'one plus one'"}
     verdict = python_tests(item, {"code": "def add(a, b):\n    return a + b"})
     assert not verdict.ok and "one plus one" in verdict.feedback
-    assert python_tests({"tests": "assert add(2, 3) == 5"}, {"code": "```python\ndef add(a, b):\n    return a + b\n```"}).ok
+    assert python_tests({"tests": "assert add(2, 3) == 5"},
+                        {"code": "```python\ndef add(a, b):\n    return a + b\n```"}).ok
 
 
 def test_python_compute_evaluates_only_arithmetic():

@@ -43,6 +43,7 @@ class Tattletale(RagScript):
         return self.http_responder(body)
 
 
+@pytest.mark.slow
 def test_the_key_appears_nowhere_even_when_the_endpoint_quotes_it(tmp_path):
     script = Tattletale()
     lock = threading.Lock()
@@ -85,6 +86,7 @@ def test_the_key_appears_nowhere_even_when_the_endpoint_quotes_it(tmp_path):
     assert leaks(home, *outputs) == []
 
 
+@pytest.mark.slow
 def test_a_key_with_surrounding_whitespace_is_stripped_and_never_printed(tmp_path):
     """As read from a secret file: a trailing newline (and stray spaces) are no part of the key."""
     home = tmp_path / "home"
@@ -124,6 +126,7 @@ def test_a_short_key_is_redacted_too(tmp_path):
     assert "k3y" not in result.stderr
 
 
+@pytest.mark.slow
 def test_credentials_in_the_base_url_are_refused_and_never_stored_or_printed(tmp_path):
     home = tmp_path / "home"
     with FakeOpenAI() as fake:

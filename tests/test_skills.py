@@ -173,8 +173,9 @@ def test_a_failed_check_goes_back_to_the_answer_agent_then_rejects(tmp_path, cor
     assert samples == [] and counts["rejected"] == counts["total"] == 2
     reasons = registry.outcomes("t", "rejected")
     assert all(r["node"] == "answer" and f"check {check} failed" in r["reason"] for r in reasons), reasons
-    answers = [c for c in script.calls if c in ("answer,explanation", "code,explanation", "assumptions,calculation,unit",
-                                                "justification,label", "actions,reasoning", "action,calls,message")]
+    answers = [c for c in script.calls if c in ("answer,explanation", "code,explanation",
+                                                "assumptions,calculation,unit", "justification,label",
+                                                "actions,reasoning", "action,calls,message")]
     assert len(answers) == 4  # per seed: the answer and one correction with the check's feedback
 
 
@@ -258,7 +259,8 @@ def test_orca_mix_follows_the_public_split_sizes():
 def test_mix_sends_code_seeds_only_to_skills_that_take_code(tmp_path):
     weights = {"reading_comprehension": 1.0, "coding": 1.0}
     rc = skills.load("reading_comprehension")
-    text_only_rc = dataclasses.replace(rc, transformations=tuple(t for t in rc.transformations if "code" not in t.kinds))
+    text_only_rc = dataclasses.replace(rc, transformations=tuple(t for t in rc.transformations
+                                                                 if "code" not in t.kinds))
     dealer = Dealer([text_only_rc, skills.load("coding")], weights)
     assert {dealer(f"c{n}", "code")[0] for n in range(10)} == {"coding"}
     assert Counter(dealer(f"t{n}", "text")[0] for n in range(10))["reading_comprehension"] >= 5
@@ -278,6 +280,7 @@ def test_mix_files_and_bad_mixes(tmp_path):
 
 # ---- the CLI ----
 
+@pytest.mark.slow
 def test_graph_list_and_show_every_skill(tmp_path):
     listed = run_cli("graph", "list", home=tmp_path)
     assert listed.returncode == 0
@@ -287,6 +290,7 @@ def test_graph_list_and_show_every_skill(tmp_path):
         assert shown.returncode == 0 and "answer" in shown.stdout, (name, shown.stderr)
 
 
+@pytest.mark.slow
 def test_graph_run_all_with_a_mix_over_the_http_fake(tmp_path, corpus):
     script = FlowScript()
     with FakeOpenAI(responder=script.http_responder) as server:

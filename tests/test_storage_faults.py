@@ -133,6 +133,7 @@ def test_a_sample_the_registry_already_holds_is_written_once_when_its_seed_runs_
     assert len(ids) == len(set(ids)) == registry.counts("orphan")["samples"] == 6
 
 
+@pytest.mark.slow
 def test_a_full_output_disk_stops_the_cli_run_with_one_line_and_resume_completes(tmp_path):
     with small_tmpfs(tmp_path / "disk", "24k") as disk, \
             FakeOpenAI(responder=RagScript().http_responder) as fake:
@@ -190,6 +191,7 @@ def test_an_unusable_out_path_is_one_line_before_any_work(tmp_path, make_out, me
     assert run_cli("runs", "list", home=home).stdout == ""          # no half-made run
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_with_the_same_out_do_not_share_it(tmp_path):
     out = tmp_path / "shared.jsonl"
     home = tmp_path / "home"
@@ -218,6 +220,7 @@ def test_two_runs_started_together_with_the_same_out_do_not_share_it(tmp_path):
 
 # ---------------------------------------------------------------- item 11: TEACHGRAPH_HOME faults
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", ["320k", "1500k"])   # fills while collecting seeds / while running them
 def test_a_full_home_stops_the_run_with_one_line_and_resume_loses_nothing(tmp_path, size):
     with small_tmpfs(tmp_path / "home", size) as home, \
@@ -262,6 +265,7 @@ def test_a_damaged_database_is_one_line_naming_it_and_makes_no_run(tmp_path, nam
     assert run_cli("runs", "list", home=home).stdout == ""           # no half-made run
 
 
+@pytest.mark.slow
 def test_a_damaged_runs_db_is_one_line_for_every_command(tmp_path):
     home = tmp_path / "home"
     _garbage(home / "runs.db")
@@ -271,6 +275,7 @@ def test_a_damaged_runs_db_is_one_line_for_every_command(tmp_path):
         assert result.stderr.count("\n") == 1 and str(home / "runs.db") in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["random", "truncated"])
 def test_a_damaged_cache_is_left_out_with_one_line_and_every_seed_runs(tmp_path, damage):
     home = tmp_path / "home"

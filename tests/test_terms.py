@@ -51,6 +51,7 @@ def test_runs_collected_before_counting_fall_back_to_the_first_words(tmp_path):
     assert [h["seed_id"] for h in registry.search("r", "gamma", exclude_seed="s0", limit=2)] == ["s1"]
 
 
+@pytest.mark.slow
 def test_a_collection_cut_short_then_resumed_gives_the_samples_of_an_uninterrupted_run(tmp_path):
     """A kill while seeds are collected leaves some seeds, passages and word counts stored; `graph
     resume` collects again. The counts must not add up twice (rarer-looking words pick other

@@ -25,6 +25,7 @@ LangSmith tracing to notify (`ainvoke`), the Responses API or a response_format 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.request
 from functools import cached_property
@@ -158,6 +159,12 @@ def check_envelope(response: Any) -> None:
 def proxy_configured() -> bool:
     """HTTP(S)_PROXY and the like are set (httpx honours them; aiohttp sessions here do not)."""
     return any(scheme in ("http", "https", "all") for scheme in urllib.request.getproxies())
+
+
+def request_key(request: dict[str, Any]) -> str:
+    """SHA-256 of a rendered request (ChatRequest.rendered): the response cache's key."""
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class ChatRequest:

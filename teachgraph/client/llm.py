@@ -1,19 +1,19 @@
 """Every model call goes through here: one OpenAI-compatible endpoint (retries, deadlines and
-the in-flight limit are nodes/endpoint.py's), usage counters, and structured output validated with pydantic (with correction rounds)."""
+the in-flight limit are client/endpoint.py's), usage counters, and structured output validated
+with pydantic (with correction rounds)."""
 
 from __future__ import annotations
 
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Protocol
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
-from teachgraph.checkpoints.cache import ResponseCache, request_key
-from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens
+from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens, request_key
 from teachgraph.client.endpoint import Endpoint
 from teachgraph.options import DEFAULTS
 
@@ -24,6 +24,15 @@ from teachgraph.options import DEFAULTS
 # which of these an endpoint honours (teachgraph/probe.py).
 StructuredMode = Literal["json_schema", "json_object", "tools", "prompt"]
 STRUCTURED_MODES: tuple[str, ...] = ("json_schema", "json_object", "tools", "prompt")
+
+
+class ReplyCache(Protocol):
+    """What the client needs of a response cache (the store's ResponseCache, checkpoints/cache.py,
+    which sits above the client): replies by request key."""
+
+    def get(self, key: str) -> AIMessage | None: ...
+    def put(self, key: str, reply: AIMessage) -> bool: ...
+    def forget(self, key: str) -> None: ...
 
 
 class UnusableOutput(ValueError):
@@ -122,7 +131,7 @@ class LLM:
     fix_attempts: int = 2
     usage: Usage = field(default_factory=Usage)  # process-wide, for the progress bar
     endpoint: Endpoint | None = None             # retries, deadline, adaptive in-flight limit
-    cache: ResponseCache | None = None
+    cache: ReplyCache | None = None
     wire: Wire | None = None                     # the shortest path for a plain ChatOpenAI (nodes/chat_call.py)
 
     def __post_init__(self) -> None:

@@ -1,5 +1,6 @@
 """Which structured-output strategy an endpoint honours, found with a few tiny requests and
-cached per endpoint and model in runs.db (table `endpoint_probes`; no key is ever stored).
+cached per endpoint and model by the store (Registry.probe_result / remember_probe in
+checkpoints/registry.py; no key is ever stored).
 
 Servers differ: OpenAI and vLLM constrain output to a `json_schema` response format;
 llama-cpp-python's server refuses that (500) but constrains `{"type": "json_object", "schema": ...}`;
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import openai
-import sqlite_utils
 from pydantic import BaseModel, ValidationError
 
 from teachgraph.client.chat_call import check_envelope
@@ -149,23 +149,3 @@ def _read(reply, mode: str) -> Check:
 def _snippet(text: str, limit: int = 60) -> str:
     text = " ".join(text.split())
     return json.dumps(text if len(text) <= limit else text[:limit] + "...")
-
-
-# ---------------------------------------------------------------- cache (runs.db)
-
-def cached(db: sqlite_utils.Database, endpoint: str, model: str) -> Probe | None:
-    if "endpoint_probes" not in db.table_names():
-        return None
-    rows = list(db.query("select * from endpoint_probes where endpoint = ? and model = ?",
-                         [endpoint.rstrip("/"), model]))
-    if not rows:
-        return None
-    row = rows[0]
-    return Probe(row["endpoint"], row["model"], row["strategy"],
-                 [Check(**c) for c in json.loads(row["checks"])], row["probed"])
-
-
-def remember(db: sqlite_utils.Database, result: Probe) -> None:
-    db["endpoint_probes"].upsert({"endpoint": result.endpoint, "model": result.model, "strategy": result.strategy,
-                                  "checks": json.dumps([asdict(c) for c in result.checks]),
-                                  "probed": result.probed}, pk=("endpoint", "model"))

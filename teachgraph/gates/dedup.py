@@ -87,15 +87,19 @@ class NearDuplicate(Gate):
 
     class Settings(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        threshold: float = Field(0.6, gt=0, le=1, description="Jaccard both the response and the instruction's own words must reach")
-        candidate_threshold: float = Field(0.5, gt=0, le=1, description="LSH threshold on the whole sample (recall-side, below `threshold`)")
+        threshold: float = Field(0.6, gt=0, le=1,
+                                 description="Jaccard both the response and the instruction's own words must reach")
+        candidate_threshold: float = Field(
+            0.5, gt=0, le=1, description="LSH threshold on the whole sample (recall-side, below `threshold`)")
         num_perm: int = Field(128, ge=16, le=512)
-        context_words: int = Field(20, ge=5, description="a shared run this long is context, not the instruction's own words")
+        context_words: int = Field(20, ge=5,
+                                   description="a shared run this long is context, not the instruction's own words")
 
     def __init__(self, settings, store):
         super().__init__(settings, store)
         s = self.settings
-        self._template = MinHash(num_perm=s.num_perm, seed=1, hashfunc=_hash32)  # its permutations are reused by every signature
+        # its permutations are reused by every signature
+        self._template = MinHash(num_perm=s.num_perm, seed=1, hashfunc=_hash32)
         # datasketch picks the bands (b, r) for the threshold; the band table lives in the store, not in
         # memory: datasketch's in-memory index costs ~6 KB a row (a Python set per band key).
         self.bands = MinHashLSH(threshold=s.candidate_threshold, num_perm=s.num_perm).hashranges
@@ -118,7 +122,8 @@ class NearDuplicate(Gate):
     def band_keys(self, sample: ChatSample) -> list[int]:
         """One key per LSH band: two samples are candidates when any band's key is equal."""
         values = self.signature(sample).hashvalues
-        return [xxhash.xxh64_intdigest(band.to_bytes(2, "little") + values[start:end].tobytes()) >> 1  # fits SQLite's int64
+        # >> 1: the key fits SQLite's int64
+        return [xxhash.xxh64_intdigest(band.to_bytes(2, "little") + values[start:end].tobytes()) >> 1
                 for band, (start, end) in enumerate(self.bands)]
 
     def _same(self, sample: ChatSample, instruction: str, response: str) -> Optional[str]:

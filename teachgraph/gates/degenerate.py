@@ -57,11 +57,16 @@ def prompt_phrases(skills_dir: Path, n: int) -> tuple[frozenset, frozenset]:
 class Degenerate(Gate):
     class Settings(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        repeated_ngram_share: float = Field(0.5, description="share of the reply's word 4-grams that repeat an earlier one")
-        min_compression_ratio: float = Field(0.1, description="zlib size / size below this (replies >= 200 chars) is a loop")
-        echo_share: float = Field(0.9, description="both ways share of word 4-grams for a reply that repeats the prompt")
-        unpronounceable_share: float = Field(0.3, description="share of 5+ letter words with no vowel or 4 consonants in a row")
-        copied_words: int = Field(6, ge=4, description="a run this long from the skills' agent prompts is copied instructions")
+        repeated_ngram_share: float = Field(0.5,
+                                            description="share of the reply's word 4-grams that repeat an earlier one")
+        min_compression_ratio: float = Field(0.1,
+                                             description="zlib size / size below this (replies >= 200 chars) is a loop")
+        echo_share: float = Field(0.9,
+                                  description="both ways share of word 4-grams for a reply that repeats the prompt")
+        unpronounceable_share: float = Field(
+            0.3, description="share of 5+ letter words with no vowel or 4 consonants in a row")
+        copied_words: int = Field(6, ge=4,
+                                  description="a run this long from the skills' agent prompts is copied instructions")
         skills_dir: Path = SKILLS_DIR
 
     def check(self, sample: ChatSample) -> Verdict:

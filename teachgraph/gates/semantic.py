@@ -55,7 +55,8 @@ class SemanticDuplicate(Gate):
         # A buffer that doubles when full: appending one row at a time would copy the matrix every time.
         self._buffer = np.zeros((max(1024, 2 * len(rows)), DIMENSIONS), dtype=np.float32)
         if rows:
-            self._buffer[:len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, DIMENSIONS)
+            stored = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+            self._buffer[:len(rows)] = stored.reshape(-1, DIMENSIONS)
         self._pending: Optional[tuple[str, np.ndarray]] = None
 
     def check(self, sample: ChatSample) -> Verdict:
