@@ -67,7 +67,8 @@ def main() -> None:
         baseline = subprocess.run([sys.executable, "-c", "import resource, teachgraph.gates; "
                                    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"],
                                   capture_output=True, text=True, check=True, cwd=ROOT).stdout.strip()
-        out = subprocess.run([sys.executable, __file__, "--child", str(source), *(["--semantic"] if args.semantic else [])],
+        out = subprocess.run([sys.executable, __file__, "--child", str(source),
+                              *(["--semantic"] if args.semantic else [])],
                              capture_output=True, text=True, check=True, cwd=ROOT).stdout
         result = json.loads(out)
         print(json.dumps(result))

@@ -61,7 +61,8 @@ def main() -> None:
                 row = run_skill(name, url, home, opts.limit, opts.rounds)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    header = f"{'skill':<22}{'seeds':>6}{'ok':>4}{'rej':>5}{'fail':>5}{'samples':>8}{'calls':>7}{'wall s':>8}  top reason"
+    header = (f"{'skill':<22}{'seeds':>6}{'ok':>4}{'rej':>5}{'fail':>5}{'samples':>8}{'calls':>7}{'wall s':>8}"
+              "  top reason")
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -226,7 +226,8 @@ def throughput(url: str, corpus: Path, work: Path, seeds: int, concurrency: int,
     for rep in range(1, reps + 1):
         rate, cpu = client_run("_bare", url, concurrency, bare_calls)
         bares.append(rate), bare_cpus.append(cpu)
-        say(f"[{rep}] bare ChatOpenAI.ainvoke loop (default client)  {rate:7.0f} calls/s   client CPU {cpu:.2f} ms/call")
+        say(f"[{rep}] bare ChatOpenAI.ainvoke loop (default client)  {rate:7.0f} calls/s   "
+            f"client CPU {cpu:.2f} ms/call")
         home = work / f"tg{rep}"
         samples: list[tuple[int, float]] = []
         peak = {"checkpoints": 0}
@@ -252,7 +253,8 @@ def throughput(url: str, corpus: Path, work: Path, seeds: int, concurrency: int,
             f"ms/call   [{st['requests']} calls, {c['accepted']} accepted, wall {wall:.0f} s]")
     rate, cpu = client_run("_bare", url, concurrency, bare_calls)
     bares.append(rate), bare_cpus.append(cpu)
-    say(f"[{reps + 1}] bare ChatOpenAI.ainvoke loop (default client)  {rate:7.0f} calls/s   client CPU {cpu:.2f} ms/call")
+    say(f"[{reps + 1}] bare ChatOpenAI.ainvoke loop (default client)  {rate:7.0f} calls/s   "
+        f"client CPU {cpu:.2f} ms/call")
     aio, aio_cpu = client_run("_bare_aiohttp", url, concurrency, bare_calls)
     say(f"(the bare loop on teachgraph's aiohttp client        {aio:7.0f} calls/s   client CPU {aio_cpu:.2f} ms/call)")
     # each teachgraph run against the mean of the bare runs just before and after it
@@ -460,7 +462,8 @@ async def embedded_main(args) -> None:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await run.wait()
             say(f"teachgraph graph run rag: {proxy.requests} calls, {proxy.tokens} generated tokens in "
-                f"{proxy.last - proxy.first:.1f} s = {proxy.rate():.2f} tokens/s  (exit {run.returncode})  {proxy.split()}"
+                f"{proxy.last - proxy.first:.1f} s = {proxy.rate():.2f} tokens/s  "
+                f"(exit {run.returncode})  {proxy.split()}"
                 f"  [{load()}]")
             return proxy.rate()
 
@@ -505,7 +508,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="bare loop / graph run alternations")
     parser.add_argument("--rss", default="1000,5000,20000", help="seed counts of the RSS runs ('' to skip)")
     parser.add_argument("--kill-seeds", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="small sizes: 200 seeds, 2 alternations, RSS at 500/1000/2000")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: 200 seeds, 2 alternations, RSS at 500/1000/2000")
     parser.add_argument("--embedded", action="store_true", help="measure against the embedded llama.cpp model")
     parser.add_argument("--embedded-seeds", type=int, default=2)
     parser.add_argument("--embedded-rounds", type=int, default=1)

@@ -485,7 +485,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         embedded.check_available(home.root)  # before the run exists, as for an endpoint
     key = api_key()
     reporter.run_started(run_id)   # first, whatever comes next
-    if base_url and llm is None:  # before the run exists: a wrong URL, key or model must not leave a half-made run behind
+    # before the run exists: a wrong URL, key or model must not leave a half-made run behind
+    if base_url and llm is None:
         _preflight(base_url, key, settings.timeout)
         if structured == "auto":
             settings.structured = _structured_strategy(registry, base_url, key, settings, reporter)

@@ -30,7 +30,8 @@ from teachgraph.states import SeedStatus
 from teachgraph.seeds import abbreviate
 from teachgraph.teach import EMBEDDED_STUDENT
 
-app = typer.Typer(help="Synthetic fine-tuning data from raw documents and code (AgentInstruct flows as LangGraph graphs).",
+app = typer.Typer(help="Synthetic fine-tuning data from raw documents and code "
+                       "(AgentInstruct flows as LangGraph graphs).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 graph_app = typer.Typer(help="List, run, resume and draw skill graphs.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect runs.", no_args_is_help=True)
@@ -207,21 +208,34 @@ def _interrupted(exc: RunInterrupted) -> None:
 @graph_app.command("run")
 def graph_run(
     skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill (graph list), or all with --mix"),
-    mix: Optional[str] = typer.Option(None, "--mix", help="with SKILL=all: orca (default) | uniform | FILE of skill = weight"),
-    seeds: List[Path] = typer.Option([], "--seeds", "-s", help="files or folders of seed documents (repeatable); default: the bundled sample corpus"),
+    mix: Optional[str] = typer.Option(None, "--mix",
+                                      help="with SKILL=all: orca (default) | uniform | FILE of skill = weight"),
+    seeds: List[Path] = typer.Option([], "--seeds", "-s",
+                                     help="files or folders of seed documents (repeatable); "
+                                          "default: the bundled sample corpus"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="use at most N seed chunks"),
-    rounds: Optional[int] = typer.Option(None, "--rounds", min=0, help="refinement rounds (default: the skill's, 2 for rag)"),
-    concurrency: int = typer.Option(DEFAULTS.concurrency, "--concurrency", "-c", min=1, help="seeds (and LLM calls) in flight"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON Lines output (default: TEACHGRAPH_HOME/runs/RUN_ID/samples.jsonl)"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=0,
+                                         help="refinement rounds (default: the skill's, 2 for rag)"),
+    concurrency: int = typer.Option(DEFAULTS.concurrency, "--concurrency", "-c", min=1,
+                                    help="seeds (and LLM calls) in flight"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="JSON Lines output (default: TEACHGRAPH_HOME/runs/RUN_ID/samples.jsonl)"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="name the run (default: generated)"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL",
+                                           help="OpenAI-compatible endpoint (default: the embedded model)"),
     model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
-    structured: str = typer.Option(DEFAULTS.structured, "--structured", help="how to ask for JSON: auto (probe the endpoint) | json_schema | json_object | tools | prompt"),
-    max_tokens: int = typer.Option(DEFAULTS.max_tokens, "--max-tokens", min=16, help="cap on every model reply (agents may set lower caps in prompts.toml)"),
+    structured: str = typer.Option(DEFAULTS.structured, "--structured",
+                                   help="how to ask for JSON: auto (probe the endpoint) | json_schema | "
+                                        "json_object | tools | prompt"),
+    max_tokens: int = typer.Option(DEFAULTS.max_tokens, "--max-tokens", min=16,
+                                   help="cap on every model reply (agents may set lower caps in prompts.toml)"),
     temperature: float = typer.Option(DEFAULTS.temperature, "--temperature", min=0.0, max=2.0),
-    timeout: float = typer.Option(DEFAULTS.timeout, "--timeout", min=0.1, help="seconds one model request may take before it is retried"),
-    retries: int = typer.Option(DEFAULTS.retries, "--retries", min=1, help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
-    no_cache: bool = typer.Option(not DEFAULTS.cache, "--no-cache", help="always ask the model: no replies from (or to) the response cache"),
+    timeout: float = typer.Option(DEFAULTS.timeout, "--timeout", min=0.1,
+                                  help="seconds one model request may take before it is retried"),
+    retries: int = typer.Option(DEFAULTS.retries, "--retries", min=1,
+                                help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
+    no_cache: bool = typer.Option(not DEFAULTS.cache, "--no-cache",
+                                  help="always ask the model: no replies from (or to) the response cache"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     try:
@@ -346,11 +360,14 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
 
 @endpoint_app.command("probe")
 def endpoint_probe(
-    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint (default: the embedded model)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL",
+                                           help="OpenAI-compatible endpoint (default: the embedded model)"),
     model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
-    timeout: float = typer.Option(DEFAULTS.probe_timeout, "--timeout", min=0.1, help="seconds each probe request may take"),
+    timeout: float = typer.Option(DEFAULTS.probe_timeout, "--timeout", min=0.1,
+                                  help="seconds each probe request may take"),
 ) -> None:
-    """Find the structured output an endpoint honours (json_schema, json_object with a schema, tool calls, or the prompt alone).
+    """Find the structured output an endpoint honours (json_schema, json_object with a schema, tool calls,
+    or the prompt alone).
 
     `graph run --structured auto` uses the result, cached per endpoint and model."""
     result = api.probe_endpoint(base_url, model, timeout=timeout, reporter=ConsoleReporter())
@@ -368,8 +385,10 @@ def filter_command(
     source: Path = typer.Argument(..., metavar="IN.jsonl", help="chat samples: id + messages, one JSON object a line"),
     out: Path = typer.Option(..., "--out", help="the kept rows, byte for byte"),
     rejected: Optional[Path] = typer.Option(None, "--rejected", help="each dropped row, with a rejection object"),
-    decontaminate: List[Path] = typer.Option([], "--decontaminate", help="an evaluation set (JSONL, Parquet, datasets folder); repeatable"),
-    semantic: bool = typer.Option(False, "--semantic", help="also drop paraphrases (sentence embeddings; the `semantic` extra)"),
+    decontaminate: List[Path] = typer.Option([], "--decontaminate",
+                                             help="an evaluation set (JSONL, Parquet, datasets folder); repeatable"),
+    semantic: bool = typer.Option(False, "--semantic",
+                                  help="also drop paraphrases (sentence embeddings; the `semantic` extra)"),
 ) -> None:
     """Apply the quality gates to any JSON Lines file of chat samples: every row ends in OUT or REJECTED."""
     try:  # the gates are the `gates` extra: import them only for this command
@@ -396,13 +415,18 @@ def filter_command(
 
 @app.command("export")
 def export_runs(
-    run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="runs to export into one dataset (deduplicated by sample id)"),
+    run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...",
+                                        help="runs to export into one dataset (deduplicated by sample id)"),
     out: Path = typer.Option(..., "--out", "-o", help="a new (or empty) folder to write"),
     format: str = typer.Option("hf", "--format", "-f", help="hf (card + Parquet per skill) | orca | sharegpt | jsonl"),
-    include_rejected: bool = typer.Option(False, "--include-rejected", help="keep samples a check, gate or review rejected (with their verdicts)"),
-    license: Optional[str] = typer.Option(None, "--license", help="the card's license id, e.g. cc-by-4.0 (default: unknown, and the card says so)"),
+    include_rejected: bool = typer.Option(False, "--include-rejected",
+                                          help="keep samples a check, gate or review rejected (with their verdicts)"),
+    license: Optional[str] = typer.Option(None, "--license",
+                                          help="the card's license id, e.g. cc-by-4.0 "
+                                               "(default: unknown, and the card says so)"),
     language: str = typer.Option("en", "--language", help="the card's language code"),
-    push: Optional[str] = typer.Option(None, "--push", metavar="REPO_ID", help="then upload to this Hub dataset repo (token from HF_TOKEN)"),
+    push: Optional[str] = typer.Option(None, "--push", metavar="REPO_ID",
+                                       help="then upload to this Hub dataset repo (token from HF_TOKEN)"),
 ) -> None:
     """Export runs as a dataset: a Hub-ready folder, orca-agentinstruct's layout, ShareGPT or JSON Lines."""
     try:
@@ -429,12 +453,14 @@ def teach(run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="ru
           student: str = typer.Option(EMBEDDED_STUDENT, "--student",
                                       help=f"{EMBEDDED_STUDENT} (the embedded GGUF) or a Hugging Face model folder"),
           steps: int = typer.Option(60, "--steps", help="optimizer steps"),
-          lora: bool = typer.Option(True, "--lora/--no-lora", help="LoRA adapters (merged on save) or full fine-tuning"),
+          lora: bool = typer.Option(True, "--lora/--no-lora",
+                                    help="LoRA adapters (merged on save) or full fine-tuning"),
           heldout: float = typer.Option(0.2, "--heldout", help="share of seeds held out for evaluation"),
           max_length: int = typer.Option(1024, "--max-length", help="samples longer than this (tokens) are left out"),
           batch_size: int = typer.Option(2, "--batch-size"),
           learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="default 2e-4 LoRA, 2e-5 full"),
-          max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="length of the student's checked answers")) -> None:
+          max_new_tokens: int = typer.Option(160, "--max-new-tokens",
+                                             help="length of the student's checked answers")) -> None:
     """Fine-tune a student on runs' samples (split by seed) and compare it before and after, per task type."""
     from teachgraph.teach import TeachError, TeachSettings, teach as teach_student  # torch: only for this command
     settings = TeachSettings(student=student, steps=steps, lora=lora, heldout=heldout, max_length=max_length,
@@ -459,7 +485,8 @@ def teach(run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="ru
     for row in [*report["per_task_type"], {"skill": "all", "task_type": "", "n": report["heldout_samples"],
                                            "before": report["before"], "after": report["after"]}]:
         table.add_row(row["skill"], row["task_type"], str(row["n"]), figure(row["before"]["loss"]),
-                      figure(row["after"]["loss"]), figure(row["before"]["pass_rate"]), figure(row["after"]["pass_rate"]))
+                      figure(row["after"]["loss"]), figure(row["before"]["pass_rate"]),
+                      figure(row["after"]["pass_rate"]))
     console.print(table)
     console.print(f"model: {out / 'model'}  report: {out / 'report.json'}"
                   + (f"  gguf: {result.gguf}" if result.gguf else ""), highlight=False, markup=False)

@@ -149,7 +149,8 @@ def _json_object(text: str) -> Optional[dict]:
 def _rag_cites_existing(example: Example, text: str) -> bool:
     """rag's answer agent is held to JSON citing only ids in its context (graphs/rag.py); the same here."""
     reply = _json_object(text)
-    if reply is None or not isinstance(reply.get("answer"), str) or not isinstance(reply.get("relevant_passages"), list):
+    if reply is None or not isinstance(reply.get("answer"), str) or not isinstance(reply.get("relevant_passages"),
+                                                                                   list):
         return False
     context = {int(n) for m in example.messages if m["role"] == "user" for n in _DOC_ID.findall(m["content"])}
     cited = reply["relevant_passages"]

@@ -32,7 +32,8 @@ def dying(*args: str) -> dict:
                                  + " ".join(args)}
 
 
-HEALTHY = {embedded.SERVER_ENV: f"{PY} {shlex.quote(str(ROOT / 'teachgraph' / 'testing' / 'fake_openai.py'))} --port {{port}}"}
+FAKE_OPENAI = shlex.quote(str(ROOT / "teachgraph" / "testing" / "fake_openai.py"))
+HEALTHY = {embedded.SERVER_ENV: f"{PY} {FAKE_OPENAI} --port {{port}}"}
 
 
 def run_timed(*args: str, home: Path, env: dict, timeout: float = 240) -> tuple[int, str, float]:

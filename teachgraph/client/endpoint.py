@@ -220,7 +220,8 @@ def is_transient_status(status: int) -> bool:
 class Endpoint:
     """One OpenAI-compatible endpoint as seen by this process: its limiter, policy and figures."""
 
-    def __init__(self, name: str = "endpoint", max_concurrency: int = DEFAULTS.concurrency, policy: RetryPolicy = RetryPolicy(),
+    def __init__(self, name: str = "endpoint", max_concurrency: int = DEFAULTS.concurrency,
+                 policy: RetryPolicy = RetryPolicy(),
                  secrets: Iterable[str] = (), server: ServerWatch | None = None):
         self.name = name
         self.server = server
