@@ -189,7 +189,7 @@ def test_errors_404_400_and_keepalive():
 
 
 def test_script_mode_prints_url():
-    script = Path(__file__).with_name("fake_openai.py")
+    script = Path(__file__).resolve().parent.parent / "teachgraph" / "testing" / "fake_openai.py"
     proc = subprocess.Popen([sys.executable, str(script), "--port", "0", "--delay", "0.01",
                              "--faults", "500=0.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

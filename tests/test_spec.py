@@ -202,7 +202,9 @@ def test_a_flow_editor_that_fails_records_the_goal_it_was_applying(tmp_path):
 
 class SuggesterFailsInRoundTwo(RagScript):
     def reply(self, system: str, user: str) -> str:
-        if agent_of(system) == "suggest" and "round 1:" in system:
+        # the history of earlier rounds is in the user turn (skills/rag/prompts.toml: what varies comes
+        # last); a correction's user turn is the validation error, which must fail again too
+        if agent_of(system) == "suggest" and ("round 1:" in user or user.startswith("That reply is not valid")):
             return "not json"
         return super().reply(system, user)
 
