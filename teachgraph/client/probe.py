@@ -97,14 +97,20 @@ async def _check(client: openai.AsyncOpenAI, endpoint: Endpoint, model: str, mod
     response format it does not know with a 500 (llama-cpp-python and json_schema). That looks like a
     burst of 500s, so it counts as a refusal only if a plain request succeeds right after and the
     mode fails again; anything else transient stops the probe with nothing cached."""
-    try:
-        return _read(await _ask(client, endpoint, model, mode, max_tokens), mode)
-    except EndpointFatal:
-        raise
-    except RequestRejected as exc:
-        return Check(mode, "refused", str(exc))
-    except EndpointError as exc:
-        first = exc
+    async def attempt() -> Check | EndpointError:
+        """The mode asked once: its check, or the transient error it met (fatal errors propagate)."""
+        try:
+            return _read(await _ask(client, endpoint, model, mode, max_tokens), mode)
+        except EndpointFatal:
+            raise
+        except RequestRejected as exc:
+            return Check(mode, "refused", str(exc))
+        except EndpointError as exc:
+            return exc
+
+    first = await attempt()
+    if isinstance(first, Check):
+        return first
     if first.kind != "500":
         raise _inconclusive(endpoint, mode, first)
     try:
@@ -113,16 +119,12 @@ async def _check(client: openai.AsyncOpenAI, endpoint: Endpoint, model: str, mod
         raise
     except EndpointError as exc:
         raise _inconclusive(endpoint, mode, exc) from None
-    try:
-        return _read(await _ask(client, endpoint, model, mode, max_tokens), mode)
-    except EndpointFatal:
-        raise
-    except RequestRejected as exc:
-        return Check(mode, "refused", str(exc))
-    except EndpointError as exc:
-        if exc.kind != "500":
-            raise _inconclusive(endpoint, mode, exc) from None
-        return Check(mode, "refused", str(exc))
+    again = await attempt()
+    if isinstance(again, Check):
+        return again
+    if again.kind != "500":
+        raise _inconclusive(endpoint, mode, again)
+    return Check(mode, "refused", str(again))
 
 
 def _inconclusive(endpoint: Endpoint, mode: str, exc: EndpointError) -> EndpointFatal:
