@@ -179,8 +179,16 @@ GENERATION_CHECKS: dict[str, Callable[[Example, str], bool]] = {
 
 # ---------------------------------------------------------------- the student
 
+def check_student(student: str) -> None:
+    """Refuse a --student that cannot load before paying for torch's and transformers' imports (seconds)."""
+    if student != EMBEDDED_STUDENT and not (Path(student) / "config.json").is_file():
+        raise TeachError(f"--student {student!r} is not a Hugging Face model folder (no config.json) "
+                         f"nor {EMBEDDED_STUDENT!r}")
+
+
 def load_student(student: str):
     """(model, tokenizer) from `smollm2` (the embedded GGUF, dequantized) or a Hugging Face folder."""
+    check_student(student)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the student is on this disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -194,9 +202,6 @@ def load_student(student: str):
         folder = str(path.parent)
     else:
         folder, kwargs = student, {}
-        if not (Path(student) / "config.json").is_file():
-            raise TeachError(f"--student {student!r} is not a Hugging Face model folder (no config.json) "
-                             f"nor {EMBEDDED_STUDENT!r}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
@@ -415,6 +420,7 @@ def teach(registry: Registry, run_ids: list[str], out: Path, settings: TeachSett
     if settings.steps < 1:
         raise TeachError(f"--steps must be at least 1 (got {settings.steps})")
     examples = load_examples(registry, run_ids)
+    check_student(settings.student)
     clock = time.monotonic()
     model, tokenizer = load_student(settings.student)
     template = training_template(tokenizer)

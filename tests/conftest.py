@@ -14,6 +14,12 @@ sys.path.insert(0, str(ROOT))
 import teachgraph  # noqa: E402
 from teachgraph.client.llm import LLM  # noqa: E402
 from teachgraph.testing.fake_chat import ScriptedChatModel  # noqa: E402
+from tests.cli_fork import WarmCLI  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _warm_cli is not None:
+        _warm_cli.close()
 
 
 @pytest.fixture
@@ -41,8 +47,20 @@ def run_in_process(tmp_path: Path, script, *, limit: int = 3, rounds: int = 2, c
     return run.registry, run.settings, llm
 
 
+_warm_cli: WarmCLI | None = None
+
+
 def run_cli(*args: str, home: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` in a process of its own; forked from a warm one (tests/cli_fork.py) unless
+    TEACHGRAPH_TEST_SUBPROCESS=1 asks for a cold start."""
+    global _warm_cli
     full_env = {**os.environ, "TEACHGRAPH_HOME": str(home), "COLUMNS": "200", **(env or {})}
     full_env.pop("OPENAI_BASE_URL", None)
+    if os.environ.get("TEACHGRAPH_TEST_SUBPROCESS") != "1" and hasattr(os, "fork"):
+        if _warm_cli is None:
+            warm_env = {**os.environ, "COLUMNS": "200"}
+            warm_env.pop("OPENAI_BASE_URL", None)
+            _warm_cli = WarmCLI(warm_env)
+        return _warm_cli.run(list(args), env=full_env, cwd=ROOT, timeout=timeout)
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL)
