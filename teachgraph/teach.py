@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from teachgraph.checkpoints.registry import Registry
-from teachgraph.nodes.checks import choice_key, label_in_set
+from teachgraph.nodes.checks import (choice_key, label_in_set, python_compute, python_tests, tool_arguments,
+                                     web_actions)
 
 EMBEDDED_STUDENT = "smollm2"
 
@@ -57,7 +58,8 @@ class Example:
     skill: str
     task_type: str
     messages: list[dict]
-    task: dict  # the item the flow wrote (metadata.task): answer keys, label sets ...
+    task: dict  # the item the flow wrote (metadata.task): answer keys, label sets, tests, the page ...
+    tools: list[dict] = field(default_factory=list)  # tool use: the tools offered (OpenAI function format)
 
 
 @dataclass
@@ -107,7 +109,8 @@ def load_examples(registry: Registry, run_ids: Iterable[str]) -> list[Example]:
             if not any(m["role"] == "assistant" and m["content"] for m in messages):
                 continue
             examples.append(Example(sample_id, meta.get("seed_id") or sample_id, sample["skill"],
-                                    meta.get("task_type") or "-", messages, meta.get("task") or {}))
+                                    meta.get("task_type") or "-", messages, meta.get("task") or {},
+                                    sample.get("tools") or []))
     if not examples:
         raise TeachError(f"the runs {', '.join(run_ids)} have no accepted samples")
     return examples
@@ -167,13 +170,88 @@ def _label_in_set(example: Example, text: str) -> bool:
     return bool(found) and label_in_set(example.task, {"label": found.group(1)}).ok
 
 
-# Skill -> check of a generated reply. Checks that need the sandbox (coding's tests, fermi's calculation) or a
-# structured reply (tool_use's calls, web_agent's page) are not run on the student's text yet.
+_CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
+_CALCULATION = re.compile(r"^Calculation:\s*(.+?)\s*=", re.M)
+_ACTIONS = re.compile(r"^Actions:\s*\n(.*)", re.M | re.S)
+
+
+def _code_passes_tests(example: Example, text: str) -> bool:
+    """coding: the student's code block must pass the tests the flow wrote for the task, in the sandbox."""
+    block = _CODE_BLOCK.search(text)
+    return bool(block) and python_tests(example.task, {"code": block.group(1)}).ok
+
+
+def _calculation_value(text: str) -> Optional[float]:
+    found = _CALCULATION.search(text)
+    if not found:
+        return None
+    verdict = python_compute({}, {"calculation": found.group(1)})
+    return float(verdict.detail.removeprefix("= ")) if verdict.ok else None
+
+
+def _estimate_within_tenfold(example: Example, text: str) -> bool:
+    """fermi: the student's calculation evaluates (in the sandbox) to within a factor of ten of the sample's
+    own computed estimate: an order-of-magnitude answer is what a Fermi estimate promises."""
+    reference = _calculation_value(next(m["content"] for m in example.messages if m["role"] == "assistant"))
+    value = _calculation_value(text)
+    if reference is None or value is None or value == 0 or reference == 0 or (value > 0) != (reference > 0):
+        return False
+    return 0.1 <= value / reference <= 10
+
+
+def _actions_on_the_page(example: Example, text: str) -> bool:
+    """web_agent: after "Actions:", one action per line of the prompt's grammar, on elements the page has."""
+    found = _ACTIONS.search(text)
+    page = "\n".join(m["content"] for m in example.messages if m["role"] == "user")  # the prompt shows the page
+    return bool(found) and web_actions({"content": page}, {"actions": found.group(1)}).ok
+
+
+def _calls_of(text: str) -> Optional[list[dict]]:
+    """The tool calls in a reply written as the training text shows them (OpenAI's tool_calls list as JSON)."""
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end <= start:
+        return None
+    try:
+        raw = json.loads(text[start:end + 1])
+    except json.JSONDecodeError:
+        return None
+    calls = []
+    for call in raw if isinstance(raw, list) else ():
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            return None
+        arguments = function.get("arguments", "{}")
+        calls.append({"name": function["name"],
+                      "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)})
+    return calls or None
+
+
+def _tool_calls_valid(example: Example, text: str) -> bool:
+    """tool_use: where the sample calls tools, the student must call offered tools with valid arguments; where
+    the sample asks or declines instead, the student must not call any."""
+    reference_calls = next(m for m in example.messages if m["role"] == "assistant")["content"]
+    expected_call = _calls_of(reference_calls) is not None
+    calls = _calls_of(text)
+    if not expected_call:
+        return calls is None
+    functions = [tool.get("function", tool) for tool in example.tools]
+    apis = [{"name": f["name"], "parameters": [{"name": name, "required": name in f["parameters"].get("required", [])}
+                                               for name in f.get("parameters", {}).get("properties", {})]}
+            for f in functions]
+    item = {"tools": [f["name"] for f in functions], "apis": apis}
+    return bool(calls) and tool_arguments(item, {"action": "call_tools", "calls": calls}).ok
+
+
+# Skill -> check of the student's generated reply, the same checks the flows hold their own answers to.
 GENERATION_CHECKS: dict[str, Callable[[Example, str], bool]] = {
     "rag": _rag_cites_existing,
     "mcq": _letter_matches_key,
     "analytical_reasoning": _letter_matches_key,
     "text_classification": _label_in_set,
+    "coding": _code_passes_tests,
+    "fermi": _estimate_within_tenfold,
+    "web_agent": _actions_on_the_page,
+    "tool_use": _tool_calls_valid,
 }
 
 

@@ -189,3 +189,36 @@ def test_gguf_export_reloads_with_the_trained_weights(embedded_student, tmp_path
             model.model.layers[0].self_attn.k_proj.weight.mul_(-1.0)
     assert (ours - theirs).abs().max() < 0.1  # F16 rounding
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+@pytest.mark.parametrize("skill", ["coding", "fermi", "web_agent", "tool_use"])
+def test_generation_checks_pass_the_samples_own_answers_and_fail_wrong_ones(tmp_path, skill):
+    """The student's reply is held to the check its skill's flow applies: a sample's own first assistant turn (which
+    passed the flow's check) passes, and the same reply with the checked part broken fails."""
+    from teachgraph import skills
+    from teachgraph.teach import GENERATION_CHECKS
+    from tests.flow_script import FlowScript
+    from tests.test_skills import run_skill
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "mod.py").write_text("def add(a, b):\n    '''Add two numbers.'''\n    return a + b\n\n" * 8)
+    (corpus / "doc.md").write_text("# Weather in Paris\n\n" + "Paris has mild weather; rain falls on about "
+                                   "110 days a year and summers average 25 degrees. " * 6)
+    registry, samples = run_skill(tmp_path, corpus, skills.load(skill), FlowScript())
+    examples = [e for e in load_examples(registry, ["t"])]
+    assert examples, f"the scripted {skill} run made no samples"
+    check = GENERATION_CHECKS[skill]
+    broken = {"coding": lambda t: t.replace("return a + b", "return a - b"),
+              "fermi": lambda t: t.replace("8e6 * 0.25 / 100", "8e6 * 0.25 * 100"),   # 10,000x off
+              "web_agent": lambda t: t.replace("click [3]", "click [99]"),            # not on the page
+              "tool_use": lambda t: t.replace('\\"Paris\\"', '\\"Paris\\", \\"when\\": 1')}[skill]  # unknown arg
+    called = 0
+    for example in examples:
+        reply = next(m["content"] for m in example.messages if m["role"] == "assistant")
+        assert check(example, reply), (skill, reply)
+        if broken(reply) != reply:
+            called += 1
+            assert not check(example, broken(reply)), (skill, broken(reply))
+        assert not check(example, "I am not sure.") or skill == "tool_use"
+    assert called, f"no {skill} reply had the part the test breaks"
