@@ -44,10 +44,23 @@ def graph_svg(registry: Registry, run_id: str, skill_name: str) -> bytes:
     return diagram.render(diagram.diagram(skill, registry.node_figures(run_id), registry.edge_figures(run_id)), "svg")
 
 
+def headline(sample: dict) -> str:
+    """The line a list shows for a sample: its query (rag) or its task's first field, else its user turn."""
+    meta = sample.get("metadata") or {}
+    round_ = meta.get("refinement_round") or 0
+    queries = [r["query"] for r in meta.get("refinements") or [] if r.get("query") and r.get("round", 0) <= round_]
+    if round_ and queries:
+        return queries[-1]
+    if meta.get("original_query"):
+        return meta["original_query"]
+    task = next((v for v in (meta.get("task") or {}).values() if isinstance(v, str) and v.strip()), None)
+    return task or next((m.get("content") or "" for m in sample["messages"] if m["role"] == "user"), "")
+
+
 def _sample_item(run_id: str, seed: dict, sample: dict, review: dict | None) -> dict[str, Any]:
     meta = sample.get("metadata") or {}
     dropped = export.rejected_by({k: v for k, v in meta.items() if k != "review"})
-    user = next((m.get("content") or "" for m in sample["messages"] if m["role"] == "user"), "")
+    user = headline(sample)
     return {"id": sample["id"], "kind": "sample", "skill": sample.get("skill"), "seed_id": seed["id"],
             "task_type": meta.get("task_type"), "round": meta.get("refinement_round"),
             "status": "rejected" if dropped else "accepted", "why": dropped,

@@ -116,6 +116,8 @@ class Handler(BaseHTTPRequestHandler):
         server, run_id = self.server, self.server.run_id
         if path in PAGES:
             return self._static(PAGES[path])
+        if path == "/favicon.ico":   # browsers ask for one; the page has none
+            return self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         if path.startswith("/static/"):
             return self._static(path[len("/static/"):])
         if path == "/api/run":
