@@ -34,9 +34,15 @@ def overview(registry: Registry, home: Home, run_id: str) -> dict[str, Any]:
     return {"run": run_id, "skills": run_skills(registry, run_id), "model": settings.get("model"),
             "endpoint": "embedded llama.cpp" if not settings.get("base_url") else "external",
             "status": shown_status(home, run), "counts": registry.counts(run_id),
-            "wall_seconds": run["wall_seconds"], "cost": run.get("cost"),   # cost: when the store records it
+            "wall_seconds": run["wall_seconds"], "cost": _cost(registry, run_id),
             "reviews": registry.review_counts(run_id), "nodes": nodes, "edges": registry.edge_figures(run_id),
             "updated": run["updated"]}
+
+
+def _cost(registry: Registry, run_id: str) -> float | None:
+    """What the run's calls cost, if the store keeps a spend ledger (issue 16's budgets: Registry.spent)."""
+    spent = getattr(registry, "spent", None)
+    return getattr(spent(run_id), "cost", None) if spent else None
 
 
 def graph_svg(registry: Registry, run_id: str, skill_name: str) -> bytes:

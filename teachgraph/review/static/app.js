@@ -163,8 +163,14 @@ function stepBody(step) {
   if (d.operation) text(`suggestion (${d.operation})`, d.suggestion);
   if (d.item) text(step.node === "edit" ? `edited instruction (round ${d.item.round})` : "seed instruction", d.item);
   if (d.history && d.history.length && step.node === "edit") text("changed", d.history[d.history.length - 1]);
-  if (d.answering) text("answer", d.answering.last && d.answering.last.length ? d.answering.last[0].content || d.answering.last[0] : d.answering);
-  if (d.answering && d.answering.checks && d.answering.checks.length) text("checks", d.answering.checks);
+  const last = d.answering && d.answering.last && d.answering.last[0];
+  if (last) {   // the turn this step added: the answer, or the user turn that comes next
+    const label = last.role === "assistant" ? "answer" : last.role === "tool" ? "tool result"
+      : step.node === "follow_up" ? "user follow-up" : "next item's user turn";
+    text(label, last.content || last.tool_calls);
+  }
+  if (d.answering && d.answering.feedback) text(`failed checks, correction ${d.answering.attempt}`, d.answering.feedback);
+  if (d.answering && d.answering.checks && d.answering.checks.length) text("checks passed", d.answering.checks);
   if (d.samples) text("samples made", d.samples.join("\n"));
   if (d.refined_rejected) text("refined task dropped", d.refined_rejected);
   return out;
