@@ -13,6 +13,7 @@ import pytest
 
 from teachgraph import export, skills
 from teachgraph.checkpoints.registry import Registry
+from teachgraph.errors import TeachgraphError
 from teachgraph.review import data, diagram
 from teachgraph.review.server import open_server
 from teachgraph.runner import Home
@@ -200,3 +201,26 @@ def test_graph_show_labels_and_run_figures(made):
     assert "generate -> __end__  when rejected (1×)" in ascii_art.stdout and "1 rejected · 1 failed" in ascii_art.stdout
     missing = run_cli(home, "graph", "show", "rag", "--run", "nope")
     assert missing.exit_code == 2 and "no run 'nope'" in missing.output
+
+
+def test_review_command_prints_its_url_and_serves_the_run(made):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    _, home = made
+    env = {**os.environ, "TEACHGRAPH_HOME": str(home)}
+    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "review", RUN_ID, "--port", "0"], cwd=ROOT,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"review of run {RUN_ID}: http://127.0.0.1:"), (line, process.stderr.read())
+        url = line.split(": ", 1)[1].split()[0]
+        with urllib.request.urlopen(url + "api/run", timeout=10) as response:
+            assert json.loads(response.read())["run"] == RUN_ID
+    finally:
+        process.terminate()
+        process.wait(10)
+    missing = run_cli(home, "review", "nope").exception   # main() prints it as one line, exit code 2
+    assert isinstance(missing, TeachgraphError) and missing.exit_code == 2 and str(missing).startswith("no run 'nope'")
