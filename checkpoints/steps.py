@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
+from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.registry import Registry
 
 TEXT_CHARS = 2000        # a string in a step's detail is cut here
@@ -102,6 +104,14 @@ class StepRecorder(BaseCallbackHandler):
         self._record(step, "failed", {**spent, "error": f"{type(error).__name__}: {error}"})
 
     def _record(self, step: dict, outcome: str, update: dict) -> None:
+        try:
+            self._insert(step, outcome, update)
+        except (sqlite3.Error, storage.StorageError, OSError):
+            # A step is a figure, not an outcome: runs.db failing here fails the seed's own write next,
+            # which stops the run with one line (LangChain would only log a warning for this handler).
+            pass
+
+    def _insert(self, step: dict, outcome: str, update: dict) -> None:
         self.registry.record_step({
             "run_id": self.run_id, "seed_id": self.seed_id, "skill": self.skill, "node": step["node"],
             "outcome": outcome, "next": step["next"],
