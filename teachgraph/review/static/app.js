@@ -24,7 +24,7 @@ async function getJSON(url) {
   return body;
 }
 
-function plural(n, word) { return `${n} ${word}`; }
+function plural(n, word) { return `${n} ${n === 1 ? word.replace(/s$/, "") : word}`; }
 
 // ---------------------------------------------------------------- the run page
 
