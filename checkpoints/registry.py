@@ -100,6 +100,22 @@ def _endpoint_probes(db: sqlite_utils.Database) -> None:   # what `endpoint prob
                                       "probed": float}, pk=("endpoint", "model"))
 
 
+@MIGRATIONS(name="0006_node_steps")
+def _node_steps(db: sqlite_utils.Database) -> None:   # one row per graph node run (checkpoints/steps.py)
+    db["steps"].create({"id": int, "run_id": str, "seed_id": str, "skill": str, "node": str, "outcome": str,
+                        "next": str, "llm_calls": int, "tokens": int, "cache_hits": int, "seconds": float,
+                        "detail": str, "at": float}, pk="id")
+    db["steps"].create_index(["run_id", "seed_id", "id"])
+    db["steps"].create_index(["run_id", "skill", "node"])
+
+
+@MIGRATIONS(name="0007_sample_reviews")
+def _sample_reviews(db: sqlite_utils.Database) -> None:   # a reviewer's verdict per sample (teachgraph/review)
+    db["reviews"].create({"run_id": str, "sample_id": str, "verdict": str, "note": str, "at": float},
+                         pk="sample_id")
+    db["reviews"].create_index(["run_id"])
+
+
 class Registry:
     def __init__(self, path: Path):
         try:
@@ -343,3 +359,53 @@ class Registry:
                 {"endpoint": result.endpoint, "model": result.model, "strategy": result.strategy,
                  "checks": json.dumps([asdict(c) for c in result.checks]), "probed": result.probed},
                 pk=("endpoint", "model"))
+
+    # ---- node steps (checkpoints/steps.py records them as a seed's graph runs) ----
+    def record_step(self, row: dict[str, Any]) -> None:
+        with self.db.conn:
+            self.db["steps"].insert(row)
+
+    def steps(self, run_id: str, seed_id: str) -> list[dict]:
+        """A seed's node runs in the order they ended, each with its figures and what it produced."""
+        rows = list(self.db.query("select * from steps where run_id = ? and seed_id = ? order by id",
+                                  [run_id, seed_id]))
+        for row in rows:
+            row["detail"] = json.loads(row["detail"] or "{}")
+        return rows
+
+    def node_figures(self, run_id: str) -> list[dict]:
+        """Per skill and node: runs, LLM calls, tokens, cache hits, mean seconds, failures, rejections."""
+        return list(self.db.query(
+            """select skill, node, count(*) as runs, sum(llm_calls) as llm_calls, sum(tokens) as tokens,
+                      sum(cache_hits) as cache_hits, avg(seconds) as mean_seconds,
+                      sum(outcome = 'failed') as failed, sum(outcome = 'rejected') as rejected
+               from steps where run_id = ? group by skill, node order by skill, node""", [run_id]))
+
+    def edge_figures(self, run_id: str) -> list[dict]:
+        """How often each edge was taken (node -> the next node its router chose)."""
+        return list(self.db.query(
+            """select skill, node, next, count(*) as taken from steps
+               where run_id = ? and next is not null group by 1, 2, 3""", [run_id]))
+
+    # ---- reviews (teachgraph/review: a person's verdict on a sample) ----
+    def sample(self, sample_id: str) -> dict | None:
+        rows = list(self.db.query("select run_id, seed_id, body from samples where id = ?", [sample_id]))
+        if not rows:
+            return None
+        return {"run_id": rows[0]["run_id"], "seed_id": rows[0]["seed_id"], **json.loads(rows[0]["body"])}
+
+    def set_review(self, run_id: str, sample_id: str, verdict: str, note: str) -> dict:
+        row = {"run_id": run_id, "sample_id": sample_id, "verdict": verdict, "note": note, "at": time.time()}
+        with self.db.conn:
+            self.db["reviews"].upsert(row, pk="sample_id")
+        return row
+
+    def reviews(self, run_id: str) -> dict[str, dict]:
+        """sample id -> its verdict ({verdict, note, at})."""
+        return {row["sample_id"]: row for row in self.db.query("select * from reviews where run_id = ?", [run_id])}
+
+    def review_counts(self, run_id: str) -> dict[str, int]:
+        counts = {"accepted": 0, "rejected": 0}
+        for row in self.db.query("select verdict, count(*) as n from reviews where run_id = ? group by 1", [run_id]):
+            counts[row["verdict"]] = row["n"]
+        return counts

@@ -30,7 +30,7 @@ from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
-from teachgraph.graphs.refinement import unless_rejected
+from teachgraph.graphs.refinement import unless_rejected, when
 from teachgraph.graphs.skeleton import Agent, instruction_graph
 from teachgraph.nodes import checks, schemas
 from teachgraph.nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
@@ -600,6 +600,8 @@ def _offset(seed_id: str) -> int:
     return int(hashlib.sha256(seed_id.encode()).hexdigest()[:6], 16)
 
 
+@when({END: "every item answered, or the seed rejected", "answer": "next item, a correction or the next turn",
+       "follow_up": "turns left in the conversation", "simulate_tools": "the answer called tools"})
 async def after_answer(state: FlowState) -> str:  # async: see graphs/refinement.py
     step = state.get("next_step", "done")
     return END if step == "done" else step

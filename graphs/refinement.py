@@ -19,8 +19,18 @@ from langgraph.graph import END, StateGraph
 # async graph goes to a worker thread and back on every step (measured: that hop is most of a
 # step's wall time on a busy machine). Every graph's routers follow this rule.
 
+def when(conditions: dict[str, str]):
+    """Label a router's targets with the condition, in words, that sends a seed there: `graph show`
+    and the review page draw them on the edges (teachgraph/review/diagram.py reads `.conditions`)."""
+    def label(route):
+        route.conditions = conditions
+        return route
+    return label
+
+
 def unless_rejected(then: str):
     """A router: END for a seed its node rejected, else `then`."""
+    @when({END: "rejected", then: "not rejected"})
     async def route(state: dict) -> str:
         return END if state.get("rejected") else then
     return route
@@ -28,14 +38,17 @@ def unless_rejected(then: str):
 
 def add_refinement_loop(builder: StateGraph, *, entry: str, exit: str,
                         suggester: str = "suggest", editor: str = "edit") -> None:
+    @when({END: "rejected", suggester: "max_rounds > 0", exit: "max_rounds == 0"})
     async def after_entry(state: dict) -> str:
         if state.get("rejected"):
             return END
         return suggester if state.get("max_rounds", 0) > 0 else exit
 
+    @when({editor: "suggester has an edit", exit: "suggester: nothing to improve (or unusable output)"})
     async def after_suggest(state: dict) -> str:
         return exit if state.get("refine_done") else editor
 
+    @when({suggester: "round < max_rounds", exit: "round == max_rounds (or unusable output)"})
     async def after_edit(state: dict) -> str:
         if state.get("refine_done"):
             return exit

@@ -29,6 +29,7 @@ from teachgraph.runner import Home, Settings, shown_status
 from teachgraph.states import SeedStatus
 from teachgraph.seeds import abbreviate
 from teachgraph.teach import EMBEDDED_STUDENT
+from teachgraph.review import data as review_data, diagram
 
 app = typer.Typer(help="Synthetic fine-tuning data from raw documents and code "
                        "(AgentInstruct flows as LangGraph graphs).",
@@ -87,22 +88,34 @@ def graph_list() -> None:
 @graph_app.command("show")
 def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill name or alias (graph list)"),
                format: str = typer.Option("mermaid", "--format", "-f", help="mermaid | ascii | png"),
-               out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout")) -> None:
-    """Draw a skill's graph, offline."""
-    graph = skills.load(skill_name).build_graph().compile().get_graph()
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
+               run_id: Optional[str] = typer.Option(None, "--run", metavar="RUN_ID",
+                                                    help="annotate nodes and edges with this run's figures")) -> None:
+    """Draw a skill's graph, offline: nodes labelled by agent, edges by their condition."""
+    skill = skills.load(skill_name)
+    figures: tuple[list, list] = ([], [])
+    if run_id:
+        registry = Registry(Home.from_env().registry_path)
+        if registry.run(run_id) is None:
+            fail(f"no run {run_id!r} (see: python cli.py runs list)")
+        ran = review_data.run_skills(registry, run_id)
+        if skill.name not in ran:
+            fail(f"run {run_id} has no {skill.name} seeds (it ran {', '.join(ran)})")
+        figures = (registry.node_figures(run_id), registry.edge_figures(run_id))
+    drawn = diagram.diagram(skill, *figures)
     if format == "mermaid":
-        text = graph.draw_mermaid()
+        text = diagram.to_mermaid(drawn)
     elif format == "ascii":
         try:
-            text = graph.draw_ascii()
-        except Exception:  # grandalf's layout fails on some loops: an edge list still shows the graph
-            text = "\n".join(f"{e.source} -> {e.target}" + (" (conditional)" if e.conditional else "")
-                             for e in graph.edges)
+            boxes = skill.build_graph().compile().get_graph().draw_ascii()
+        except Exception:  # grandalf's layout fails on some loops: the edge list below still shows the graph
+            boxes = None
+        text = diagram.to_ascii(drawn, boxes)
     elif format == "png":
         out = out or Path(f"{skill_name}.png")
         _make_parent(out)
         try:
-            graph.draw_png(str(out))  # Graphviz via pygraphviz: no web service involved
+            out.write_bytes(diagram.render(drawn, "png"))  # Graphviz via pygraphviz: no web service involved
         except ImportError:
             fail("--format png needs Graphviz: apt-get install graphviz libgraphviz-dev && pip install pygraphviz")
         except OSError as exc:
@@ -314,9 +327,14 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                           "failed": registry.outcomes(run_id, SeedStatus.FAILED),
                           "task_types": registry.task_types(run_id),
                           "skills": registry.by_skill(run_id),
-                          "skipped": registry.skipped(run_id)}, indent=2))
+                          "skipped": registry.skipped(run_id),
+                          "reviews": registry.review_counts(run_id)}, indent=2))
         return
     _print_summary(registry, run_id, Settings(**run["settings"]))
+    reviews = registry.review_counts(run_id)
+    if any(reviews.values()):
+        console.print(f"\n[bold]reviewed[/bold] {reviews['accepted']} accepted, {reviews['rejected']} rejected "
+                      f"(export leaves the rejected out)", highlight=False)
     for status in (SeedStatus.REJECTED, SeedStatus.FAILED):
         rows = registry.outcomes(run_id, status)
         if rows:
@@ -443,6 +461,27 @@ def export_runs(
             say(f"pushed: {export.push(out, push)}")
     except export.ExportError as exc:
         fail(str(exc))
+
+
+# ---------------------------------------------------------------- review
+
+@app.command("review")
+def review(run_id: str = typer.Argument(..., metavar="RUN_ID"),
+           port: int = typer.Option(8765, "--port", min=0, max=65535, help="0: any free port"),
+           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: loopback)")) -> None:
+    """Serve a local page to review a run: its graphs with per-node figures, its samples and their lineage,
+    and verdicts (stored in the run's store; export leaves rejected samples out). Works while the run goes."""
+    from teachgraph.review.server import open_server
+    server = open_server(run_id, host=host, port=port)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        say(f"note: listening on {host}: anyone who can reach this address can read the run and record verdicts")
+    print(f"review of run {run_id}: {server.url}  (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 # ---------------------------------------------------------------- teach

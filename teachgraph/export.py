@@ -226,12 +226,27 @@ def jsonl_row(item: Item) -> dict:
 
 # ---------------------------------------------------------------- reading
 
+REVIEWER = "reviewer"   # a person's verdict from the review page (teachgraph/review)
+
+
+def with_review(sample: dict, review: dict | None) -> dict:
+    """The sample with a reviewer's stored verdict ({verdict: accepted|rejected, note}) as its
+    `metadata.review`, the verdict rejected_by reads."""
+    if review:
+        verdict = REJECT if review["verdict"] == "rejected" else "accept"
+        sample.setdefault("metadata", {})["review"] = {"reviewer": REVIEWER, "verdict": verdict,
+                                                       "reason": review.get("note") or ""}
+    return sample
+
+
 def read_items(registry: Registry, run_ids: Iterable[str]) -> Iterator[Item]:
-    """The runs' samples in order, each once, with their verdicts. Sample ids are the registry's primary
-    key (unique across runs), so naming a run twice is what can repeat them: each run is read once."""
+    """The runs' samples in order, each once, with their verdicts (a reviewer's included). Sample ids are
+    the registry's primary key (unique across runs), so naming a run twice is what can repeat them: each
+    run is read once."""
     for run_id in dict.fromkeys(run_ids):
-        for _, body in registry.samples(run_id):
-            sample = json.loads(body)
+        reviews = registry.reviews(run_id)
+        for sample_id, body in registry.samples(run_id):
+            sample = with_review(json.loads(body), reviews.get(sample_id))
             yield Item(run_id, sample, rejected_by(sample.get("metadata") or {}))
 
 

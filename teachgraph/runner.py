@@ -22,6 +22,7 @@ from langchain_openai import ChatOpenAI
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.registry import Registry
 from teachgraph.checkpoints.saver import forget_thread, open_saver, thread_id
+from teachgraph.checkpoints.steps import StepRecorder
 from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
@@ -271,7 +272,8 @@ class SeedRunner:
     async def _run_seed(self, graph, ctx: RunContext, seed: dict) -> None:
         thread = thread_id(self.run_id, seed["id"])
         rounds = default_rounds(ctx.skill) if self.settings.rounds is None else self.settings.rounds
-        config = {"configurable": {"thread_id": thread}, "recursion_limit": step_limit(ctx.skill, rounds)}
+        config = {"configurable": {"thread_id": thread}, "recursion_limit": step_limit(ctx.skill, rounds),
+                  "callbacks": [StepRecorder(self.registry, self.run_id, seed["id"], ctx.skill.name)]}
         snapshot = await graph.aget_state(config)
         started = snapshot.metadata is not None  # the thread has a checkpoint
         # A seed that failed before keeps the calls its failed attempts spent (they are not in its

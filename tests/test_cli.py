@@ -39,9 +39,12 @@ def test_graph_list_names_rag_first_on_its_line(tmp_path):
 
 def test_graph_show_draws_offline(tmp_path):
     mermaid = run_cli("graph", "show", "rag", home=tmp_path)
-    assert mermaid.returncode == 0 and "suggest -.-> edit" in mermaid.stdout and "edit -.-> suggest" in mermaid.stdout
+    assert mermaid.returncode == 0 and 'suggest -. "suggester has an edit" .-> edit' in mermaid.stdout
+    assert 'edit -. "round < max_rounds" .-> suggest' in mermaid.stdout
+    assert 'generate["<b>generate</b><br/>seed instruction agent"]' in mermaid.stdout
     ascii_art = run_cli("graph", "show", "rag", "--format", "ascii", home=tmp_path)
     assert ascii_art.returncode == 0 and "| suggest |" in ascii_art.stdout
+    assert "edit -> suggest  when round < max_rounds" in ascii_art.stdout
     pytest.importorskip("pygraphviz")
     png = tmp_path / "rag.png"
     result = run_cli("graph", "show", "rag", "--format", "png", "--out", str(png), home=tmp_path)
