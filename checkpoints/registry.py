@@ -16,6 +16,7 @@ import sqlite_utils
 
 from teachgraph.checkpoints import storage, terms
 from teachgraph.errors import UsageError
+from teachgraph.client.budget import Spend
 from teachgraph.client.probe import Check, Probe
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
@@ -98,6 +99,31 @@ def _endpoint_probes(db: sqlite_utils.Database) -> None:   # what `endpoint prob
     if _missing(db, "endpoint_probes"):
         db["endpoint_probes"].create({"endpoint": str, "model": str, "strategy": str, "checks": str,
                                       "probed": float}, pk=("endpoint", "model"))
+
+
+@MIGRATIONS(name="0006_run_spend_stop_reason_estimate")
+def _budgets(db: sqlite_utils.Database) -> None:
+    # what a run's model calls spent, added to as each reply comes back (client/budget.py); why a run
+    # stopped short (its budget); the estimate made before it ran (teachgraph/estimate.py), as JSON
+    db.execute("""create table run_spend (run_id text primary key, calls integer not null default 0,
+                  input_tokens integer not null default 0, output_tokens integer not null default 0,
+                  cost real not null default 0.0)""")
+    db["runs"].add_column("stop_reason", str)
+    db["runs"].add_column("estimate", str)
+
+
+class RunLedger:
+    """A run's spend in runs.db (client/budget.py's SpendLedger): each add is its own committed
+    transaction, so what a reply cost is on disk before the reply is used."""
+
+    def __init__(self, registry: "Registry", run_id: str):
+        self.registry, self.run_id = registry, run_id
+
+    def spent(self) -> Spend:
+        return self.registry.spent(self.run_id)
+
+    def add(self, spend: Spend) -> None:
+        self.registry.add_spend(self.run_id, spend)
 
 
 class Registry:
@@ -325,6 +351,29 @@ class Registry:
         first = [row["source"] for row in self.db.query(
             "select distinct source from seeds where run_id = ? order by source limit ?", [run_id, limit])]
         return total, first
+
+    # ---- spend (client/budget.py) ----
+    def ledger(self, run_id: str) -> RunLedger:
+        return RunLedger(self, run_id)
+
+    def spent(self, run_id: str) -> Spend:
+        row = self.db.execute("select calls, input_tokens, output_tokens, cost from run_spend where run_id = ?",
+                              [run_id]).fetchone()
+        return Spend(*row) if row else Spend()
+
+    def add_spend(self, run_id: str, spend: Spend) -> None:
+        with self.db.conn:
+            self.db.execute(
+                """insert into run_spend (run_id, calls, input_tokens, output_tokens, cost) values (?, ?, ?, ?, ?)
+                   on conflict(run_id) do update set calls = calls + excluded.calls,
+                   input_tokens = input_tokens + excluded.input_tokens,
+                   output_tokens = output_tokens + excluded.output_tokens, cost = cost + excluded.cost""",
+                [run_id, spend.calls, spend.input_tokens, spend.output_tokens, spend.cost])
+
+    def seeds_to_estimate(self, run_id: str) -> Iterator[dict]:
+        """Every seed's skill, kind, transformation and text, in order (teachgraph/estimate.py)."""
+        yield from self.db.query("select skill, kind, transformation, task_type, text, source from seeds "
+                                 "where run_id = ? order by ordinal", [run_id])
 
     # ---- endpoint probes (teachgraph/client/probe.py finds them; no key is ever stored) ----
     def probe_result(self, endpoint: str, model: str) -> Probe | None:

@@ -26,6 +26,7 @@ from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.nodes.context import RunContext
+from teachgraph.client.budget import BudgetReached
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
 from teachgraph.client.llm import LLM, Usage
 from teachgraph import skills
@@ -59,6 +60,11 @@ class Settings:
     retries: int = DEFAULTS.retries      # attempts per request for transient endpoint errors
     cache: bool = DEFAULTS.cache         # the LLM response cache (TEACHGRAPH_HOME/cache.db)
     mix: dict[str, float] | None = None  # skill -> weight, for multi-skill runs
+    # the budget (client/budget.py): resume may raise it; prices in USD per million tokens, None: unknown
+    max_tokens_total: int | None = None
+    max_cost: float | None = None
+    price_in: float | None = None
+    price_out: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,7 +228,9 @@ def step_limit(skill: Skill, rounds: int) -> int:
 class Executor(Protocol):
     """Runs a run's unfinished seeds, each through `SeedRunner.run`, and returns when every one has
     ended or a fatal error (FatalRunError, StorageError) stopped them all (then it raises it; seeds
-    in flight stay resumable, as after Ctrl-C). `LocalExecutor` is the one in this process; an
+    in flight stay resumable, as after Ctrl-C). A seed that raises BudgetReached stays pending: then
+    no further seed starts, the seeds in flight run on until their next call is refused, and the
+    executor raises BudgetReached once they have all stopped. `LocalExecutor` is the one in this process; an
     executor on other machines (Ray, issue 17) is built with the same arguments."""
 
     async def run(self) -> None: ...
@@ -255,7 +263,7 @@ class SeedRunner:
         try:
             graph, ctx = self._graph_for(seed.get("skill"))
             await self._run_seed(graph, ctx, seed)
-        except FatalRunError:
+        except (FatalRunError, BudgetReached):
             raise
         except Exception as exc:  # our bug: the seed still ends accounted for
             fault = storage.fault(exc)
@@ -295,7 +303,11 @@ class SeedRunner:
                 start["transformation"] = seed.get("transformation")
             try:
                 final = await graph.ainvoke(start, config, context=ctx, durability="sync")
+            except BudgetReached:
+                raise
             except NodeFailed as exc:
+                if isinstance(exc.error, BudgetReached):   # not a failure: the seed stays pending
+                    raise exc.error from None
                 # No retry can fix it (bad key, unknown model, endpoint down): stop the whole run,
                 # seeds stay resumable, instead of failing every seed alike.
                 if isinstance(exc.error, EndpointFatal):
@@ -389,6 +401,7 @@ class LocalExecutor:
         slots = asyncio.Semaphore(self.settings.concurrency)
         running: set[asyncio.Task] = set()
         fatal: list[BaseException] = []
+        budget: list[BudgetReached] = []   # no new seed starts; those in flight stop at their next call
 
         def stop(exc: BaseException) -> None:
             fatal.append(exc)
@@ -402,6 +415,8 @@ class LocalExecutor:
                 now = time.monotonic()
                 self.registry.add_wall_time(self.run_id, now - self._clock)
                 self._clock = now
+            except BudgetReached as exc:
+                budget.append(exc)
             except Exception as exc:  # FatalRunError or a storage fault: the whole run stops
                 stop(storage.fault(exc) or exc)
             finally:
@@ -410,7 +425,7 @@ class LocalExecutor:
         try:
             for seed in self.registry.unfinished_seeds(self.run_id):
                 await slots.acquire()
-                if fatal:
+                if fatal or budget:
                     slots.release()
                     break
                 task = asyncio.create_task(one(seed))
@@ -422,6 +437,8 @@ class LocalExecutor:
             await asyncio.gather(*running, return_exceptions=True)
         if fatal:
             raise fatal[0]
+        if budget:
+            raise budget[0]
 
 
 def run_status(counts: dict[str, int]) -> RunStatus:
