@@ -104,7 +104,7 @@ def _endpoint_probes(db: sqlite_utils.Database) -> None:   # what `endpoint prob
 @MIGRATIONS(name="0006_run_spend_stop_reason_estimate")
 def _budgets(db: sqlite_utils.Database) -> None:
     # what a run's model calls spent, added to as each reply comes back (client/budget.py); why a run
-    # stopped short (its budget); the estimate made before it ran (teachgraph/estimate.py), as JSON
+    # stopped short (its budget); the estimate made before it ran (teachgraph/estimation.py), as JSON
     db.execute("""create table run_spend (run_id text primary key, calls integer not null default 0,
                   input_tokens integer not null default 0, output_tokens integer not null default 0,
                   cost real not null default 0.0)""")
@@ -371,7 +371,7 @@ class Registry:
                 [run_id, spend.calls, spend.input_tokens, spend.output_tokens, spend.cost])
 
     def seeds_to_estimate(self, run_id: str) -> Iterator[dict]:
-        """Every seed's skill, kind, transformation and text, in order (teachgraph/estimate.py)."""
+        """Every seed's skill, kind, transformation and text, in order (teachgraph/estimation.py)."""
         yield from self.db.query("select skill, kind, transformation, task_type, text, source from seeds "
                                  "where run_id = ? order by ordinal", [run_id])
 

@@ -37,7 +37,7 @@ from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.checkpoints.registry import Registry
 from teachgraph.checkpoints.saver import check_store
-from teachgraph import estimate as estimating
+from teachgraph import estimation as estimating
 from teachgraph.client import probe
 from teachgraph.client.budget import BudgetReached, Meter, Prices, Spend, resolve_prices
 from teachgraph.client.endpoint import EndpointError, redact
@@ -163,7 +163,7 @@ class Run:
 
     @property
     def estimate(self) -> estimating.Estimate | None:
-        """The estimate made when its seeds were collected (teachgraph/estimate.py)."""
+        """The estimate made when its seeds were collected (teachgraph/estimation.py)."""
         stored = self.record.get("estimate")
         return estimating.Estimate.from_json(json.loads(stored)) if stored else None
 
@@ -657,7 +657,7 @@ def estimate(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = 
              rounds: int | None = None, model: str | None = None, base_url: str | None = None,
              max_tokens: int = DEFAULTS.max_tokens, price_in: float | None = None, price_out: float | None = None,
              home: str | Path | Home | None = None) -> estimating.Estimate:
-    """The calls, tokens and cost a run of `skill` over `seeds` would take (teachgraph/estimate.py),
+    """The calls, tokens and cost a run of `skill` over `seeds` would take (teachgraph/estimation.py),
     without running anything: the seeds are collected and dealt as `run` would."""
     home = _home(home)
     if skill == "all":

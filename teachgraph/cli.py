@@ -23,7 +23,7 @@ from teachgraph import api, embedded, export, skills
 from teachgraph.api import without_credentials
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.registry import Registry
-from teachgraph.estimate import Estimate, share
+from teachgraph.estimation import Estimate, share
 from teachgraph.errors import RunInterrupted, RunStopped, TeachgraphError
 from teachgraph.options import DEFAULTS
 from teachgraph.runner import Home, Settings, shown_status
@@ -381,7 +381,7 @@ def runs_estimate(
     print(f"{made.seeds} seeds: {made.calls} calls, {made.tokens} tokens ({made.input_tokens} input, "
           f"{made.output_tokens} output), cost {cost}")
     say(f"tokens counted as {made.tokenizer}; output taken as half of each agent's reply cap, with no corrections "
-        f"or rejections (teachgraph/estimate.py)")
+        f"or rejections (teachgraph/estimation.py)")
 
 
 @runs_app.command("show")
