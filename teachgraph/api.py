@@ -39,7 +39,7 @@ from teachgraph.checkpoints.registry import Registry
 from teachgraph.checkpoints.saver import check_store
 from teachgraph import estimation as estimating
 from teachgraph.client import probe
-from teachgraph.client.budget import BudgetReached, Meter, Prices, Spend, resolve_prices
+from teachgraph.client.budget import BudgetReached, Meter, Spend, resolve_prices
 from teachgraph.client.endpoint import EndpointError, redact
 from teachgraph.client.llm import LLM, STRUCTURED_MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
@@ -55,6 +55,7 @@ from teachgraph.runner import (
     default_rounds,
     make_llm,
     new_run_id,
+    run_meter,
     run_status,
     shown_status,
 )
@@ -91,7 +92,8 @@ class Reporter:
 
     def figures(self, live: dict[str, int]) -> None:
         """Twice a second while seeds run, and once at the end: samples, accepted, rejected and
-        failed (by this process), llm_calls, tokens and cache_hits (the run's, so far)."""
+        failed (by this process), llm_calls, tokens and cache_hits (the run's, so far), and from the
+        spend ledger input_tokens, output_tokens and cost (USD; None when the model's price is unknown)."""
 
     def seeds_ended(self) -> None: ...
 
@@ -394,19 +396,10 @@ class _Stopper:
 ExecutorFactory = Callable[..., Executor]
 
 
-def _prices(settings: Settings) -> Prices | None:
-    return Prices(settings.price_in, settings.price_out) if settings.price_in is not None else None
-
-
-def _meter(registry: Registry, run_id: str, settings: Settings) -> Meter:
-    """The run's budget over its ledger in runs.db (cumulative over every process that ran it)."""
-    return Meter(registry.ledger(run_id), _prices(settings), settings.max_tokens_total, settings.max_cost)
-
-
 def _store_estimate(registry: Registry, run_id: str, settings: Settings) -> None:
     """The estimate from the collected seeds, kept with the run so `runs show` can compare."""
     made = estimating.estimate(registry.seeds_to_estimate(run_id), rounds=settings.rounds,
-                               max_tokens=settings.max_tokens, prices=_prices(settings), skill_name=settings.skill)
+                               max_tokens=settings.max_tokens, prices=settings.prices(), skill_name=settings.skill)
     registry.set_run(run_id, estimate=json.dumps(made.to_json()))
 
 
@@ -418,7 +411,7 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
     settings = Settings(**registry.run(run_id)["settings"])
     skill = None if settings.mix else skill_library.load(settings.skill)
     counts = registry.counts(run_id)
-    meter = _meter(registry, run_id, settings)
+    meter = run_meter(registry, run_id, settings)
     if meter.reached():   # a resume whose budget is still spent: say so before starting any endpoint
         registry.set_run(run_id, status=RunStatus.BUDGET_REACHED, stop_reason=meter.reached())
         reporter.note(f"{meter.reached()}; raise it: python cli.py graph resume {run_id} --max-cost USD "

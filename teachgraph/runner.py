@@ -26,7 +26,7 @@ from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.nodes.context import RunContext
-from teachgraph.client.budget import BudgetReached
+from teachgraph.client.budget import BudgetReached, Meter, Prices
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
 from teachgraph.client.llm import LLM, Usage
 from teachgraph import skills
@@ -38,7 +38,7 @@ from teachgraph.options import DEFAULTS
 from teachgraph.states import LIVE, RunStatus, SeedStatus
 
 __all__ = ["Executor", "FatalRunError", "Home", "LocalExecutor", "Reporter", "RunLock", "SeedRunner", "Settings",
-           "default_rounds", "make_llm", "new_run_id", "run_status", "shown_status"]
+           "default_rounds", "make_llm", "new_run_id", "run_meter", "run_status", "shown_status"]
 
 
 @dataclass
@@ -68,6 +68,9 @@ class Settings:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def prices(self) -> Prices | None:
+        return Prices(self.price_in, self.price_out) if self.price_in is not None else None
 
 
 @dataclass
@@ -182,6 +185,12 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
     return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
                max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache,
                wire=Wire.for_chat(chat, own_client=True))
+
+
+def run_meter(registry: Registry, run_id: str, settings: Settings) -> Meter:
+    """The run's budget and spend over its ledger in the store, for `LLM.metered`: every executor's
+    model (this process's, or each worker's) gets one, and they all read and add to the same ledger."""
+    return Meter(registry.ledger(run_id), settings.prices(), settings.max_tokens_total, settings.max_cost)
 
 
 class RunCorpus:
