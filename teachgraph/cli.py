@@ -394,6 +394,7 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
     if as_json:
         run["status"] = shown_status(Home.from_env(), run)
+        run["estimate"] = json.loads(run["estimate"]) if run.get("estimate") else None
         print(json.dumps({"run": run, "counts": registry.counts(run_id),
                           "spent": vars(registry.spent(run_id)),
                           "rejected": registry.outcomes(run_id, SeedStatus.REJECTED),

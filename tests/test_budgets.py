@@ -245,11 +245,14 @@ def test_cli_budget_stop_is_one_line_and_exit_3_and_estimate_prints(tmp_path):
     with FakeOpenAI(responder=RagScript().http_responder) as fake:
         stopped = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "4", "--rounds", "1",
                           "--base-url", fake.base_url, "--model", "fake-model", "--structured", "json_schema",
-                          "--run-id", "c1", "--max-tokens-total", "1500", home=home, timeout=120)
+                          "--run-id", "c1", "--max-tokens-total", "1500", "--price-in", "2", "--price-out", "4", home=home,
+                          timeout=120)
     assert stopped.returncode == 3, stopped.stderr
     lines = [line for line in stopped.stderr.splitlines() if line.startswith("stopped:")]
     assert len(lines) == 1 and "--max-tokens-total 1500" in lines[0] and "graph resume c1" in lines[0]
     assert "stopped at budget" in stopped.stdout and "estimate" in stopped.stdout
+    run = teachgraph.open_run("c1", home=home)
+    assert run.settings.prices() == Prices(2, 4) and f"${run.spent.cost:.4f}" in stopped.stdout
     assert teachgraph.open_run("c1", home=home).spent.tokens >= 1500
     estimate = run_cli("runs", "estimate", "rag", "--seeds", str(SAMPLE), "--limit", "4", "--rounds", "1",
                        "--model", "gpt-4o-mini", "--base-url", "http://127.0.0.1:9/v1", home=home)
