@@ -110,6 +110,8 @@ def _budgets(db: sqlite_utils.Database) -> None:
                   cost real not null default 0.0)""")
     db["runs"].add_column("stop_reason", str)
     db["runs"].add_column("estimate", str)
+    for column in ("input_tokens", "output_tokens"):   # a seed's tokens split as prices are (of `tokens`)
+        db["seeds"].add_column(column, int, not_null_default=0)
 
 
 class RunLedger:
@@ -270,8 +272,8 @@ class Registry:
         last = -1
         while True:
             rows = list(self.db.query(
-                """select id, ordinal, skill, transformation, task_type, status, llm_calls, tokens, cache_hits
-                   from seeds
+                """select id, ordinal, skill, transformation, task_type, status, llm_calls, tokens, cache_hits,
+                   input_tokens, output_tokens from seeds
                    where run_id = ? and ordinal > ?
                    and status not in ('accepted', 'rejected') order by ordinal limit ?""",
                 [run_id, last, batch]))
@@ -282,7 +284,8 @@ class Registry:
 
     def finish_seed(self, run_id: str, seed_id: str, *, status: str, samples: list[dict] = (),
                     reason: str | None = None, node: str | None = None, error: str | None = None,
-                    llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0) -> None:
+                    llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0, input_tokens: int = 0,
+                    output_tokens: int = 0) -> None:
         """The seed's outcome and its samples, atomically."""
         with self.db.conn:
             next_seq = self.db.execute("select coalesce(max(seq), 0) from samples where run_id = ?",
@@ -293,9 +296,10 @@ class Registry:
                                  json.dumps(sample, ensure_ascii=False)])
             self.db.execute(
                 """update seeds set status = ?, reason = ?, node = ?, error = ?, llm_calls = ?, tokens = ?,
-                   cache_hits = ?, samples = ?, updated = ? where run_id = ? and id = ?""",
-                [status, reason, node, error, llm_calls, tokens, cache_hits, len(samples), time.time(), run_id,
-                 seed_id])
+                   cache_hits = ?, input_tokens = ?, output_tokens = ?, samples = ?, updated = ?
+                   where run_id = ? and id = ?""",
+                [status, reason, node, error, llm_calls, tokens, cache_hits, input_tokens, output_tokens,
+                 len(samples), time.time(), run_id, seed_id])
 
     def counts(self, run_id: str) -> dict[str, Any]:
         row = next(self.db.query(
@@ -304,6 +308,7 @@ class Registry:
                       sum(status = 'failed') as failed, sum(status = 'pending') as pending,
                       coalesce(sum(llm_calls), 0) as llm_calls, coalesce(sum(tokens), 0) as tokens,
                       coalesce(sum(cache_hits), 0) as cache_hits,
+                      coalesce(sum(input_tokens), 0) as input_tokens, coalesce(sum(output_tokens), 0) as output_tokens,
                       coalesce(sum(samples), 0) as samples
                from seeds where run_id = ?""", [run_id]))
         return {k: (v or 0) for k, v in row.items()}

@@ -296,9 +296,8 @@ class SeedRunner:
         carry = Usage()
         if seed.get("status") == SeedStatus.FAILED:
             values = snapshot.values or {}
-            carry = Usage(max(0, seed.get("llm_calls", 0) - values.get("llm_calls", 0)),
-                          max(0, seed.get("tokens", 0) - values.get("tokens", 0)),
-                          max(0, seed.get("cache_hits", 0) - values.get("cache_hits", 0)))
+            carry = Usage(*(max(0, (seed.get(key) or 0) - values.get(key, 0))
+                            for key in ("llm_calls", "tokens", "cache_hits", "input_tokens", "output_tokens")))
         # get_state leaves out of `next` the tasks whose writes are already saved, so "no next" alone
         # does not mean finished: a kill between a node's writes and the next checkpoint looks the
         # same. Finished means no next node and no task at all.
@@ -335,17 +334,19 @@ class SeedRunner:
         samples = final.get("samples") or []
         calls, tokens = final.get("llm_calls", 0) + carry.calls, final.get("tokens", 0) + carry.tokens
         hits = final.get("cache_hits", 0) + carry.cache_hits
+        split = {"input_tokens": final.get("input_tokens", 0) + carry.input_tokens,
+                 "output_tokens": final.get("output_tokens", 0) + carry.output_tokens}
         if final.get("rejected") or not samples:
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.REJECTED,
                                       node=final.get("rejected_by"),
                                       reason=final.get("rejected") or "no sample produced",
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split)
             self.reporter.seed_done(SeedStatus.REJECTED, 0)
         else:
             # an accepted seed's reason, if any, says why its refined task got no sample
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.ACCEPTED, samples=samples,
                                       reason=final.get("refined_rejected"),
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split)
             for sample in samples:
                 self.writer.append(sample)
             self.reporter.seed_done(SeedStatus.ACCEPTED, len(samples))
@@ -361,7 +362,9 @@ class SeedRunner:
                                   error=self._error_text(error),
                                   llm_calls=values.get("llm_calls", 0) + spent.calls,
                                   tokens=values.get("tokens", 0) + spent.tokens,
-                                  cache_hits=values.get("cache_hits", 0) + spent.cache_hits)
+                                  cache_hits=values.get("cache_hits", 0) + spent.cache_hits,
+                                  input_tokens=values.get("input_tokens", 0) + spent.input_tokens,
+                                  output_tokens=values.get("output_tokens", 0) + spent.output_tokens)
         self.reporter.seed_done(SeedStatus.FAILED, 0)
 
 

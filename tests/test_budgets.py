@@ -99,6 +99,8 @@ def test_max_cost_stops_cleanly_then_resume_with_more_finishes(tmp_path, monkeyp
         assert done.status == RunStatus.COMPLETE and done.stop_reason is None
         final = done.counts
         assert final["pending"] == 0 and final["failed"] == 0 and final["accepted"] + final["rejected"] == 8
+        # each seed's tokens, split into input and output as the ledger's are
+        assert final["input_tokens"] + final["output_tokens"] == final["tokens"] and final["output_tokens"] > 0
         assert done.settings.max_cost == 1.0            # the new budget is the run's now
         ids = [s["id"] for s in done.samples()]
         lines = (home / "runs" / "b1" / "samples.jsonl").read_text().splitlines()
@@ -245,8 +247,8 @@ def test_cli_budget_stop_is_one_line_and_exit_3_and_estimate_prints(tmp_path):
     with FakeOpenAI(responder=RagScript().http_responder) as fake:
         stopped = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "4", "--rounds", "1",
                           "--base-url", fake.base_url, "--model", "fake-model", "--structured", "json_schema",
-                          "--run-id", "c1", "--max-tokens-total", "1500", "--price-in", "2", "--price-out", "4", home=home,
-                          timeout=120)
+                          "--run-id", "c1", "--max-tokens-total", "1500", "--price-in", "2", "--price-out", "4",
+                          home=home, timeout=120)
     assert stopped.returncode == 3, stopped.stderr
     lines = [line for line in stopped.stderr.splitlines() if line.startswith("stopped:")]
     assert len(lines) == 1 and "--max-tokens-total 1500" in lines[0] and "graph resume c1" in lines[0]
