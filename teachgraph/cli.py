@@ -309,7 +309,8 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("seeds", f"{c['total']} total: {c['accepted']} accepted, {c['rejected']} rejected, "
                   f"{c['failed']} failed, {c['pending']} pending"),
         ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
-        ("tokens", c["tokens"]),
+        ("tokens", f"{c['tokens']} ({c['input_tokens']} input, {c['output_tokens']} output)"
+                   if c["input_tokens"] or c["output_tokens"] else c["tokens"]),
         *_spend_rows(registry, run, settings),
         ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
         ("endpoint", without_credentials(settings.base_url) if settings.base_url else "embedded llama.cpp"),
