@@ -476,7 +476,8 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
         reporter.seeds_ended()
         reporter.note(f"endpoint: {llm.endpoint.summary()}")
         status = run_status(registry.counts(run_id))
-        registry.set_run(run_id, status=RunStatus.BUDGET_REACHED if budget and status == RunStatus.INTERRUPTED
+        # stopped at its budget with seeds to run (pending, or failed ones it was retrying): resume needs more
+        registry.set_run(run_id, status=RunStatus.BUDGET_REACHED if budget and status != RunStatus.COMPLETE
                          else status)
     if interrupted:
         raise RunInterrupted(run_id)
