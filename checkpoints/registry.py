@@ -16,6 +16,7 @@ import sqlite_utils
 
 from teachgraph.checkpoints import storage, terms
 from teachgraph.errors import UsageError
+from teachgraph.client.budget import Spend
 from teachgraph.client.probe import Check, Probe
 from teachgraph.seeds import Chunk, Skipped, split_passages
 
@@ -114,6 +115,33 @@ def _sample_reviews(db: sqlite_utils.Database) -> None:   # a reviewer's verdict
     db["reviews"].create({"run_id": str, "sample_id": str, "verdict": str, "note": str, "at": float},
                          pk="sample_id")
     db["reviews"].create_index(["run_id"])
+
+
+@MIGRATIONS(name="0008_run_spend_stop_reason_estimate")
+def _budgets(db: sqlite_utils.Database) -> None:
+    # what a run's model calls spent, added to as each reply comes back (client/budget.py); why a run
+    # stopped short (its budget); the estimate made before it ran (teachgraph/estimation.py), as JSON
+    db.execute("""create table run_spend (run_id text primary key, calls integer not null default 0,
+                  input_tokens integer not null default 0, output_tokens integer not null default 0,
+                  cost real not null default 0.0)""")
+    db["runs"].add_column("stop_reason", str)
+    db["runs"].add_column("estimate", str)
+    for column in ("input_tokens", "output_tokens"):   # a seed's tokens split as prices are (of `tokens`)
+        db["seeds"].add_column(column, int, not_null_default=0)
+
+
+class RunLedger:
+    """A run's spend in runs.db (client/budget.py's SpendLedger): each add is its own committed
+    transaction, so what a reply cost is on disk before the reply is used."""
+
+    def __init__(self, registry: "Registry", run_id: str):
+        self.registry, self.run_id = registry, run_id
+
+    def spent(self) -> Spend:
+        return self.registry.spent(self.run_id)
+
+    def add(self, spend: Spend) -> None:
+        self.registry.add_spend(self.run_id, spend)
 
 
 class Registry:
@@ -260,8 +288,8 @@ class Registry:
         last = -1
         while True:
             rows = list(self.db.query(
-                """select id, ordinal, skill, transformation, task_type, status, llm_calls, tokens, cache_hits
-                   from seeds
+                """select id, ordinal, skill, transformation, task_type, status, llm_calls, tokens, cache_hits,
+                   input_tokens, output_tokens from seeds
                    where run_id = ? and ordinal > ?
                    and status not in ('accepted', 'rejected') order by ordinal limit ?""",
                 [run_id, last, batch]))
@@ -272,7 +300,8 @@ class Registry:
 
     def finish_seed(self, run_id: str, seed_id: str, *, status: str, samples: list[dict] = (),
                     reason: str | None = None, node: str | None = None, error: str | None = None,
-                    llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0) -> None:
+                    llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0, input_tokens: int = 0,
+                    output_tokens: int = 0) -> None:
         """The seed's outcome and its samples, atomically."""
         with self.db.conn:
             next_seq = self.db.execute("select coalesce(max(seq), 0) from samples where run_id = ?",
@@ -283,9 +312,10 @@ class Registry:
                                  json.dumps(sample, ensure_ascii=False)])
             self.db.execute(
                 """update seeds set status = ?, reason = ?, node = ?, error = ?, llm_calls = ?, tokens = ?,
-                   cache_hits = ?, samples = ?, updated = ? where run_id = ? and id = ?""",
-                [status, reason, node, error, llm_calls, tokens, cache_hits, len(samples), time.time(), run_id,
-                 seed_id])
+                   cache_hits = ?, input_tokens = ?, output_tokens = ?, samples = ?, updated = ?
+                   where run_id = ? and id = ?""",
+                [status, reason, node, error, llm_calls, tokens, cache_hits, input_tokens, output_tokens,
+                 len(samples), time.time(), run_id, seed_id])
 
     def counts(self, run_id: str) -> dict[str, Any]:
         row = next(self.db.query(
@@ -294,6 +324,7 @@ class Registry:
                       sum(status = 'failed') as failed, sum(status = 'pending') as pending,
                       coalesce(sum(llm_calls), 0) as llm_calls, coalesce(sum(tokens), 0) as tokens,
                       coalesce(sum(cache_hits), 0) as cache_hits,
+                      coalesce(sum(input_tokens), 0) as input_tokens, coalesce(sum(output_tokens), 0) as output_tokens,
                       coalesce(sum(samples), 0) as samples
                from seeds where run_id = ?""", [run_id]))
         return {k: (v or 0) for k, v in row.items()}
@@ -341,6 +372,29 @@ class Registry:
         first = [row["source"] for row in self.db.query(
             "select distinct source from seeds where run_id = ? order by source limit ?", [run_id, limit])]
         return total, first
+
+    # ---- spend (client/budget.py) ----
+    def ledger(self, run_id: str) -> RunLedger:
+        return RunLedger(self, run_id)
+
+    def spent(self, run_id: str) -> Spend:
+        row = self.db.execute("select calls, input_tokens, output_tokens, cost from run_spend where run_id = ?",
+                              [run_id]).fetchone()
+        return Spend(*row) if row else Spend()
+
+    def add_spend(self, run_id: str, spend: Spend) -> None:
+        with self.db.conn:
+            self.db.execute(
+                """insert into run_spend (run_id, calls, input_tokens, output_tokens, cost) values (?, ?, ?, ?, ?)
+                   on conflict(run_id) do update set calls = calls + excluded.calls,
+                   input_tokens = input_tokens + excluded.input_tokens,
+                   output_tokens = output_tokens + excluded.output_tokens, cost = cost + excluded.cost""",
+                [run_id, spend.calls, spend.input_tokens, spend.output_tokens, spend.cost])
+
+    def seeds_to_estimate(self, run_id: str) -> Iterator[dict]:
+        """Every seed's skill, kind, transformation and text, in order (teachgraph/estimation.py)."""
+        yield from self.db.query("select skill, kind, transformation, task_type, text, source from seeds "
+                                 "where run_id = ? order by ordinal", [run_id])
 
     # ---- endpoint probes (teachgraph/client/probe.py finds them; no key is ever stored) ----
     def probe_result(self, endpoint: str, model: str) -> Probe | None:

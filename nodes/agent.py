@@ -47,10 +47,13 @@ class SeedState(SeedInput, total=False):
     refined_rejected: str                            # why the refined task got no sample (the seed's stands)
     samples: list[dict]                              # finished (prompt, response) samples
     cache_hits: Annotated[int, operator.add]         # replies the response cache served
+    input_tokens: Annotated[int, operator.add]       # of tokens: the prompts' (prices differ) ...
+    output_tokens: Annotated[int, operator.add]      # ... and the replies'
 
 
 def usage_update(used: Usage) -> dict[str, int]:
-    return {"llm_calls": used.calls, "tokens": used.tokens, "cache_hits": used.cache_hits}
+    return {"llm_calls": used.calls, "tokens": used.tokens, "cache_hits": used.cache_hits,
+            "input_tokens": used.input_tokens, "output_tokens": used.output_tokens}
 
 
 def given(inputs: type) -> dict[str, frozenset[str]]:

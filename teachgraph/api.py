@@ -37,7 +37,9 @@ from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.checkpoints.registry import Registry
 from teachgraph.checkpoints.saver import check_store
+from teachgraph import estimation as estimating
 from teachgraph.client import probe
+from teachgraph.client.budget import BudgetReached, Meter, Spend, resolve_prices
 from teachgraph.client.endpoint import EndpointError, redact
 from teachgraph.client.llm import LLM, STRUCTURED_MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
@@ -53,6 +55,7 @@ from teachgraph.runner import (
     default_rounds,
     make_llm,
     new_run_id,
+    run_meter,
     run_status,
     shown_status,
 )
@@ -89,7 +92,8 @@ class Reporter:
 
     def figures(self, live: dict[str, int]) -> None:
         """Twice a second while seeds run, and once at the end: samples, accepted, rejected and
-        failed (by this process), llm_calls, tokens and cache_hits (the run's, so far)."""
+        failed (by this process), llm_calls, tokens and cache_hits (the run's, so far), and from the
+        spend ledger input_tokens, output_tokens and cost (USD; None when the model's price is unknown)."""
 
     def seeds_ended(self) -> None: ...
 
@@ -147,6 +151,23 @@ class Run:
     @property
     def settings(self) -> Settings:
         return Settings(**self.record["settings"])
+
+    @property
+    def spent(self) -> Spend:
+        """What its model calls spent so far (calls, input and output tokens, cost in USD): the ledger
+        the budget reads, which counts every reply, also those of seeds a kill cut short."""
+        return self.registry.spent(self.id)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why it stopped short (status "stopped at budget"), or None."""
+        return self.record.get("stop_reason")
+
+    @property
+    def estimate(self) -> estimating.Estimate | None:
+        """The estimate made when its seeds were collected (teachgraph/estimation.py)."""
+        stored = self.record.get("estimate")
+        return estimating.Estimate.from_json(json.loads(stored)) if stored else None
 
     def samples(self) -> Iterator[dict]:
         """The run's samples in the order they were finished: the objects of its JSON Lines file."""
@@ -375,6 +396,13 @@ class _Stopper:
 ExecutorFactory = Callable[..., Executor]
 
 
+def _store_estimate(registry: Registry, run_id: str, settings: Settings) -> None:
+    """The estimate from the collected seeds, kept with the run so `runs show` can compare."""
+    made = estimating.estimate(registry.seeds_to_estimate(run_id), rounds=settings.rounds,
+                               max_tokens=settings.max_tokens, prices=settings.prices(), skill_name=settings.skill)
+    registry.set_run(run_id, estimate=json.dumps(made.to_json()))
+
+
 def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no_cache: bool = False,
              executor: ExecutorFactory = LocalExecutor, stopper: _Stopper | None = None,
              llm: LLM | None = None) -> None:
@@ -383,6 +411,12 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
     settings = Settings(**registry.run(run_id)["settings"])
     skill = None if settings.mix else skill_library.load(settings.skill)
     counts = registry.counts(run_id)
+    meter = run_meter(registry, run_id, settings)
+    if meter.reached():   # a resume whose budget is still spent: say so before starting any endpoint
+        registry.set_run(run_id, status=RunStatus.BUDGET_REACHED, stop_reason=meter.reached())
+        reporter.note(f"{meter.reached()}; raise it: python cli.py graph resume {run_id} --max-cost USD "
+                      f"(or --max-tokens-total N)")
+        return
     with ExitStack() as stack:
         if llm is None:
             base_url, key, is_embedded, server = stack.enter_context(_endpoint_for(settings, home, run_id, reporter))
@@ -391,7 +425,8 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
             if cache is not None:
                 stack.callback(cache.close)
             llm = make_llm(settings, base_url, key, is_embedded, cache=cache, server=server)
-        registry.set_run(run_id, status=RunStatus.RUNNING)
+        llm.metered(meter)
+        registry.set_run(run_id, status=RunStatus.RUNNING, stop_reason=None)
         tally = _Tally(reporter)
         calls0, tokens0, hits0 = counts["llm_calls"], counts["tokens"], counts["cache_hits"]
 
@@ -402,7 +437,8 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
                               # failed seeds are retried by this run, so they start uncounted
                               "failed": tally.done[SeedStatus.FAILED],
                               "llm_calls": calls0 + llm.usage.calls, "tokens": tokens0 + llm.usage.tokens,
-                              "cache_hits": hits0 + llm.usage.cache_hits})
+                              "cache_hits": hits0 + llm.usage.cache_hits,
+                              **_spend_figures(meter)})
 
         async def main() -> None:
             if stopper is not None:
@@ -420,12 +456,15 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
                 await llm.aclose()
                 figures()  # the last frame shows the final figures
 
-        interrupted = False
+        interrupted = budget = False
         reporter.seeds_started(settings.skill, counts["total"], counts["total"] - counts["pending"] - counts["failed"])
         try:
             asyncio.run(main())
         except (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = True
+        except BudgetReached as exc:   # the seeds in flight have finished: the rest stay pending
+            budget = True
+            registry.set_run(run_id, stop_reason=str(exc))
         except (FatalRunError, storage.StorageError) as exc:
             reporter.seeds_ended()
             try:
@@ -436,16 +475,33 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
             raise RunStopped(str(storage.fault(exc) or exc), run_id) from exc
         reporter.seeds_ended()
         reporter.note(f"endpoint: {llm.endpoint.summary()}")
-        registry.set_run(run_id, status=run_status(registry.counts(run_id)))
+        status = run_status(registry.counts(run_id))
+        # stopped at its budget with seeds to run (pending, or failed ones it was retrying): resume needs more
+        registry.set_run(run_id, status=RunStatus.BUDGET_REACHED if budget and status != RunStatus.COMPLETE
+                         else status)
     if interrupted:
         raise RunInterrupted(run_id)
+
+
+def _spend_figures(meter: Meter) -> dict[str, Any]:
+    spent = meter.spent()
+    return {"input_tokens": spent.input_tokens, "output_tokens": spent.output_tokens,
+            "cost": spent.cost if meter.prices is not None else None}
+
+
+def _budget(max_tokens_total: int | None, max_cost: float | None) -> None:
+    if max_tokens_total is not None and max_tokens_total <= 0:
+        raise UsageError("--max-tokens-total must be a positive number of tokens")
+    if max_cost is not None and not max_cost > 0:
+        raise UsageError("--max-cost must be a positive amount of USD")
 
 
 def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit: int | None, rounds: int | None,
              concurrency: int, out: str | Path | None, run_id: str | None, base_url: str | None,
              model: str | None, structured: str, max_tokens: int, temperature: float, timeout: float,
              retries: int, cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
-             stopper: _Stopper | None, llm: LLM | None) -> str:
+             stopper: _Stopper | None, llm: LLM | None, max_tokens_total: int | None = None,
+             max_cost: float | None = None, price_in: float | None = None, price_out: float | None = None) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
     if skill == "all":
         weights = load_mix(mix or "orca")
@@ -479,6 +535,15 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         mix=weights, cache=cache)
     if base_url and not model:
         raise UsageError("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
+    _budget(max_tokens_total, max_cost)
+    prices, _ = resolve_prices(settings.model, embedded=not base_url and llm is None, home=home.root,
+                               price_in=price_in, price_out=price_out)
+    if max_cost is not None and prices is None:
+        raise UsageError(f"--max-cost needs the price of {settings.model!r}: give --price-in and --price-out "
+                         f"(USD per million tokens) or add it to {home.root / 'prices.toml'}")
+    settings.max_tokens_total, settings.max_cost = max_tokens_total, max_cost
+    if prices is not None:
+        settings.price_in, settings.price_out = prices.input, prices.output
     if registry.run(run_id):
         raise UsageError(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
     if not base_url and llm is None:
@@ -496,18 +561,28 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         registry.create_run(run_id, run_skill, settings.to_json())
         with _stopping(run_id):
             _collect_seeds(registry, run_id, settings, paths, reporter)
+            _store_estimate(registry, run_id, settings)
             _execute(home, registry, run_id, reporter, executor=executor, stopper=stopper, llm=llm)
     return run_id
 
 
 def _resume(run_id: str, *, no_cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
-            stopper: _Stopper | None, llm: LLM | None) -> str:
+            stopper: _Stopper | None, llm: LLM | None, max_tokens_total: int | None = None,
+            max_cost: float | None = None) -> str:
     registry = Registry(home.registry_path)
     if registry.run(run_id) is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
+    _budget(max_tokens_total, max_cost)
     with _run_lock(home, run_id):
         run = registry.run(run_id)  # as it is now that no other process runs it
         settings = Settings(**run["settings"])
+        if max_cost is not None and settings.price_in is None:
+            raise UsageError(f"--max-cost needs the price of {settings.model!r}, which run {run_id} does not "
+                             f"know; use --max-tokens-total")
+        if max_tokens_total is not None or max_cost is not None:   # a new budget, kept for later resumes
+            settings.max_tokens_total = max_tokens_total if max_tokens_total is not None else settings.max_tokens_total
+            settings.max_cost = max_cost if max_cost is not None else settings.max_cost
+            registry.set_run(run_id, settings=json.dumps(settings.to_json()))
         if run["status"] == RunStatus.EMPTY:
             raise UsageError(f"run {run_id} found no usable seed text; start a new run with other --seeds")
         with _stopping(run_id):
@@ -539,31 +614,73 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         temperature: float = DEFAULTS.temperature, timeout: float = DEFAULTS.timeout,
         retries: int = DEFAULTS.retries, cache: bool = DEFAULTS.cache, home: str | Path | Home | None = None,
         reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
-        _stopper: _Stopper | None = None) -> Run:
+        max_tokens_total: int | None = None, max_cost: float | None = None, price_in: float | None = None,
+        price_out: float | None = None, _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
     Returns the Run whatever its seeds' outcomes (see `run.status`, `run.counts`); raises a
     UsageError before anything is made, RunStopped (resumable) on an error no retry fixes,
     RunInterrupted on Ctrl-C / SIGTERM. `llm`: a ready model (teachgraph.client.llm.LLM) used
-    instead of an endpoint, as tests do with a scripted chat model."""
+    instead of an endpoint, as tests do with a scripted chat model. `max_tokens_total` / `max_cost`
+    (USD; needs prices: `price_in`/`price_out` per million tokens, or the model's in prices.toml)
+    stop it cleanly once spent: status "stopped at budget", `run.stop_reason`, resumable."""
     home = _home(home)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
-                    reporter=reporter, executor=executor, stopper=_stopper, llm=llm)
+                    reporter=reporter, executor=executor, stopper=_stopper, llm=llm,
+                    max_tokens_total=max_tokens_total, max_cost=max_cost, price_in=price_in, price_out=price_out)
     return Run(made, home)
 
 
 @_store_errors
 def resume(run_id: str, *, no_cache: bool = False, home: str | Path | Home | None = None,
            reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
+           max_tokens_total: int | None = None, max_cost: float | None = None,
            _stopper: _Stopper | None = None) -> Run:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint, failed seeds
-    are retried from the node that failed. A finished run is left as it is."""
+    are retried from the node that failed. A finished run is left as it is. `max_tokens_total` /
+    `max_cost` replace the run's budget (what it spent before counts)."""
     home = _home(home)
     return Run(_resume(run_id, no_cache=no_cache, home=home, reporter=reporter, executor=executor,
-                       stopper=_stopper, llm=llm), home)
+                       stopper=_stopper, llm=llm, max_tokens_total=max_tokens_total, max_cost=max_cost), home)
+
+
+def estimate(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None, limit: int | None = None,
+             rounds: int | None = None, model: str | None = None, base_url: str | None = None,
+             max_tokens: int = DEFAULTS.max_tokens, price_in: float | None = None, price_out: float | None = None,
+             home: str | Path | Home | None = None) -> estimating.Estimate:
+    """The calls, tokens and cost a run of `skill` over `seeds` would take (teachgraph/estimation.py),
+    without running anything: the seeds are collected and dealt as `run` would."""
+    home = _home(home)
+    if skill == "all":
+        weights = load_mix(mix or "orca")
+        dealer = Dealer([skill_library.load(name) for name in weights], weights)
+        run_skill = "all"
+    else:
+        loaded = skill_library.load(skill)
+        dealer, run_skill = Dealer([loaded]), loaded.name
+    paths = [Path(p) for p in seeds] or [SAMPLE_CORPUS]
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"seed path not found: {path}")
+    prices, _ = resolve_prices(model or embedded.MODEL_NAME, embedded=not base_url, home=home.root,
+                               price_in=price_in, price_out=price_out)
+
+    def dealt():   # as Registry.add_corpus takes them: in order, each chunk once, up to `limit`
+        count, seen = 0, set()
+        for item in collect(paths):
+            if isinstance(item, Skipped) or item.id in seen:
+                continue
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            seen.add(item.id)
+            skill_name, transformation, task_type = dealer(item.id, item.kind)
+            yield {"skill": skill_name, "kind": item.kind, "transformation": transformation,
+                   "task_type": task_type, "text": item.text, "source": item.source}
+    return estimating.estimate(dealt(), rounds=rounds, max_tokens=max_tokens, prices=prices, skill_name=run_skill)
 
 
 async def _in_thread(call: Callable[..., Run], *args: Any, **kwargs: Any) -> Run:

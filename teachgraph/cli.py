@@ -16,17 +16,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from teachgraph import api, embedded, export, skills
 from teachgraph.api import without_credentials
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.registry import Registry
+from teachgraph.estimation import Estimate, share
 from teachgraph.errors import RunInterrupted, RunStopped, TeachgraphError
 from teachgraph.options import DEFAULTS
 from teachgraph.runner import Home, Settings, shown_status
-from teachgraph.states import SeedStatus
+from teachgraph.states import RunStatus, SeedStatus
 from teachgraph.seeds import abbreviate
 from teachgraph.teach import EMBEDDED_STUDENT
 from teachgraph.review import data as review_data, diagram
@@ -173,7 +174,7 @@ class ConsoleReporter(api.Reporter):
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("seeds | {task.fields[stats]}"), TimeElapsedColumn(),
-                                 console=err, transient=False)
+                                 TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False)
         self.task = self.progress.add_task(label, total=total, completed=done, stats="")
         self.progress.start()
 
@@ -184,7 +185,8 @@ class ConsoleReporter(api.Reporter):
         self.progress.update(self.task, stats=(
             f"{live['samples']} samples | {live['accepted']} ok {live['rejected']} rejected {live['failed']} failed"
             f" | {live['llm_calls']} LLM calls | {live['tokens']} tokens"
-            + (f" | {live['cache_hits']} cached" if live["cache_hits"] else "")))
+            + (f" | {live['cache_hits']} cached" if live["cache_hits"] else "")
+            + (f" | {money(live['cost'])}" if live.get("cost") is not None else "")))
 
     def seeds_ended(self) -> None:
         self.progress.stop()
@@ -197,9 +199,17 @@ class ConsoleReporter(api.Reporter):
         console.print(f"run {run_id} is already complete: nothing to do.")
 
 
+def money(usd: float) -> str:
+    return f"${usd:.4f}" if usd < 1 else f"${usd:,.2f}"
+
+
 def _ended(run: api.Run) -> None:
     """The summary of a run that stopped running, and its exit code (README: Command line)."""
     _print_summary(run.registry, run.id, run.settings)
+    if run.status == RunStatus.BUDGET_REACHED:   # stopped on purpose, resumable: exit 3
+        say(f"stopped: {run.stop_reason}; `graph resume {run.id} --max-cost USD` (or --max-tokens-total N) "
+            f"continues it")
+        raise typer.Exit(3)
     counts = run.counts
     if counts["pending"]:  # only possible if recording an outcome itself failed: say so, loudly
         err.print(f"{counts['pending']} seed(s) were left unfinished (see the errors above); "
@@ -249,13 +259,23 @@ def graph_run(
                                 help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
     no_cache: bool = typer.Option(not DEFAULTS.cache, "--no-cache",
                                   help="always ask the model: no replies from (or to) the response cache"),
+    max_tokens_total: Optional[int] = typer.Option(None, "--max-tokens-total", min=1,
+                                                   help="stop cleanly (resumable, exit 3) once the run's calls "
+                                                        "spent this many tokens"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0, help="stop cleanly once this many USD "
+                                             "are spent (needs the model's prices)"),
+    price_in: Optional[float] = typer.Option(None, "--price-in", min=0.0,
+                                             help="USD per million input tokens (default: TEACHGRAPH_HOME/prices.toml"
+                                                  " or the bundled table)"),
+    price_out: Optional[float] = typer.Option(None, "--price-out", min=0.0, help="USD per million output tokens"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     try:
         run = api.run(skill_name, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                       run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
-                      reporter=ConsoleReporter())
+                      reporter=ConsoleReporter(), max_tokens_total=max_tokens_total, max_cost=max_cost,
+                      price_in=price_in, price_out=price_out)
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -263,11 +283,17 @@ def graph_run(
 
 @graph_app.command("resume")
 def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
-                 no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model, this time")) -> None:
+                 no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model, this time"),
+                 max_tokens_total: Optional[int] = typer.Option(None, "--max-tokens-total", min=1,
+                                                                help="the run's new token budget (its spend counts)"),
+                 max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0,
+                                                          help="the run's new budget in USD (all it spent counts)"),
+                 ) -> None:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint."""
     reporter = ConsoleReporter()
     try:
-        run = api.resume(run_id, no_cache=no_cache, reporter=reporter)
+        run = api.resume(run_id, no_cache=no_cache, reporter=reporter, max_tokens_total=max_tokens_total,
+                         max_cost=max_cost)
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -296,7 +322,9 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("seeds", f"{c['total']} total: {c['accepted']} accepted, {c['rejected']} rejected, "
                   f"{c['failed']} failed, {c['pending']} pending"),
         ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
-        ("tokens", c["tokens"]),
+        ("tokens", f"{c['tokens']} ({c['input_tokens']} input, {c['output_tokens']} output)"
+                   if c["input_tokens"] or c["output_tokens"] else c["tokens"]),
+        *_spend_rows(registry, run, settings),
         ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
         ("endpoint", without_credentials(settings.base_url) if settings.base_url else "embedded llama.cpp"),
         ("output", settings.out),
@@ -312,6 +340,64 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         console.print(per_skill)
 
 
+def _spend_rows(registry: Registry, run: dict, settings: Settings) -> list[tuple[str, str]]:
+    """What the run's calls spent (the ledger: every reply, also of seeds a kill cut short), its
+    budget and why it stopped, and how the estimate made before it ran compares."""
+    spent = registry.spent(run["id"])
+    priced = settings.price_in is not None
+    rows = [("spent", f"{spent.calls} calls, {spent.input_tokens} input + {spent.output_tokens} output tokens"
+                      + (f", {money(spent.cost)}" if priced else ", cost unknown (no price for the model)"))]
+    if settings.max_tokens_total is not None or settings.max_cost is not None:
+        limits = [f"{settings.max_tokens_total} tokens" if settings.max_tokens_total is not None else "",
+                  money(settings.max_cost) if settings.max_cost is not None else ""]
+        rows.append(("budget", " or ".join(filter(None, limits))))
+    if run.get("stop_reason"):
+        rows.append(("stopped", run["stop_reason"]))
+    if run.get("estimate"):
+        made = Estimate.from_json(json.loads(run["estimate"]))
+        cost = f", {money(made.cost)}" if made.cost is not None else ""
+        spent_cost = f", cost {share(made.cost, spent.cost)}" if made.cost is not None else ""
+        rows.append(("estimate", f"{made.calls} calls, {made.tokens} tokens ({made.input_tokens} input, "
+                                 f"{made.output_tokens} output){cost}; spent so far: calls "
+                                 f"{share(made.calls, spent.calls)}, tokens {share(made.tokens, spent.tokens)} "
+                                 f"(input {share(made.input_tokens, spent.input_tokens)}, output "
+                                 f"{share(made.output_tokens, spent.output_tokens)}){spent_cost} of it "
+                                 f"(tokens counted as {made.tokenizer})"))
+    return rows
+
+
+@runs_app.command("estimate")
+def runs_estimate(
+    skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill (graph list), or all with --mix"),
+    seeds: List[Path] = typer.Option([], "--seeds", "-s", help="files or folders (default: the sample corpus)"),
+    mix: Optional[str] = typer.Option(None, "--mix", help="with SKILL=all: orca | uniform | FILE"),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="at most N seed chunks"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=0, help="refinement rounds (default: the skill's)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", envvar="OPENAI_BASE_URL",
+                                           help="the endpoint the run would use (default: the embedded model)"),
+    model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="prices are looked up by it"),
+    max_tokens: int = typer.Option(DEFAULTS.max_tokens, "--max-tokens", min=16, help="cap on every model reply"),
+    price_in: Optional[float] = typer.Option(None, "--price-in", min=0.0, help="USD per million input tokens"),
+    price_out: Optional[float] = typer.Option(None, "--price-out", min=0.0, help="USD per million output tokens"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable"),
+) -> None:
+    """The calls, tokens and cost a run would take, from the graph's shape and its prompts on the seeds."""
+    made = api.estimate(skill_name, seeds, mix=mix, limit=limit, rounds=rounds, model=model, base_url=base_url,
+                        max_tokens=max_tokens, price_in=price_in, price_out=price_out)
+    if as_json:
+        print(json.dumps({**made.to_json(), "tokens": made.tokens}, indent=2))
+        return
+    table = Table("agent", "calls", "input tokens", "output tokens", box=None)
+    for agent, figures in made.per_agent.items():
+        table.add_row(agent, str(figures["calls"]), str(figures["input_tokens"]), str(figures["output_tokens"]))
+    console.print(table)
+    cost = money(made.cost) if made.cost is not None else "unknown (no price for the model: --price-in/--price-out)"
+    print(f"{made.seeds} seeds: {made.calls} calls, {made.tokens} tokens ({made.input_tokens} input, "
+          f"{made.output_tokens} output), cost {cost}")
+    say(f"tokens counted as {made.tokenizer}; output taken as half of each agent's reply cap, with no corrections "
+        f"or rejections (teachgraph/estimation.py)")
+
+
 @runs_app.command("show")
 def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
               as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
@@ -322,7 +408,9 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
     if as_json:
         run["status"] = shown_status(Home.from_env(), run)
+        run["estimate"] = json.loads(run["estimate"]) if run.get("estimate") else None
         print(json.dumps({"run": run, "counts": registry.counts(run_id),
+                          "spent": vars(registry.spent(run_id)),
                           "rejected": registry.outcomes(run_id, SeedStatus.REJECTED),
                           "failed": registry.outcomes(run_id, SeedStatus.FAILED),
                           "task_types": registry.task_types(run_id),

@@ -27,6 +27,7 @@ from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.nodes.context import RunContext
+from teachgraph.client.budget import BudgetReached, Meter, Prices
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
 from teachgraph.client.llm import LLM, Usage
 from teachgraph import skills
@@ -38,7 +39,7 @@ from teachgraph.options import DEFAULTS
 from teachgraph.states import LIVE, RunStatus, SeedStatus
 
 __all__ = ["Executor", "FatalRunError", "Home", "LocalExecutor", "Reporter", "RunLock", "SeedRunner", "Settings",
-           "default_rounds", "make_llm", "new_run_id", "run_status", "shown_status"]
+           "default_rounds", "make_llm", "new_run_id", "run_meter", "run_status", "shown_status"]
 
 
 @dataclass
@@ -60,9 +61,17 @@ class Settings:
     retries: int = DEFAULTS.retries      # attempts per request for transient endpoint errors
     cache: bool = DEFAULTS.cache         # the LLM response cache (TEACHGRAPH_HOME/cache.db)
     mix: dict[str, float] | None = None  # skill -> weight, for multi-skill runs
+    # the budget (client/budget.py): resume may raise it; prices in USD per million tokens, None: unknown
+    max_tokens_total: int | None = None
+    max_cost: float | None = None
+    price_in: float | None = None
+    price_out: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def prices(self) -> Prices | None:
+        return Prices(self.price_in, self.price_out) if self.price_in is not None else None
 
 
 @dataclass
@@ -179,6 +188,12 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
                wire=Wire.for_chat(chat, own_client=True))
 
 
+def run_meter(registry: Registry, run_id: str, settings: Settings) -> Meter:
+    """The run's budget and spend over its ledger in the store, for `LLM.metered`: every executor's
+    model (this process's, or each worker's) gets one, and they all read and add to the same ledger."""
+    return Meter(registry.ledger(run_id), settings.prices(), settings.max_tokens_total, settings.max_cost)
+
+
 class RunCorpus:
     """The Corpus nodes see: this run's seeds and passage search, with a small seed cache."""
 
@@ -223,7 +238,9 @@ def step_limit(skill: Skill, rounds: int) -> int:
 class Executor(Protocol):
     """Runs a run's unfinished seeds, each through `SeedRunner.run`, and returns when every one has
     ended or a fatal error (FatalRunError, StorageError) stopped them all (then it raises it; seeds
-    in flight stay resumable, as after Ctrl-C). `LocalExecutor` is the one in this process; an
+    in flight stay resumable, as after Ctrl-C). A seed that raises BudgetReached stays pending: then
+    no further seed starts, the seeds in flight run on until their next call is refused, and the
+    executor raises BudgetReached once they have all stopped. `LocalExecutor` is the one in this process; an
     executor on other machines (Ray, issue 17) is built with the same arguments."""
 
     async def run(self) -> None: ...
@@ -256,7 +273,7 @@ class SeedRunner:
         try:
             graph, ctx = self._graph_for(seed.get("skill"))
             await self._run_seed(graph, ctx, seed)
-        except FatalRunError:
+        except (FatalRunError, BudgetReached):
             raise
         except Exception as exc:  # our bug: the seed still ends accounted for
             fault = storage.fault(exc)
@@ -281,9 +298,8 @@ class SeedRunner:
         carry = Usage()
         if seed.get("status") == SeedStatus.FAILED:
             values = snapshot.values or {}
-            carry = Usage(max(0, seed.get("llm_calls", 0) - values.get("llm_calls", 0)),
-                          max(0, seed.get("tokens", 0) - values.get("tokens", 0)),
-                          max(0, seed.get("cache_hits", 0) - values.get("cache_hits", 0)))
+            carry = Usage(*(max(0, (seed.get(key) or 0) - values.get(key, 0))
+                            for key in ("llm_calls", "tokens", "cache_hits", "input_tokens", "output_tokens")))
         # get_state leaves out of `next` the tasks whose writes are already saved, so "no next" alone
         # does not mean finished: a kill between a node's writes and the next checkpoint looks the
         # same. Finished means no next node and no task at all.
@@ -297,7 +313,11 @@ class SeedRunner:
                 start["transformation"] = seed.get("transformation")
             try:
                 final = await graph.ainvoke(start, config, context=ctx, durability="sync")
+            except BudgetReached:
+                raise
             except NodeFailed as exc:
+                if isinstance(exc.error, BudgetReached):   # not a failure: the seed stays pending
+                    raise exc.error from None
                 # No retry can fix it (bad key, unknown model, endpoint down): stop the whole run,
                 # seeds stay resumable, instead of failing every seed alike.
                 if isinstance(exc.error, EndpointFatal):
@@ -316,17 +336,19 @@ class SeedRunner:
         samples = final.get("samples") or []
         calls, tokens = final.get("llm_calls", 0) + carry.calls, final.get("tokens", 0) + carry.tokens
         hits = final.get("cache_hits", 0) + carry.cache_hits
+        split = {"input_tokens": final.get("input_tokens", 0) + carry.input_tokens,
+                 "output_tokens": final.get("output_tokens", 0) + carry.output_tokens}
         if final.get("rejected") or not samples:
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.REJECTED,
                                       node=final.get("rejected_by"),
                                       reason=final.get("rejected") or "no sample produced",
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split)
             self.reporter.seed_done(SeedStatus.REJECTED, 0)
         else:
             # an accepted seed's reason, if any, says why its refined task got no sample
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.ACCEPTED, samples=samples,
                                       reason=final.get("refined_rejected"),
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split)
             for sample in samples:
                 self.writer.append(sample)
             self.reporter.seed_done(SeedStatus.ACCEPTED, len(samples))
@@ -342,7 +364,9 @@ class SeedRunner:
                                   error=self._error_text(error),
                                   llm_calls=values.get("llm_calls", 0) + spent.calls,
                                   tokens=values.get("tokens", 0) + spent.tokens,
-                                  cache_hits=values.get("cache_hits", 0) + spent.cache_hits)
+                                  cache_hits=values.get("cache_hits", 0) + spent.cache_hits,
+                                  input_tokens=values.get("input_tokens", 0) + spent.input_tokens,
+                                  output_tokens=values.get("output_tokens", 0) + spent.output_tokens)
         self.reporter.seed_done(SeedStatus.FAILED, 0)
 
 
@@ -391,6 +415,7 @@ class LocalExecutor:
         slots = asyncio.Semaphore(self.settings.concurrency)
         running: set[asyncio.Task] = set()
         fatal: list[BaseException] = []
+        budget: list[BudgetReached] = []   # no new seed starts; those in flight stop at their next call
 
         def stop(exc: BaseException) -> None:
             fatal.append(exc)
@@ -404,6 +429,8 @@ class LocalExecutor:
                 now = time.monotonic()
                 self.registry.add_wall_time(self.run_id, now - self._clock)
                 self._clock = now
+            except BudgetReached as exc:
+                budget.append(exc)
             except Exception as exc:  # FatalRunError or a storage fault: the whole run stops
                 stop(storage.fault(exc) or exc)
             finally:
@@ -412,7 +439,7 @@ class LocalExecutor:
         try:
             for seed in self.registry.unfinished_seeds(self.run_id):
                 await slots.acquire()
-                if fatal:
+                if fatal or budget:
                     slots.release()
                     break
                 task = asyncio.create_task(one(seed))
@@ -424,6 +451,8 @@ class LocalExecutor:
             await asyncio.gather(*running, return_exceptions=True)
         if fatal:
             raise fatal[0]
+        if budget:
+            raise budget[0]
 
 
 def run_status(counts: dict[str, int]) -> RunStatus:

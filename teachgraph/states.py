@@ -13,6 +13,7 @@ class RunStatus(StrEnum):
     COMPLETE = "complete"                       # every seed accepted or rejected
     FINISHED_WITH_FAILURES = "finished with failures"   # some seeds failed: resume retries them
     EMPTY = "empty"                             # the seed paths held no usable text
+    BUDGET_REACHED = "stopped at budget"        # --max-cost / --max-tokens-total spent: resume with a higher one
 
 
 class SeedStatus(StrEnum):

@@ -137,6 +137,20 @@ def reply_tokens(reply: AIMessage) -> int:
         return 0
 
 
+def reply_usage(reply: AIMessage) -> tuple[int, int]:
+    """The reply's (input, output) tokens, as billed; what is not a count counts as 0. A server that
+    reports only a total has it counted as input (the larger share of most calls)."""
+    def count(key: str) -> int:
+        try:
+            return max(0, int((reply.usage_metadata or {}).get(key) or 0))
+        except (TypeError, ValueError, OverflowError):
+            return 0
+    input_tokens, output_tokens = count("input_tokens"), count("output_tokens")
+    if not input_tokens and not output_tokens:
+        return reply_tokens(reply), 0
+    return input_tokens, output_tokens
+
+
 def check_envelope(response: Any) -> None:
     """Raise BrokenReply unless `response` (a reply's JSON, or the SDK's ChatCompletion) is a chat
     completion with a message in its first choice: some servers and proxies answer 200 with

@@ -89,6 +89,13 @@ class RetryPolicy:
     give_up_after: int = 3             # requests in a row out of retries: the endpoint is down
 
 
+class CallGate(Protocol):
+    """Asked before every request starts (teachgraph/client/budget.py's Meter: the run's budget).
+    `admit` raises to refuse it; nothing is sent then."""
+
+    def admit(self) -> None: ...
+
+
 class ServerWatch(Protocol):
     """The server process behind an endpoint, when this process runs and restarts it
     (teachgraph/embedded.py). Requests wait while it restarts instead of spending their attempts on a
@@ -222,9 +229,10 @@ class Endpoint:
 
     def __init__(self, name: str = "endpoint", max_concurrency: int = DEFAULTS.concurrency,
                  policy: RetryPolicy = RetryPolicy(),
-                 secrets: Iterable[str] = (), server: ServerWatch | None = None):
+                 secrets: Iterable[str] = (), server: ServerWatch | None = None, gate: CallGate | None = None):
         self.name = name
         self.server = server
+        self.gate = gate
         self.policy = policy
         self.limit = AdaptiveLimit(max_concurrency)
         self.stats: Counter = Counter()
@@ -276,6 +284,8 @@ class Endpoint:
         try:
             if self.server is not None:   # waits, holding the slot, while the server restarts
                 incarnation = await self.server.ready()
+            if self.gate is not None:     # here, slot in hand: a request queued for a slot is not yet in flight
+                self.gate.admit()
             self.stats["requests"] += 1
             async with asyncio.timeout(self.policy.timeout):
                 result = await send()

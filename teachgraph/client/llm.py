@@ -13,7 +13,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ValidationError
 
-from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens, request_key
+from teachgraph.client.budget import Meter
+from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens, reply_usage, request_key
 from teachgraph.client.endpoint import Endpoint
 from teachgraph.options import DEFAULTS
 
@@ -48,11 +49,15 @@ class Usage:
     calls: int = 0          # requests the endpoint answered
     tokens: int = 0
     cache_hits: int = 0     # replies served by the response cache (no request, no tokens)
+    input_tokens: int = 0   # of `tokens`: the prompts' and the replies' (prices differ)
+    output_tokens: int = 0
 
     def add(self, other: "Usage") -> None:
         self.calls += other.calls
         self.tokens += other.tokens
         self.cache_hits += other.cache_hits
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
 
 
 # Large length bounds stay in pydantic validation but are not sent: llama.cpp turns maxLength=400
@@ -133,10 +138,18 @@ class LLM:
     endpoint: Endpoint | None = None             # retries, deadline, adaptive in-flight limit
     cache: ReplyCache | None = None
     wire: Wire | None = None                     # the shortest path for a plain ChatOpenAI (nodes/chat_call.py)
+    meter: Meter | None = None                   # the run's spend and budget (client/budget.py)
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
             self.endpoint = Endpoint(self.model_name, self.max_concurrency)
+        self.metered(self.meter)
+
+    def metered(self, meter: Meter | None) -> None:
+        """Record every reply's spend in `meter` and let it refuse calls once the budget is spent (the
+        check is the endpoint's, where each request starts)."""
+        self.meter = meter
+        self.endpoint.gate = meter
 
     async def aclose(self) -> None:
         """Close the HTTP clients inside the loop that used them (aiohttp warns otherwise)."""
@@ -149,6 +162,8 @@ class LLM:
     def _count(self, call: Usage, used: Usage) -> None:
         used.add(call)
         self.usage.add(call)
+        if self.meter is not None and call.calls:
+            self.meter.record(call.input_tokens, call.output_tokens, call.calls)
 
     async def _call(self, messages: list[BaseMessage], max_tokens: int | None,
                     options: dict[str, Any], used: Usage, read_cache: bool = True) -> tuple[AIMessage, str | None]:
@@ -177,7 +192,8 @@ class LLM:
             # a 200 with no usable completion is still a call the endpoint answered
             reply = await self.endpoint.request(request.send,
                                                 on_broken_reply=lambda: self._count(Usage(calls=1), used))
-            self._count(Usage(1, reply_tokens(reply)), used)
+            input_tokens, output_tokens = reply_usage(reply)
+            self._count(Usage(1, reply_tokens(reply), 0, input_tokens, output_tokens), used)
         return reply, key
 
     def _read(self, reply: AIMessage, schema: type[BaseModel], check: Callable[[Any], None] | None,
