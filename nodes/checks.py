@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from teachgraph.nodes.extensions import Registry, UnknownName
+from teachgraph.extensions import Registry, UnknownName
 from teachgraph.client.llm import LLM, UnusableOutput, Usage
 from teachgraph.nodes.sandbox import Limits, run_python
 from teachgraph.skills import Skill, SkillError
@@ -76,7 +76,7 @@ class CheckDef:
             return Verdict(self.name, False, f"the judge gave no usable verdict: {exc}", detail="judge unusable")
 
 
-CHECKS: Registry[CheckDef] = Registry("check", CheckDef)
+CHECKS: Registry[CheckDef] = Registry("check", CheckDef, builtins=(__name__,))
 check = CHECKS.register
 
 

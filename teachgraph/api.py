@@ -39,7 +39,7 @@ from teachgraph.checkpoints.registry import Registry
 from teachgraph.checkpoints.saver import check_store
 from teachgraph.client import probe
 from teachgraph.client.endpoint import EndpointError, redact
-from teachgraph.client.llm import LLM, STRUCTURED_MODES
+from teachgraph.client.llm import LLM, MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.options import DEFAULTS
@@ -455,8 +455,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
     else:
         weights, dealt = None, [skill_library.load(skill)]
     run_skill = "all" if weights else dealt[0].name
-    if structured not in ("auto", *STRUCTURED_MODES):
-        raise UsageError(f"unknown --structured {structured!r} (auto, {', '.join(STRUCTURED_MODES)})")
+    if structured != "auto" and structured not in MODES:
+        raise UsageError(f"unknown --structured {structured!r} (auto, {', '.join(MODES.in_order())})")
     paths = [Path(p) for p in seeds] or [SAMPLE_CORPUS]
     for path in paths:
         if not path.exists():  # a symlink loop or a broken symlink "exists" as a link: say which

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from teachgraph.extensions import Registry
 from teachgraph.gates.store import GateStore
 from teachgraph.gates.text import words
 
@@ -138,23 +139,18 @@ class Gate:
         return Verdict.drop(self.name, reason, duplicate_of)
 
 
-GATES: dict[str, type[Gate]] = {}
+def _named(name: str, cls: type[Gate]) -> type[Gate]:
+    cls.name = name
+    return cls
 
 
-def register(name: str):
-    """Class decorator: make a gate available by name (later merged into the project's registry)."""
-    def decorate(cls: type[Gate]) -> type[Gate]:
-        if name in GATES:
-            raise ValueError(f"gate {name!r} is registered twice")
-        cls.name = name
-        GATES[name] = cls
-        return cls
-    return decorate
+# The built-in gates register from their own modules, as a plugin's would (teachgraph/extensions.py);
+# semantic is not among them: it needs the `semantic` extra and registers when imported.
+GATES: Registry[type[Gate]] = Registry("gate", _named, builtins=(
+    "teachgraph.gates.degenerate", "teachgraph.gates.decontaminate", "teachgraph.gates.dedup"))
+register = GATES.register   # class decorator: `@register("near_duplicate")`, settings in the class's Settings
 
 
 def make_gate(name: str, store: Optional[GateStore] = None, **settings: Any) -> Gate:
-    try:
-        cls = GATES[name]
-    except KeyError:
-        raise ValueError(f"unknown gate {name!r} (known: {', '.join(sorted(GATES))})") from None
+    cls = GATES.get(name)
     return cls(cls.Settings(**settings), store)
