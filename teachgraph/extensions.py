@@ -69,6 +69,8 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownName(f"unknown {self.kind} {name!r} (known: {', '.join(self.names()) or 'none'})") from None
 
+    __getitem__ = get
+
     def names(self) -> list[str]:
         self.load()
         return sorted(self._entries)

@@ -156,6 +156,7 @@ class LLM:
     endpoint: Endpoint | None = None             # retries, deadline, adaptive in-flight limit
     cache: ReplyCache | None = None
     wire: Wire | None = None                     # the shortest path for a plain ChatOpenAI (nodes/chat_call.py)
+    judge: "LLM | None" = None                   # the model checks ask (`--judge-model`); None: this one
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
@@ -168,6 +169,8 @@ class LLM:
         client = getattr(self.chat, "http_async_client", None)
         if client is not None:
             await client.aclose()
+        if self.judge is not None and self.judge is not self:
+            await self.judge.aclose()
 
     def _count(self, call: Usage, used: Usage) -> None:
         used.add(call)

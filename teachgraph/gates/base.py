@@ -105,6 +105,15 @@ class Verdict(BaseModel):
     def drop(cls, gate: str, reason: str, duplicate_of: Optional[str] = None) -> "Verdict":
         return cls(keep=False, gate=gate, reason=reason, duplicate_of=duplicate_of)
 
+    @classmethod
+    def flag(cls, gate: str, reason: str) -> "Verdict":
+        """Kept, with a note: the gate's skill setting says to flag, not drop (grounding)."""
+        return cls(keep=True, gate=gate, reason=reason)
+
+    @property
+    def flagged(self) -> bool:
+        return self.keep and self.gate is not None
+
     def rejection(self) -> dict:
         return {"gate": self.gate, "reason": self.reason, "duplicate_of": self.duplicate_of}
 
@@ -138,6 +147,12 @@ class Gate:
     def drop(self, reason: str, duplicate_of: Optional[str] = None) -> Verdict:
         return Verdict.drop(self.name, reason, duplicate_of)
 
+    def flag(self, reason: str) -> Verdict:
+        return Verdict.flag(self.name, reason)
+
+    def close(self) -> None:
+        """The pipeline is done: release what the gate holds (the judge's model client)."""
+
 
 def _named(name: str, cls: type[Gate]) -> type[Gate]:
     cls.name = name
@@ -147,7 +162,8 @@ def _named(name: str, cls: type[Gate]) -> type[Gate]:
 # The built-in gates register from their own modules, as a plugin's would (teachgraph/extensions.py);
 # semantic is not among them: it needs the `semantic` extra and registers when imported.
 GATES: Registry[type[Gate]] = Registry("gate", _named, builtins=(
-    "teachgraph.gates.degenerate", "teachgraph.gates.decontaminate", "teachgraph.gates.dedup"))
+    "teachgraph.gates.degenerate", "teachgraph.gates.decontaminate", "teachgraph.gates.dedup",
+    "teachgraph.gates.grounding", "teachgraph.gates.judge"))
 register = GATES.register   # class decorator: `@register("near_duplicate")`, settings in the class's Settings
 
 
