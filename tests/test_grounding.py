@@ -35,7 +35,8 @@ def table(title: str, scores: list[float], bad: list[bool], thresholds, chosen: 
     print(f"\n{title}: {len(scores)} planted ({sum(bad)} ungrounded)")
     for threshold in thresholds:
         p, r = precision_recall([s < threshold for s in scores], bad)
-        print(f"  below {threshold:.2f}: precision {p:.2f} recall {r:.2f}{'   <- default' if threshold == chosen else ''}")
+        mark = "   <- default" if threshold == chosen else ""
+        print(f"  below {threshold:.2f}: precision {p:.2f} recall {r:.2f}{mark}")
 
 
 def test_the_grounding_gate_finds_planted_ungrounded_replies():
