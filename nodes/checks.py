@@ -141,6 +141,8 @@ def shown(fields: dict) -> str:
 async def judge(item: dict, response: dict, model: Model) -> Verdict:
     """The LLM judge (teachgraph/gates/judge.py): the answer scored 1-10 against the skill's rubric;
     below the skill's [judge] threshold it fails, and the judge's reason is the feedback."""
+    if response.get("action") == "call_tools":   # tool use: the reply after the tool results is judged
+        return Verdict("judge", True, detail="tool calls: the final reply is judged")
     skill = model.skill
     verdict = await judging.judge(model.llm, title=skill.title if skill else "the task's skill",
                                   rubric=(skill.rubric if skill else None) or rubric_for(skill and skill.name),
