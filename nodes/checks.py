@@ -3,8 +3,9 @@
 A check looks at the task (the item the flow wrote) and the answer agent's reply. It passes, or
 fails with feedback the answer agent gets for a correction; `extras` are values the check computed
 for the sample (a Fermi estimate's evaluated calculation). Code and arithmetic run only in the
-sandbox (nodes/sandbox.py), never in this process. An async check is given the run's model (Model):
-a judge is a check like any other.
+sandbox (nodes/sandbox.py), never in this process. An async check is given a model handle (Model: the
+run's judge model with --judge-model, else its own): the LLM judge (`judge`, below) is a check like any
+other. Checks register in CHECKS (teachgraph/extensions.py), built-ins and plugins alike.
 """
 
 from __future__ import annotations

@@ -618,11 +618,11 @@ def filter_samples(source: str | Path, out: str | Path, rejected: str | Path | N
     `judge_model`: the LLM judge gate too, on `judge_base_url` (default: the embedded model), with each
     row's skill's rubric. Returns the gates' FilterCounts."""
     from teachgraph.gates import filter_file   # the gates extra: imported only when used
-    paths = dict(decontaminate=[Path(p) for p in decontaminate], semantic=semantic)
+    gates = dict(decontaminate=[Path(p) for p in decontaminate], semantic=semantic)
     if judge_model is None:
         if judge_base_url:
             raise UsageError("--judge-base-url goes with --judge-model")
-        return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, **paths)
+        return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, **gates)
     if structured != "auto" and structured not in MODES:
         raise UsageError(f"unknown --structured {structured!r} (auto, {', '.join(MODES.in_order())})")
     home = _home(home)
@@ -643,4 +643,4 @@ def filter_samples(source: str | Path, out: str | Path, rejected: str | Path | N
         cache = ResponseCache(home.cache_path, on_fault=reporter.note)
         stack.callback(cache.close)
         judge = make_llm(settings, url, key, is_embedded, cache=cache, server=server)
-        return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, judge=judge, **paths)
+        return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, judge=judge, **gates)
