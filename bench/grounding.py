@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -43,7 +42,6 @@ def main() -> None:
                              run_id="bench")
         generated = time.monotonic() - started
         samples = list(run.samples())
-        seeds = [run.registry.seed("bench", s["metadata"]["seed_id"])["text"] for s in samples]
         counts = run.counts
         print(f"{args.skill}: {counts['total']} seeds, {counts['accepted']} accepted, {counts['rejected']} rejected, "
               f"{counts['failed']} failed, {len(samples)} samples, {counts['llm_calls']} calls, {generated:.0f} s")
@@ -57,10 +55,6 @@ def main() -> None:
               f"{sorted(round(x, 2) for x in measured)}")
         by_agent = Counter((t["agent"], t.get("fallback") or "kept") for t in transformations)
         print(f"  by transformation: {dict(by_agent)}")
-        four_grams = [support(s["messages"][1]["content"], seed, 4) for s, seed in zip(samples, seeds)]
-        if four_grams:
-            print(f"  share of the passages' content-word 4-grams found in the seed: median "
-                  f"{statistics.median(four_grams):.3f}")
         gate = make_gate("grounding", **skill.spec.gates.get("grounding", {}))
         rows = [ChatSample.from_row(s, s["id"]) for s in samples]
         verdicts = [gate.check(r) for r in rows]
