@@ -199,3 +199,13 @@ def test_the_cli_takes_the_judge_options(tmp_path):
     done = run_cli("graph", "run", "rag", "--judge-base-url", "http://127.0.0.1:9/v1", home=tmp_path / "home")
     assert done.returncode == 2 and "--judge-base-url goes with --judge-model" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_tool_use_is_judged_on_its_final_reply_not_on_its_tool_calls(tmp_path, corpus):  # noqa: F811
+    judge = Judge(score=8)
+    registry, samples, _ = run_judged(tmp_path, corpus, "tool_use", judge)
+    assert samples and judge.prompts
+    assert not any("call_tools" in user for _, user in judge.prompts)    # only replies to the user are scored
+    for sample in samples:
+        records = [c for c in sample["metadata"]["checks"] if c["check"] == "judge"]
+        assert records[0]["detail"] == "tool calls: the final reply is judged" and records[-1]["score"] == 8
