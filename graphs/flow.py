@@ -30,10 +30,11 @@ from langgraph.graph import END, StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
+from teachgraph.gates.text import support
 from teachgraph.graphs.refinement import unless_rejected, when
 from teachgraph.graphs.skeleton import Agent, instruction_graph
 from teachgraph.nodes import checks, schemas
-from teachgraph.nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
+from teachgraph.nodes.agent import SeedInput, SeedState, agent_node, ask, given, usage_update
 from teachgraph.nodes.context import RunContext
 from teachgraph.client.llm import UnusableOutput
 from teachgraph.nodes.sample import Refinement, make_sample
@@ -65,6 +66,8 @@ class FlowState(SeedState, total=False):
     content: str                 # the material tasks are written about (rendered)
     content_data: dict           # the transformation's structured reply (e.g. an API list)
     transform_note: str
+    seed_support: float          # [transform] keep_facts: the share of the passage's content words in the seed
+    transform_fallback: str      # "seed_text": the transformed passage lost the seed's facts and was replaced
     item: dict                   # current task: the [item] fields, plus content, round (and tools)
     original: dict               # the seed task, before refinement
     operation: str               # the refinement goal the suggester chose
@@ -220,7 +223,27 @@ async def transform(state: FlowState, runtime: Runtime[RunContext]) -> dict[str,
         return {"rejected": f"skill {skill.name} cannot use this seed: {why}", "rejected_by": "transform",
                 **usage_update(used)}
     data.pop("why_not", None)
-    return {"content": render_content(data), "content_data": data, **usage_update(used)}
+    return {"content": render_content(data), "content_data": data, **usage_update(used),
+            **kept_facts(skill, name, seed["text"], render_content(data))}
+
+
+def kept_facts(skill: Skill, name: str, seed_text: str, content: str) -> dict[str, Any]:
+    """[transform] keep_facts: a transformed passage must keep its seed's facts, measured as the share
+    of its content words found in the seed (an invented "debate" shares few). Below the skill's
+    min_seed_support it is replaced by the seed's own text (recorded in the sample's transformation
+    as `fallback`, which a report counts) or the seed is rejected."""
+    rule = skill.spec.transform
+    if rule.keep_facts == "off":
+        return {}
+    share = round(support(content, seed_text), 3)
+    if share >= rule.min_seed_support:
+        return {"seed_support": share}
+    problem = (f"{name} kept too little of the seed: {share:.0%} of its content words are in the seed "
+               f"(needs {rule.min_seed_support:.0%})")
+    if rule.keep_facts == "reject":
+        return {"rejected": problem, "rejected_by": "transform"}
+    return {"content": seed_text, "content_data": {"content": seed_text}, "seed_support": share,
+            "transform_fallback": "seed_text", "transform_note": f"{problem}; used the seed's own text"}
 
 
 def extend_inputs(state: FlowState, ctx: RunContext) -> ExtendInputs:
@@ -467,21 +490,14 @@ async def answer(state: FlowState, runtime: Runtime[RunContext]) -> dict[str, An
         return {**_item_failed(ctx, state, answering, f"answer: {exc}"), **usage_update(exc.usage)}
     response = _clean(out.model_dump())
     checked = {**item, "apis": state.get("content_data", {}).get("apis", [])}
-    judge = checks.Model(ctx.llm)
-    try:
-        verdicts = await checks.run_all(ctx.skill, checked, response, judge) if ctx.skill.spec.checks else []
-    except Exception as exc:  # a judge's endpoint failed: the seed fails here, with every call counted
-        used.add(judge.used)
-        raise NodeFailed("answer", exc, used) from exc
-    used.add(judge.used)
+    verdicts = await checks.check_answer(ctx, checked, response, used)
     failed = [v for v in verdicts if not v.ok]
     if failed:
         feedback = "; ".join(v.feedback for v in failed)
         if answering["attempt"] < ctx.skill.spec.response.corrections:
             retry = {**answering, "attempt": answering["attempt"] + 1, "feedback": feedback}
             return {"answering": retry, "next_step": "answer", **usage_update(used)}
-        reason = f"check {', '.join(v.name for v in failed)} failed: {feedback}"
-        return {**_item_failed(ctx, state, answering, reason), **usage_update(used)}
+        return {**_item_failed(ctx, state, answering, checks.failure(verdicts)), **usage_update(used)}
     extras = {k: v for verdict in verdicts for k, v in verdict.extras.items()}
     answering = {**answering, "attempt": 0, "feedback": "",
                  "checks": [*answering["checks"], *[v.record() for v in verdicts]]}
@@ -580,7 +596,9 @@ def flow_sample(ctx: RunContext, state: FlowState, answering: Answering) -> dict
         messages=[{"role": "system", "content": sample_system(ctx, state, item)}, *answering["messages"]],
         # the tools offered, so an export can give trainers a `tools` column (they are in the system turn too)
         tools=sample_tools(state, item),
-        transformation={"agent": state.get("transformation"), "note": state.get("transform_note")},
+        transformation={"agent": state.get("transformation"), "note": state.get("transform_note"),
+                        **{key: state[field] for key, field in (("seed_support", "seed_support"),
+                                                                ("fallback", "transform_fallback")) if field in state}},
         task={k: v for k, v in item.items() if k not in ("content", "round")}, checks=answering["checks"])
 
 

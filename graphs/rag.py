@@ -22,6 +22,7 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
 from teachgraph.graphs.skeleton import Agent, instruction_graph
+from teachgraph.nodes import checks
 from teachgraph.nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
 from teachgraph.nodes.context import RunContext
 from teachgraph.client.llm import UnusableOutput, Usage
@@ -307,7 +308,15 @@ async def answer(state: RagState, runtime: Runtime[RunContext]) -> dict[str, Any
             exc.usage.add(used)
             raise
         used.add(call)
-        samples.append(rag_sample(ctx, state, item, user, out, refined=bool(samples)))
+        # rag's one check is the LLM judge (--judge-model); the answer's shape is checked by its schema
+        verdicts = await checks.check_answer(ctx, {"sample": user}, out.model_dump(), used)
+        if checks.failure(verdicts):
+            if samples:
+                refined_rejected["refined_rejected"] = checks.failure(verdicts)
+                break
+            return {"rejected": checks.failure(verdicts), "rejected_by": "answer", **usage_update(used)}
+        judged = {"checks": [v.record() for v in verdicts]} if verdicts else {}
+        samples.append(rag_sample(ctx, state, item, user, out, refined=bool(samples), **judged))
     return {"samples": samples, **refined_rejected, **usage_update(used)}
 
 
@@ -317,7 +326,8 @@ def sample_prompt(skill: Skill, state: RagState, item: dict) -> str:
     return user
 
 
-def rag_sample(ctx: RunContext, state: RagState, item: dict, user: str, out: Answer, refined: bool) -> dict:
+def rag_sample(ctx: RunContext, state: RagState, item: dict, user: str, out: Answer, refined: bool,
+               **judged: Any) -> dict:
     response = json.dumps({"answer": out.answer.strip(), "relevant_passages": sorted(set(out.relevant_passages))},
                           ensure_ascii=False)
     system, _ = ctx.skill.prompt("sample").render()
@@ -328,7 +338,7 @@ def rag_sample(ctx: RunContext, state: RagState, item: dict, user: str, out: Ans
         transformation={"agent": "transform", "title": state["title"], "note": state.get("transform_note"),
                         "search_query": state["search_query"],
                         "passages": [{k: p[k] for k in ("pid", "kind", "seed_id")} for p in state["pool"]]},
-        original_query=state["original"]["query"])
+        original_query=state["original"]["query"], **judged)
 
 
 # ---- assembly ----

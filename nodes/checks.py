@@ -3,8 +3,9 @@
 A check looks at the task (the item the flow wrote) and the answer agent's reply. It passes, or
 fails with feedback the answer agent gets for a correction; `extras` are values the check computed
 for the sample (a Fermi estimate's evaluated calculation). Code and arithmetic run only in the
-sandbox (nodes/sandbox.py), never in this process. An async check is given the run's model (Model):
-a judge is a check like any other.
+sandbox (nodes/sandbox.py), never in this process. An async check is given a model handle (Model: the
+run's judge model with --judge-model, else its own): the LLM judge (`judge`, below) is a check like any
+other. Checks register in CHECKS (teachgraph/extensions.py), built-ins and plugins alike.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from teachgraph.nodes.extensions import Registry, UnknownName
+from teachgraph.extensions import Registry, UnknownName
 from teachgraph.client.llm import LLM, UnusableOutput, Usage
+from teachgraph.nodes.agent import NodeFailed
+from teachgraph.nodes.context import RunContext
 from teachgraph.nodes.sandbox import Limits, run_python
-from teachgraph.skills import Skill, SkillError
+from teachgraph.gates import judge as judging
+from teachgraph.skills import Skill, SkillError, rubric_for
+from teachgraph.skills.spec import Judge
 
 
 @dataclass
@@ -34,19 +39,23 @@ class Verdict:
     feedback: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
     detail: str = ""
+    lineage: dict[str, Any] = field(default_factory=dict)   # more for the sample's record (a judge's score)
 
     def record(self) -> dict[str, Any]:
         """What the sample's metadata keeps about this check."""
-        return {"check": self.name, "ok": self.ok, **({"detail": self.detail} if self.detail else {})}
+        return {"check": self.name, "ok": self.ok, **({"detail": self.detail} if self.detail else {}),
+                **self.lineage}
 
 
 @dataclass
 class Model:
-    """The run's model as a check sees it, so that a judge is just a check: an async check is given
-    this handle, and the calls it makes count in the seed's usage like the answer's own."""
+    """The model a check may ask, so that a judge is just a check: an async check is given this handle
+    (the run's judge model if it has one, `--judge-model`, else its own), and the calls it makes count
+    in the seed's usage like the answer's own. `skill`: the skill being checked (its rubric, threshold)."""
 
     llm: LLM
     used: Usage = field(default_factory=Usage)
+    skill: Skill | None = None
 
     async def ask(self, system: str, user: str, schema: type[BaseModel], max_tokens: int | None = None) -> Any:
         value, _ = await self.llm.structured(system, user, schema, max_tokens=max_tokens or self.llm.max_tokens,
@@ -76,21 +85,72 @@ class CheckDef:
             return Verdict(self.name, False, f"the judge gave no usable verdict: {exc}", detail="judge unusable")
 
 
-CHECKS: Registry[CheckDef] = Registry("check", CheckDef)
+CHECKS: Registry[CheckDef] = Registry("check", CheckDef, builtins=(__name__,))
 check = CHECKS.register
 
 
-def checks_for(skill: Skill) -> list[CheckDef]:
-    """The checks skill.toml names; flow.build calls it, so a misspelt name stops the skill before any
-    model call instead of failing each seed at its answer."""
+def checks_for(skill: Skill, judged: bool = False) -> list[CheckDef]:
+    """The checks skill.toml names, and the LLM judge last when the run has a judge model (`judged`);
+    flow.build calls it, so a misspelt name stops the skill before any model call instead of failing
+    each seed at its answer."""
+    names = [*skill.spec.checks, *(["judge"] if judged and "judge" not in skill.spec.checks else [])]
     try:
-        return [CHECKS.get(name) for name in skill.spec.checks]
+        return [CHECKS.get(name) for name in names]
     except UnknownName as exc:
         raise SkillError(f"skill {skill.name}: {exc}") from None
 
 
-async def run_all(skill: Skill, item: dict, response: dict, model: Model) -> list[Verdict]:
-    return [await check_def(item, response, model) for check_def in checks_for(skill)]
+async def run_all(skill: Skill, item: dict, response: dict, model: Model, judged: bool = False) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    for check_def in checks_for(skill, judged):
+        if check_def.judges and any(not v.ok for v in verdicts):
+            continue   # a model's opinion of an answer that already failed a cheap check is not worth a call
+        verdicts.append(await check_def(item, response, model))
+    return verdicts
+
+
+async def check_answer(ctx: RunContext, item: dict, response: dict, used: Usage) -> list[Verdict]:
+    """An answer node's checks: the skill's, and the LLM judge when the run has a judge model. Their
+    calls are added to `used`; an endpoint error fails the seed at `answer`, with every call counted."""
+    judged = ctx.llm.judge is not None
+    if not ctx.skill.spec.checks and not judged:
+        return []
+    model = Model(ctx.llm.judge or ctx.llm, skill=ctx.skill)
+    try:
+        return await run_all(ctx.skill, item, response, model, judged)
+    except Exception as exc:  # a judge's endpoint failed
+        raise NodeFailed("answer", exc, used) from exc
+    finally:
+        used.add(model.used)
+
+
+def failure(verdicts: list[Verdict]) -> str:
+    """Why an answer failed its checks ("" if it did not): the reason a dropped sample records."""
+    failed = [v for v in verdicts if not v.ok]
+    if not failed:
+        return ""
+    return f"check {', '.join(v.name for v in failed)} failed: {'; '.join(v.feedback for v in failed)}"
+
+
+def shown(fields: dict) -> str:
+    """A task's or a reply's fields as a judge reads them: one `name: value` block each."""
+    return "\n\n".join(f"{name}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}"
+                       for name, value in fields.items() if name not in ("round", "apis") and value not in ("", None))
+
+
+@check("judge")
+async def judge(item: dict, response: dict, model: Model) -> Verdict:
+    """The LLM judge (teachgraph/gates/judge.py): the answer scored 1-10 against the skill's rubric;
+    below the skill's [judge] threshold it fails, and the judge's reason is the feedback."""
+    if response.get("action") == "call_tools":   # tool use: the reply after the tool results is judged
+        return Verdict("judge", True, detail="tool calls: the final reply is judged")
+    skill = model.skill
+    verdict = await judging.judge(model.llm, title=skill.title if skill else "the task's skill",
+                                  rubric=(skill.rubric if skill else None) or rubric_for(skill and skill.name),
+                                  threshold=(skill.spec.judge.threshold if skill else Judge().threshold),
+                                  task=shown(item), answer=shown(response), used=model.used)
+    feedback = f"a reviewer {verdict.summary()}" if verdict.score is not None else verdict.summary()
+    return Verdict("judge", verdict.passed, feedback, detail=verdict.summary(), lineage=verdict.record())
 
 
 def _strip_fences(code: str) -> str:

@@ -36,6 +36,8 @@ class Transformation(_Record):
     agent: str | None                # the transformation agent (flow) or "transform" (rag)
     title: str | None = None         # rag: the seed's title and search query, and the context's passages
     note: str | None = None          # why the transformation fell back, if it did
+    seed_support: float | None = None  # flow, [transform] keep_facts: share of the passage's content words in the seed
+    fallback: str | None = None      # "seed_text": the transformed passage lost the seed's facts, the seed replaced it
     search_query: str | None = None
     passages: list[dict[str, Any]] | None = None
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from teachgraph.errors import UsageError
-from teachgraph.skills.spec import SkillSpec, first_problem
+from teachgraph.skills.spec import Rubric, SkillSpec, first_problem
 
 SKILLS_DIR = Path(__file__).parent
 
@@ -75,6 +75,7 @@ class Skill:
     taxonomy: tuple[TaskType, ...]
     prompts: dict[str, Prompt]
     transformations: tuple[Transformation, ...] = ()
+    rubric: Rubric | None = None    # what the LLM judge scores against (rubric.toml)
 
     @property
     def name(self) -> str:
@@ -262,6 +263,20 @@ def load_spec(path: Path, folder_name: str) -> SkillSpec:
         raise SkillError(f"{path}: {first_problem(exc)}") from None
 
 
+SHARED_RUBRIC = SKILLS_DIR / "rubric.toml"      # the judge's rubric for a skill without its own
+
+
+def rubric_for(name: str | None) -> Rubric:
+    """The judge's rubric: skills/<name>/rubric.toml, else the shared one (also for rows of no known
+    skill, as `filter` meets them). Validated like skill.toml: an unknown key is one line."""
+    own = SKILLS_DIR / name / "rubric.toml" if name and (SKILLS_DIR / name / "skill.toml").is_file() else None
+    path = own if own is not None and own.is_file() else SHARED_RUBRIC
+    try:
+        return Rubric.model_validate(_read_toml(path))
+    except ValidationError as exc:
+        raise SkillError(f"{path}: {first_problem(exc)}") from None
+
+
 def check_placeholders(skill: Skill) -> None:
     """Every $placeholder in the prompts the skill's graph renders must be one its inputs fill: an
     unfilled one would reach the model as a literal "$name" (string.Template's safe_substitute)."""
@@ -281,7 +296,8 @@ def load(name: str) -> Skill:
     spec = load_spec(folder / "skill.toml", name)
     transformations = _load_transformations(folder / "taxonomy.toml")
     skill = Skill(spec=spec, taxonomy=_load_taxonomy(folder / "taxonomy.toml", transformations),
-                  prompts=_prompts(folder / "prompts.toml"), transformations=transformations)
+                  prompts=_prompts(folder / "prompts.toml"), transformations=transformations,
+                  rubric=rubric_for(name))
     check_placeholders(skill)
     return skill
 

@@ -63,6 +63,13 @@ class Transform(_Spec):
     extend: bool = False                    # add an `extend` step after transform (tool use)
     max_apis: int = Field(default=6, gt=0)  # extend keeps at most this many APIs
     fit: str | None = None                  # the agent first judges whether the seed fits this
+    # A transformed passage must keep its seed's facts (graphs/flow.py): below `min_seed_support` (the
+    # share of its content words found in the seed) it is replaced by the seed's own text ("fallback",
+    # recorded in the sample's transformation) or the seed is rejected ("reject"); "off": not measured.
+    keep_facts: Literal["off", "fallback", "reject"] = "off"
+    # 0.2: planted faithful rewrites keep >= 0.33 of their words from the seed, rewrites of another
+    # document <= 0.09 (tests/test_grounding.py prints the table)
+    min_seed_support: float = Field(default=0.2, ge=0, le=1)
 
 
 class Context(_Spec):
@@ -71,6 +78,20 @@ class Context(_Spec):
     own_passages_max: int = Field(default=3, gt=0)
     distractors: int = Field(default=3, ge=0)
     passage_chars: int = Field(default=420, gt=0)   # target passage length when cutting a chunk
+
+
+class Judge(_Spec):
+    """The LLM judge (`--judge-model`): it scores each answer 1-10 against the skill's rubric
+    (skills/<skill>/rubric.toml, else skills/rubric.toml); below `threshold` the answer fails."""
+
+    threshold: int = Field(default=6, ge=1, le=10)
+
+
+class Rubric(_Spec):
+    """rubric.toml: what the judge is told to look for, kept as data beside the skill."""
+
+    criteria: tuple[str, ...] = Field(min_length=1)
+    scale: str = Field(default="1 = unusable or wrong, 5 = acceptable with flaws, 10 = exemplary", min_length=1)
 
 
 _RESPONSE_SETTINGS = ("mode", "turns", "corrections", "follow_ups")
@@ -109,6 +130,10 @@ class SkillSpec(_Spec):
     refinement: Refinement = Refinement()
     transform: Transform = Transform()
     context: Context = Context()
+    judge: Judge = Judge()
+    # The sample gates a run applies (gate name -> true, false, or a table of the gate's Settings, e.g.
+    # [gates.grounding]); the same shape as the gates-run branch's [gates], which wires them into runs.
+    gates: dict[str, bool | dict[str, Any]] = {}
 
 
 def first_problem(error: Exception) -> str:

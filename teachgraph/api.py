@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.parse
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -41,7 +41,7 @@ from teachgraph import estimation as estimating
 from teachgraph.client import probe
 from teachgraph.client.budget import BudgetReached, Meter, Spend, resolve_prices
 from teachgraph.client.endpoint import EndpointError, redact
-from teachgraph.client.llm import LLM, STRUCTURED_MODES
+from teachgraph.client.llm import LLM, MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.options import DEFAULTS
@@ -501,7 +501,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
              model: str | None, structured: str, max_tokens: int, temperature: float, timeout: float,
              retries: int, cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
              stopper: _Stopper | None, llm: LLM | None, max_tokens_total: int | None = None,
-             max_cost: float | None = None, price_in: float | None = None, price_out: float | None = None) -> str:
+             max_cost: float | None = None, price_in: float | None = None, price_out: float | None = None,
+             judge_model: str | None = None, judge_base_url: str | None = None) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
     if skill == "all":
         weights = load_mix(mix or "orca")
@@ -511,8 +512,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
     else:
         weights, dealt = None, [skill_library.load(skill)]
     run_skill = "all" if weights else dealt[0].name
-    if structured not in ("auto", *STRUCTURED_MODES):
-        raise UsageError(f"unknown --structured {structured!r} (auto, {', '.join(STRUCTURED_MODES)})")
+    if structured != "auto" and structured not in MODES:
+        raise UsageError(f"unknown --structured {structured!r} (auto, {', '.join(MODES.in_order())})")
     paths = [Path(p) for p in seeds] or [SAMPLE_CORPUS]
     for path in paths:
         if not path.exists():  # a symlink loop or a broken symlink "exists" as a link: say which
@@ -532,7 +533,9 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
         concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
-        mix=weights, cache=cache)
+        mix=weights, cache=cache, judge_model=judge_model, judge_base_url=checked_base_url(judge_base_url))
+    if judge_base_url and not judge_model:
+        raise UsageError("--judge-base-url goes with --judge-model")
     if base_url and not model:
         raise UsageError("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     _budget(max_tokens_total, max_cost)
@@ -555,6 +558,14 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         _preflight(base_url, key, settings.timeout)
         if structured == "auto":
             settings.structured = _structured_strategy(registry, base_url, key, settings, reporter)
+    if judge_base_url and llm is None:   # the judge's own endpoint: checked and probed like the generator's
+        _preflight(settings.judge_base_url, key, settings.timeout)
+        if structured == "auto":
+            judging = replace(settings, model=judge_model, base_url=settings.judge_base_url)
+            settings.judge_structured = _structured_strategy(registry, settings.judge_base_url, key, judging,
+                                                             reporter)
+        else:
+            settings.judge_structured = structured
     with _run_lock(home, run_id):
         if registry.run(run_id):  # created by another process since the check above
             raise UsageError(f"run {run_id} already exists (resume it with: python cli.py graph resume {run_id})")
@@ -614,6 +625,7 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         temperature: float = DEFAULTS.temperature, timeout: float = DEFAULTS.timeout,
         retries: int = DEFAULTS.retries, cache: bool = DEFAULTS.cache, home: str | Path | Home | None = None,
         reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
+        judge_model: str | None = None, judge_base_url: str | None = None,
         max_tokens_total: int | None = None, max_cost: float | None = None, price_in: float | None = None,
         price_out: float | None = None, _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
@@ -624,13 +636,15 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
     RunInterrupted on Ctrl-C / SIGTERM. `llm`: a ready model (teachgraph.client.llm.LLM) used
     instead of an endpoint, as tests do with a scripted chat model. `max_tokens_total` / `max_cost`
     (USD; needs prices: `price_in`/`price_out` per million tokens, or the model's in prices.toml)
-    stop it cleanly once spent: status "stopped at budget", `run.stop_reason`, resumable."""
+    stop it cleanly once spent: status "stopped at budget", `run.stop_reason`, resumable. `judge_model`: the LLM judge, a
+    check on every answer (on `judge_base_url`, or the generator's endpoint)."""
     home = _home(home)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
                     reporter=reporter, executor=executor, stopper=_stopper, llm=llm,
-                    max_tokens_total=max_tokens_total, max_cost=max_cost, price_in=price_in, price_out=price_out)
+                    max_tokens_total=max_tokens_total, max_cost=max_cost, price_in=price_in, price_out=price_out,
+                    judge_model=judge_model, judge_base_url=judge_base_url)
     return Run(made, home)
 
 
@@ -708,3 +722,42 @@ async def arun(skill: str, seeds: Sequence[str | Path] = (), **options: Any) -> 
 async def aresume(run_id: str, **options: Any) -> Run:
     """`resume` for a caller with its own event loop."""
     return await _in_thread(resume, run_id, **options)
+
+
+@_store_errors
+def filter_samples(source: str | Path, out: str | Path, rejected: str | Path | None = None, *,
+                   decontaminate: Sequence[str | Path] = (), semantic: bool = False,
+                   judge_model: str | None = None, judge_base_url: str | None = None,
+                   structured: str = DEFAULTS.structured, timeout: float = DEFAULTS.timeout,
+                   retries: int = DEFAULTS.retries, home: str | Path | Home | None = None,
+                   reporter: Reporter = QUIET):
+    """The `filter` command: the quality gates over any JSON Lines file of chat samples (gates.filter_file).
+    `judge_model`: the LLM judge gate too, on `judge_base_url` (default: the embedded model), with each
+    row's skill's rubric. Returns the gates' FilterCounts."""
+    from teachgraph.gates import filter_file   # the gates extra: imported only when used
+    gates = dict(decontaminate=[Path(p) for p in decontaminate], semantic=semantic)
+    if judge_model is None:
+        if judge_base_url:
+            raise UsageError("--judge-base-url goes with --judge-model")
+        return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, **gates)
+    if structured != "auto" and structured not in MODES:
+        raise UsageError(f"unknown --structured {structured!r} (auto, {', '.join(MODES.in_order())})")
+    home = _home(home)
+    base_url, key = checked_base_url(judge_base_url), api_key()
+    settings = Settings(skill="filter", seeds=[], out=str(out), base_url=base_url, model=judge_model,
+                        structured=structured, temperature=0.0, timeout=timeout, retries=retries)
+    with ExitStack() as stack:
+        if base_url:
+            _preflight(base_url, key, timeout)
+            if structured == "auto":
+                settings.structured = _structured_strategy(Registry(home.registry_path), base_url, key, settings,
+                                                           reporter)
+            url, is_embedded, server = base_url, False, None
+        else:
+            embedded.check_available(home.root)
+            url, server = stack.enter_context(embedded.embedded_server(home.root, log=reporter.note))
+            is_embedded = True
+        cache = ResponseCache(home.cache_path, on_fault=reporter.note)
+        stack.callback(cache.close)
+        judge = make_llm(settings, url, key, is_embedded, cache=cache, server=server)
+        return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, judge=judge, **gates)

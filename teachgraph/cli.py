@@ -228,6 +228,13 @@ def _interrupted(exc: RunInterrupted) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+# The LLM judge's options, the same on `graph run` and `filter`.
+JUDGE_MODEL = typer.Option(None, "--judge-model", help="score every answer 1-10 with this model against the "
+                                                         "skill's rubric; below the skill's threshold it is dropped")
+JUDGE_BASE_URL = typer.Option(None, "--judge-base-url",
+                              help="the judge's OpenAI-compatible endpoint (default: the generator's)")
+
+
 @graph_app.command("run")
 def graph_run(
     skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill (graph list), or all with --mix"),
@@ -268,6 +275,8 @@ def graph_run(
                                              help="USD per million input tokens (default: TEACHGRAPH_HOME/prices.toml"
                                                   " or the bundled table)"),
     price_out: Optional[float] = typer.Option(None, "--price-out", min=0.0, help="USD per million output tokens"),
+    judge_model: Optional[str] = JUDGE_MODEL,
+    judge_base_url: Optional[str] = JUDGE_BASE_URL,
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     try:
@@ -275,7 +284,8 @@ def graph_run(
                       run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
                       reporter=ConsoleReporter(), max_tokens_total=max_tokens_total, max_cost=max_cost,
-                      price_in=price_in, price_out=price_out)
+                      price_in=price_in, price_out=price_out, judge_model=judge_model,
+                      judge_base_url=judge_base_url)
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -495,10 +505,11 @@ def filter_command(
                                              help="an evaluation set (JSONL, Parquet, datasets folder); repeatable"),
     semantic: bool = typer.Option(False, "--semantic",
                                   help="also drop paraphrases (sentence embeddings; the `semantic` extra)"),
+    judge_model: Optional[str] = JUDGE_MODEL,
+    judge_base_url: Optional[str] = JUDGE_BASE_URL,
 ) -> None:
     """Apply the quality gates to any JSON Lines file of chat samples: every row ends in OUT or REJECTED."""
     try:  # the gates are the `gates` extra: import them only for this command
-        from teachgraph.gates import filter_file
         from teachgraph.gates.decontaminate import EvalFileError
     except ImportError as exc:
         fail(f"filter needs the gates extra ({exc.name} is missing): pip install 'teachgraph[gates]'")
@@ -508,7 +519,8 @@ def filter_command(
         fail("--out and --rejected must not be the input file")
     started = time.monotonic()
     try:
-        counts = filter_file(source, out, rejected, decontaminate=decontaminate, semantic=semantic)
+        counts = api.filter_samples(source, out, rejected, decontaminate=decontaminate, semantic=semantic,
+                                    judge_model=judge_model, judge_base_url=judge_base_url, reporter=ConsoleReporter())
     except EvalFileError as exc:
         fail(str(exc))
     except ImportError as exc:
@@ -517,6 +529,8 @@ def filter_command(
           f"({time.monotonic() - started:.1f} s)")
     for gate, n in counts.dropped.most_common():
         print(f"  {gate:<20}{n}")
+    for gate, n in counts.flagged.most_common():
+        print(f"  {gate:<20}{n} kept, flagged")
 # ---------------------------------------------------------------- export
 
 @app.command("export")

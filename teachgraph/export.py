@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 from teachgraph import skills
 from teachgraph.checkpoints.registry import Registry
 from teachgraph.errors import TeachgraphError
+from teachgraph.extensions import Registry as Extensions
 
 REJECT = "reject"
 SHARD_BYTES = 500 * 2**20     # as datasets' push_to_hub: Arrow bytes per shard, before compression
@@ -64,14 +65,14 @@ class Format:
     layout: str                          # "configs" | "splits" | "lines"
 
 
-FORMATS: dict[str, Format] = {}
+def _format(name: str, row: Callable[[Item], dict], *, features: Callable[[], Any] | None, layout: str) -> Format:
+    return Format(name, row, features, layout)
 
 
-def register(name: str, *, features: Callable[[], Any] | None, layout: str):
-    def add(row: Callable[[Item], dict]) -> Callable[[Item], dict]:
-        FORMATS[name] = Format(name, row, features, layout)
-        return row
-    return add
+# The built-in formats below register as a plugin's would (teachgraph/extensions.py; entry-point group
+# teachgraph.export_formats): `@register(name, features=..., layout=...)` on a row function.
+FORMATS: Extensions[Format] = Extensions("format", _format, group="teachgraph.export_formats")
+register = FORMATS.register
 
 
 # ---------------------------------------------------------------- verdicts
@@ -356,7 +357,7 @@ def export(registry: Registry, run_ids: list[str], out: Path, *, format: str = "
            shard_bytes: int = SHARD_BYTES) -> Result:
     """Write the runs' samples to `out` in `format`. Raises ExportError on bad input."""
     if format not in FORMATS:
-        raise ExportError(f"unknown format {format!r} ({', '.join(FORMATS)})")
+        raise ExportError(f"unknown format {format!r} ({', '.join(FORMATS.in_order())})")
     if not run_ids:
         raise ExportError("name at least one run to export (see: python cli.py runs list)")
     missing = [r for r in run_ids if registry.run(r) is None]
@@ -372,7 +373,7 @@ def export(registry: Registry, run_ids: list[str], out: Path, *, format: str = "
         import huggingface_hub  # noqa: F401
     except ImportError:
         raise ExportError(EXTRA_HINT) from None
-    fmt = FORMATS[format]
+    fmt = FORMATS.get(format)
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     stats: dict[str, SkillStats] = defaultdict(SkillStats)

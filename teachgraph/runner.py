@@ -39,7 +39,7 @@ from teachgraph.options import DEFAULTS
 from teachgraph.states import LIVE, RunStatus, SeedStatus
 
 __all__ = ["Executor", "FatalRunError", "Home", "LocalExecutor", "Reporter", "RunLock", "SeedRunner", "Settings",
-           "default_rounds", "make_llm", "new_run_id", "run_meter", "run_status", "shown_status"]
+           "default_rounds", "make_judge", "make_llm", "new_run_id", "run_meter", "run_status", "shown_status"]
 
 
 @dataclass
@@ -66,6 +66,9 @@ class Settings:
     max_cost: float | None = None
     price_in: float | None = None
     price_out: float | None = None
+    judge_model: str | None = None       # the LLM judge (--judge-model); None: no judge
+    judge_base_url: str | None = None    # its endpoint; None: the generator's
+    judge_structured: str | None = None  # its response mode; None: the generator's
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,8 +186,29 @@ def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
     concurrency = 1 if embedded else settings.concurrency
     endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
                         secrets=[api_key], server=server)
-    return LLM(chat=chat, model_name=settings.model, structured_mode=structured,
-               max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache,
+    llm = LLM(chat=chat, model_name=settings.model, structured_mode=structured,
+              max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache,
+              wire=Wire.for_chat(chat, own_client=True))
+    if settings.judge_model:
+        llm.judge = make_judge(settings, llm, api_key, cache)
+    return llm
+
+
+def make_judge(settings: Settings, generator: LLM, api_key: str, cache: ResponseCache | None) -> LLM:
+    """The LLM judge's model: on its own endpoint (judge_base_url) or on the generator's, sharing its
+    in-flight limit and retries there (the embedded server answers one request at a time). Its calls
+    count in the run's figures with the generator's. Temperature 0: a verdict should not be drawn."""
+    own = settings.judge_base_url is not None
+    base_url = settings.judge_base_url if own else str(generator.chat.openai_api_base)
+    chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.judge_model, temperature=0.0,
+                      timeout=settings.timeout, max_retries=0, http_async_client=async_http_client())
+    endpoint = (Endpoint(base_url, settings.concurrency, RetryPolicy(attempts=settings.retries,
+                                                                     timeout=settings.timeout), secrets=[api_key])
+                if own else generator.endpoint)
+    return LLM(chat=chat, model_name=settings.judge_model,
+               structured_mode=settings.judge_structured or generator.structured_mode,
+               max_concurrency=settings.concurrency if own else generator.max_concurrency,
+               max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache, usage=generator.usage,
                wire=Wire.for_chat(chat, own_client=True))
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from teachgraph import skills
 from teachgraph.nodes import checks
-from teachgraph.nodes.extensions import Registry, UnknownName
+from teachgraph.extensions import Registry, UnknownName
 from teachgraph.nodes.sample import Refinement, Sample
 from tests.conftest import run_in_process
 from tests.flow_script import FlowScript

@@ -16,15 +16,27 @@ from pydantic import BaseModel, ValidationError
 from teachgraph.client.budget import Meter
 from teachgraph.client.chat_call import ChatRequest, Wire, reply_tokens, reply_usage, request_key
 from teachgraph.client.endpoint import Endpoint
+from teachgraph.extensions import Registry
 from teachgraph.options import DEFAULTS
 
 # How to ask an endpoint for JSON. Servers differ (README, "Using another endpoint"): OpenAI and vLLM take
 # "json_schema"; llama-cpp-python's server rejects it but constrains output with a grammar
 # when given {"type": "json_object", "schema": ...}; "tools" forces a call of one function whose
 # parameters are the schema; "prompt" sends no response_format at all. `endpoint probe` finds out
-# which of these an endpoint honours (teachgraph/probe.py).
-StructuredMode = Literal["json_schema", "json_object", "tools", "prompt"]
-STRUCTURED_MODES: tuple[str, ...] = ("json_schema", "json_object", "tools", "prompt")
+# which of these an endpoint honours (teachgraph/probe.py). Each mode is registered below by name,
+# as a plugin's would be (teachgraph/extensions.py; entry-point group teachgraph.response_modes).
+StructuredMode = str
+
+
+@dataclass(frozen=True)
+class ResponseMode:
+    """A registered response mode: `request(schema)` gives the request options that ask for `schema`."""
+
+    name: str
+    request: Callable[[type[BaseModel]], dict[str, Any]]
+
+
+MODES: Registry[ResponseMode] = Registry("response mode", ResponseMode, group="teachgraph.response_modes")
 
 
 class ReplyCache(Protocol):
@@ -77,29 +89,40 @@ def wire_schema(node: Any) -> Any:
     return node
 
 
+@MODES.register("json_schema")
+def _json_schema(schema: type[BaseModel]) -> dict[str, Any]:
+    return {"response_format": {"type": "json_schema", "json_schema": {
+        "name": schema.__name__, "schema": wire_schema(schema.model_json_schema()), "strict": False}}}
+
+
+@MODES.register("json_object")
+def _json_object(schema: type[BaseModel]) -> dict[str, Any]:
+    return {"response_format": {"type": "json_object", "schema": wire_schema(schema.model_json_schema())}}
+
+
+@MODES.register("tools")
+def _tools(schema: type[BaseModel]) -> dict[str, Any]:
+    name = schema.__name__
+    return {"tools": [{"type": "function", "function": {
+                "name": name, "description": "Record the reply.",
+                "parameters": wire_schema(schema.model_json_schema())}}],
+            "tool_choice": {"type": "function", "function": {"name": name}}}
+
+
+@MODES.register("prompt")
+def _prompt_only(schema: type[BaseModel]) -> dict[str, Any]:
+    return {}
+
+
 # Cached per schema class: building a JSON schema costs more CPU than a fast endpoint's reply (profiled).
-@functools.lru_cache(maxsize=1024)
-def response_format(mode: StructuredMode, schema: type[BaseModel]) -> dict | None:
-    json_schema = wire_schema(schema.model_json_schema())
-    if mode == "json_schema":
-        return {"type": "json_schema",
-                "json_schema": {"name": schema.__name__, "schema": json_schema, "strict": False}}
-    if mode == "json_object":
-        return {"type": "json_object", "schema": json_schema}
-    return None
-
-
 @functools.lru_cache(maxsize=1024)
 def structured_request(mode: StructuredMode, schema: type[BaseModel]) -> dict[str, Any]:
     """The request options that ask for `schema` in `mode`."""
-    if mode == "tools":
-        name = schema.__name__
-        return {"tools": [{"type": "function", "function": {
-                    "name": name, "description": "Record the reply.",
-                    "parameters": wire_schema(schema.model_json_schema())}}],
-                "tool_choice": {"type": "function", "function": {"name": name}}}
-    fmt = response_format(mode, schema)
-    return {"response_format": fmt} if fmt is not None else {}
+    return MODES.get(mode).request(schema)
+
+
+def response_format(mode: StructuredMode, schema: type[BaseModel]) -> dict | None:
+    return structured_request(mode, schema).get("response_format")
 
 
 def reply_text(reply: AIMessage) -> str:
@@ -139,6 +162,7 @@ class LLM:
     cache: ReplyCache | None = None
     wire: Wire | None = None                     # the shortest path for a plain ChatOpenAI (nodes/chat_call.py)
     meter: Meter | None = None                   # the run's spend and budget (client/budget.py)
+    judge: "LLM | None" = None                   # the model checks ask (`--judge-model`); None: this one
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
@@ -158,6 +182,8 @@ class LLM:
         client = getattr(self.chat, "http_async_client", None)
         if client is not None:
             await client.aclose()
+        if self.judge is not None and self.judge is not self:
+            await self.judge.aclose()
 
     def _count(self, call: Usage, used: Usage) -> None:
         used.add(call)

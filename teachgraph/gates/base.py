@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from teachgraph.extensions import Registry
 from teachgraph.gates.store import GateStore
 from teachgraph.gates.text import words
 
@@ -104,6 +105,15 @@ class Verdict(BaseModel):
     def drop(cls, gate: str, reason: str, duplicate_of: Optional[str] = None) -> "Verdict":
         return cls(keep=False, gate=gate, reason=reason, duplicate_of=duplicate_of)
 
+    @classmethod
+    def flag(cls, gate: str, reason: str) -> "Verdict":
+        """Kept, with a note: the gate's skill setting says to flag, not drop (grounding)."""
+        return cls(keep=True, gate=gate, reason=reason)
+
+    @property
+    def flagged(self) -> bool:
+        return self.keep and self.gate is not None
+
     def rejection(self) -> dict:
         return {"gate": self.gate, "reason": self.reason, "duplicate_of": self.duplicate_of}
 
@@ -137,24 +147,26 @@ class Gate:
     def drop(self, reason: str, duplicate_of: Optional[str] = None) -> Verdict:
         return Verdict.drop(self.name, reason, duplicate_of)
 
+    def flag(self, reason: str) -> Verdict:
+        return Verdict.flag(self.name, reason)
 
-GATES: dict[str, type[Gate]] = {}
+    def close(self) -> None:
+        """The pipeline is done: release what the gate holds (the judge's model client)."""
 
 
-def register(name: str):
-    """Class decorator: make a gate available by name (later merged into the project's registry)."""
-    def decorate(cls: type[Gate]) -> type[Gate]:
-        if name in GATES:
-            raise ValueError(f"gate {name!r} is registered twice")
-        cls.name = name
-        GATES[name] = cls
-        return cls
-    return decorate
+def _named(name: str, cls: type[Gate]) -> type[Gate]:
+    cls.name = name
+    return cls
+
+
+# The built-in gates register from their own modules, as a plugin's would (teachgraph/extensions.py);
+# semantic is not among them: it needs the `semantic` extra and registers when imported.
+GATES: Registry[type[Gate]] = Registry("gate", _named, builtins=(
+    "teachgraph.gates.degenerate", "teachgraph.gates.decontaminate", "teachgraph.gates.dedup",
+    "teachgraph.gates.grounding", "teachgraph.gates.judge"))
+register = GATES.register   # class decorator: `@register("near_duplicate")`, settings in the class's Settings
 
 
 def make_gate(name: str, store: Optional[GateStore] = None, **settings: Any) -> Gate:
-    try:
-        cls = GATES[name]
-    except KeyError:
-        raise ValueError(f"unknown gate {name!r} (known: {', '.join(sorted(GATES))})") from None
+    cls = GATES.get(name)
     return cls(cls.Settings(**settings), store)

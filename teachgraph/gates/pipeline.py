@@ -7,13 +7,18 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import TYPE_CHECKING, BinaryIO, Optional
 
 from teachgraph.gates.base import KEEP, ChatSample, Gate, SampleError, Verdict, make_gate
 from teachgraph.gates.store import GateStore
 
-# Cheap, stateless gates first; the dedup indexes last, so they only ever hold rows that are kept.
-DEFAULT_ORDER = ("degenerate", "decontaminate", "exact_duplicate", "near_duplicate", "semantic_duplicate")
+if TYPE_CHECKING:   # the model client loads only for a judged filter
+    from teachgraph.client.llm import LLM
+
+# Cheap, stateless gates first; the dedup indexes next, so they only ever hold rows that are kept; the
+# judge (a model call per row) last, on what every other gate kept.
+DEFAULT_ORDER = ("degenerate", "grounding", "decontaminate", "exact_duplicate", "near_duplicate",
+                 "semantic_duplicate", "judge")
 
 
 class Pipeline:
@@ -22,8 +27,11 @@ class Pipeline:
         self.store = store
 
     @classmethod
-    def build(cls, store: GateStore, decontaminate: list[Path] = (), semantic: bool = False) -> "Pipeline":
+    def build(cls, store: GateStore, decontaminate: list[Path] = (), semantic: bool = False,
+              judge: Optional[LLM] = None) -> "Pipeline":
         wanted = {"degenerate": {}, "exact_duplicate": {}, "near_duplicate": {}}
+        if judge is not None:
+            wanted["judge"] = {"llm": judge}
         if decontaminate:
             wanted["decontaminate"] = {"files": list(decontaminate)}
         if semantic:
@@ -32,14 +40,22 @@ class Pipeline:
         return cls([make_gate(name, store, **wanted[name]) for name in DEFAULT_ORDER if name in wanted], store)
 
     def judge(self, sample: ChatSample) -> Verdict:
-        """The first gate that drops the sample decides; a kept sample is admitted to every gate."""
+        """The first gate that drops the sample decides; a kept sample is admitted to every gate (and
+        comes back with the first flag a gate raised, if any)."""
+        flagged = KEEP
         for gate in self.gates:
             verdict = gate.check(sample)
             if not verdict.keep:
                 return verdict
+            if verdict.flagged and not flagged.flagged:
+                flagged = verdict
         for gate in self.gates:
             gate.admit(sample)
-        return KEEP
+        return flagged
+
+    def close(self) -> None:
+        for gate in self.gates:
+            gate.close()
 
 
 @dataclass
@@ -47,6 +63,7 @@ class FilterCounts:
     rows: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
+    flagged: Counter = field(default_factory=Counter)   # kept rows a gate flagged, by gate
     blank_lines: int = 0
 
 
@@ -81,6 +98,8 @@ def filter_lines(pipeline: Pipeline, source: BinaryIO, kept: BinaryIO, rejected:
             verdict = pipeline.judge(sample)
         if verdict.keep:
             counts.kept += 1
+            if verdict.flagged:
+                counts.flagged[verdict.gate] += 1
             kept.write(raw if raw.endswith(b"\n") else raw + b"\n")
         else:
             counts.dropped[verdict.gate] += 1
@@ -94,22 +113,26 @@ def filter_lines(pipeline: Pipeline, source: BinaryIO, kept: BinaryIO, rejected:
 
 
 def filter_file(source: Path, kept: Path, rejected: Optional[Path] = None, decontaminate: list[Path] = (),
-                semantic: bool = False, state: Optional[Path] = None) -> FilterCounts:
+                semantic: bool = False, state: Optional[Path] = None, judge: Optional[LLM] = None) -> FilterCounts:
     """The `filter` command: gates over a file. `state` keeps the dedup indexes in a SQLite file;
-    by default a temporary one (on disk, not in memory: it holds every kept row's text), deleted after."""
+    by default a temporary one (on disk, not in memory: it holds every kept row's text), deleted after.
+    `judge`: the model the LLM judge gate asks (teachgraph.api.filter_samples builds it)."""
     scratch = None
     if state is None:
         scratch = tempfile.TemporaryDirectory(prefix="teachgraph-filter-")
         state = Path(scratch.name) / "gates.db"
     store = GateStore(state)
+    pipeline = None
     try:
-        pipeline = Pipeline.build(store, decontaminate=decontaminate, semantic=semantic)
+        pipeline = Pipeline.build(store, decontaminate=decontaminate, semantic=semantic, judge=judge)
         with source.open("rb") as src, kept.open("wb") as out:
             if rejected is None:
                 return filter_lines(pipeline, src, out, None)
             with rejected.open("wb") as rej:
                 return filter_lines(pipeline, src, out, rej)
     finally:
+        if pipeline is not None:
+            pipeline.close()
         store.close()
         if scratch is not None:
             scratch.cleanup()
