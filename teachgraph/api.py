@@ -636,8 +636,9 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
     RunInterrupted on Ctrl-C / SIGTERM. `llm`: a ready model (teachgraph.client.llm.LLM) used
     instead of an endpoint, as tests do with a scripted chat model. `max_tokens_total` / `max_cost`
     (USD; needs prices: `price_in`/`price_out` per million tokens, or the model's in prices.toml)
-    stop it cleanly once spent: status "stopped at budget", `run.stop_reason`, resumable. `judge_model`: the LLM judge, a
-    check on every answer (on `judge_base_url`, or the generator's endpoint)."""
+    stop it cleanly once spent: status "stopped at budget", `run.stop_reason`, resumable.
+    `judge_model`: the LLM judge, a check on every answer (on `judge_base_url`, or the generator's
+    endpoint)."""
     home = _home(home)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
