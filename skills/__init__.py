@@ -108,8 +108,8 @@ class Skill:
                 return item
         raise SkillError(f"skill {self.name!r} has no transformation {name!r}")
 
-    def assigner(self) -> "Assigner":
-        return Assigner(self)
+    def assigner(self, dealt: dict[str, int] | None = None) -> "Assigner":
+        return Assigner(self, dealt)
 
     def task_type(self, name: str) -> TaskType:
         for task in self.taxonomy:
@@ -139,12 +139,18 @@ class Assigner:
     """Deals each seed a transformation and a task type when a run registers its seeds.
 
     The transformation is picked at random among those that take the seed's kind (the paper picks
-    one at random), but seeded by the seed id, so the choice never changes. Task types that fit
-    that transformation are dealt round-robin per transformation, so every type gets used."""
+    one at random), but seeded by the seed id, so the choice never changes. The task type is the
+    one dealt least so far in the run among those that fit that transformation (ties: taxonomy
+    order), so the whole taxonomy is covered evenly across transformations. A round-robin per
+    transformation restarted for each one: 13 seeds over 10 transformations used 4 of 43 types.
+    `dealt`: how often each task type was dealt already (the run's store), to continue evenly."""
 
-    def __init__(self, skill: Skill):
+    def __init__(self, skill: Skill, dealt: dict[str, int] | None = None):
         self.skill = skill
-        self.dealt: dict[str | None, int] = {}
+        self.dealt: dict[str, int] = {t.name: 0 for t in skill.taxonomy}
+        for name, count in (dealt or {}).items():
+            if name in self.dealt:
+                self.dealt[name] += count
 
     def __call__(self, seed_id: str, kind: str) -> tuple[str | None, str | None]:
         """(transformation, task type) for a seed; (None, None) when the skill cannot use its kind."""
@@ -157,9 +163,9 @@ class Assigner:
             digest = hashlib.sha256(f"{self.skill.name}:{seed_id}".encode()).digest()
             transformation = choices[int.from_bytes(digest[:8], "big") % len(choices)].name
         fitting = [t for t in self.skill.taxonomy if t.fits(transformation)] or list(self.skill.taxonomy)
-        n = self.dealt.get(transformation, 0)
-        self.dealt[transformation] = n + 1
-        return transformation, fitting[n % len(fitting)].name
+        task = min(fitting, key=lambda t: self.dealt[t.name])   # min keeps the first of equals: taxonomy order
+        self.dealt[task.name] += 1
+        return transformation, task.name
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""Taxonomy coverage: task types are dealt evenly over the whole taxonomy, among the types that fit each
+seed's transformation, across transformations and across a resume; `--target N` keeps running unused
+seeds until every task type has N accepted samples or the seeds run out."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import teachgraph
+from teachgraph import skills
+from teachgraph.checkpoints.registry import Registry
+from teachgraph.client.llm import LLM
+from teachgraph.mix import Dealer
+from teachgraph.runner import Home, Settings
+from teachgraph.seeds import collect
+from tests.flow_script import FlowScript, SchemaChatModel
+
+
+def universal(skill: skills.Skill) -> set[str]:
+    """The task types that fit every transformation."""
+    return {t.name for t in skill.taxonomy if not t.transformations}
+
+
+def spread(counts: Counter, names: set[str]) -> int:
+    values = [counts.get(n, 0) for n in names]
+    return max(values) - min(values)
+
+
+def test_dealing_covers_the_taxonomy_across_transformations():
+    rc = skills.load("reading_comprehension")
+    deal = rc.assigner()
+    dealt = [deal(f"seed{n}", "text") for n in range(13)]
+    # the run from the issue: 13 seeds over several transformations used 4 of 43 types; now 13 distinct
+    assert len({t for _, t in dealt}) == 13
+    assert len({tr for tr, _ in dealt}) >= 4
+    deal = rc.assigner()
+    counts: Counter = Counter()
+    for n in range(1, 431):
+        transformation, task = deal(f"seed{n}", "text")
+        assert rc.task_type(task).fits(transformation)
+        # before choosing, the chosen type was among the least dealt of the types that fit the seed
+        fitting = [t.name for t in rc.taxonomy if t.fits(transformation)]
+        assert counts[task] == min(counts[name] for name in fitting)
+        counts[task] += 1
+        assert spread(counts, universal(rc)) <= 1, n
+    assert set(counts) == {t.name for t in rc.taxonomy}
+    # types routed to few transformations trail only by how rarely those come up: 9 to 11 of each here
+    assert max(counts.values()) - min(counts.values()) <= 2
+
+
+@pytest.mark.parametrize("name", ["text_modification", "text_classification", "data_to_text", "rag"])
+def test_every_skill_deals_evenly(name):
+    skill = skills.load(name)
+    deal = skill.assigner()
+    counts = Counter(deal(f"s{n}", "text")[1] for n in range(len(skill.taxonomy) * 4 + 3))
+    assert spread(counts, universal(skill)) <= 1
+    text = [t.name for t in skill.transformations_for("text")] or [None]
+    assert set(counts) == {t.name for t in skill.taxonomy if any(t.fits(tr) for tr in text)}
+
+
+def test_dealing_continues_from_counts_already_dealt():
+    rc = skills.load("reading_comprehension")
+    first = rc.assigner()
+    dealt = Counter(first(f"s{n}", "text")[1] for n in range(20))
+    resumed = rc.assigner(dict(dealt))
+    dealt.update(resumed(f"s{n}", "text")[1] for n in range(20, 86))
+    fresh = rc.assigner()
+    assert dealt == Counter(fresh(f"s{n}", "text")[1] for n in range(86))
+    assert spread(dealt, universal(rc)) <= 1
+
+
+# ---- in a run, with the fake model ----
+
+def corpus_of(folder: Path, documents: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(documents):
+        (folder / f"doc{n:02d}.md").write_text(
+            f"# Station {n}\n\n" + f"Weather station {n} records rain on {100 + n} days a year; "
+            f"its summers average {20 + n % 7} degrees and its winters {n % 5} degrees. " * 5)
+    return folder
+
+
+def fake_llm() -> LLM:
+    return LLM(chat=SchemaChatModel(script=FlowScript()), model_name="fake", structured_mode="json_object")
+
+
+def seed_types(registry: Registry, run_id: str) -> Counter:
+    return Counter(row["task_type"] for row in registry.db.query(
+        "select task_type from seeds where run_id = ? and coalesce(node, '') != 'target'", [run_id]))
+
+
+def test_a_run_killed_while_collecting_deals_evenly_once_resumed(tmp_path):
+    """A kill mid-collection leaves some seeds dealt; the resumed run collects again and its seeds, and
+    the samples' task types, are spread as evenly as one uninterrupted collection's."""
+    corpus = corpus_of(tmp_path / "corpus", 30)
+    skill = skills.load("reading_comprehension")
+    home = Home(tmp_path / "home")
+    registry = Registry(home.registry_path)
+    settings = Settings(skill=skill.name, seeds=[str(corpus)], out=str(home.default_out("cut")), rounds=0,
+                        concurrency=2, model="fake")
+    registry.create_run("cut", skill.name, settings.to_json())
+
+    def killed_after(items, n):
+        for count, item in enumerate(items):
+            if count == n:
+                raise KeyboardInterrupt
+            yield item
+    with pytest.raises(KeyboardInterrupt):
+        registry.add_corpus("cut", killed_after(collect([corpus]), 11), limit=None, assign=Dealer([skill]),
+                            passage_chars=420, batch=4)
+    assert registry.run("cut")["status"] == "collecting" and 0 < registry.counts("cut")["total"] < 30
+
+    run = teachgraph.resume("cut", home=home.root, llm=fake_llm())
+    assert run.counts["total"] == 30 and run.counts["pending"] == 0
+    dealt = seed_types(run.registry, "cut")
+    assert len(dealt) == 30                   # 30 seeds, 30 distinct types of 43
+    by_sample = Counter(s["metadata"]["task_type"] for s in run.samples() if s["metadata"]["refinement_round"] == 0)
+    accepted = Counter(r["task_type"] for r in run.registry.db.query(
+        "select task_type from seeds where run_id = 'cut' and status = 'accepted'"))
+    assert by_sample == accepted and sum(accepted.values()) > 0
