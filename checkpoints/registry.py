@@ -299,6 +299,14 @@ class Registry:
             """select skill, task_type, count(*) as seeds, sum(status = 'accepted') as accepted from seeds
                where run_id = ? group by skill, task_type order by skill, task_type""", [run_id]))
 
+    def outcomes_by_task_type(self, run_id: str) -> list[dict]:
+        """Seeds and their samples counted by skill, task type, status, node and reason (an accepted
+        seed's reason says why its refined item got no sample): the quality report's rows."""
+        return list(self.db.query(
+            """select skill, task_type, status, coalesce(node, '') as node, coalesce(reason, error, '') as reason,
+                      count(*) as seeds, coalesce(sum(samples), 0) as samples
+               from seeds where run_id = ? group by 1, 2, 3, 4, 5 order by 1, 2, 3, 6 desc""", [run_id]))
+
     def by_skill(self, run_id: str) -> list[dict]:
         return list(self.db.query(
             """select skill, count(*) as seeds, sum(status = 'accepted') as accepted,

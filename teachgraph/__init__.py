@@ -17,7 +17,7 @@ del _Path, _checkout
 _API = {
     "run": "teachgraph.api", "arun": "teachgraph.api", "resume": "teachgraph.api", "aresume": "teachgraph.api",
     "open_run": "teachgraph.api", "probe_endpoint": "teachgraph.api", "Run": "teachgraph.api",
-    "Reporter": "teachgraph.api",
+    "Reporter": "teachgraph.api", "report": "teachgraph.api",
     "Options": "teachgraph.options", "DEFAULTS": "teachgraph.options",
     "RunStatus": "teachgraph.states", "SeedStatus": "teachgraph.states",
     "Executor": "teachgraph.runner", "LocalExecutor": "teachgraph.runner", "SeedRunner": "teachgraph.runner",

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import httpx
 
-from teachgraph import embedded
+from teachgraph import embedded, quality
 from teachgraph import skills as skill_library
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.cache import ResponseCache
@@ -172,6 +172,16 @@ def open_run(run_id: str, home: str | Path | Home | None = None) -> Run:
     if run.record is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
     return run
+
+
+@_store_errors
+def report(run_id: str, *, home: str | Path | Home | None = None, semantic: bool | None = None,
+           bleu_texts: int = 100, embed_texts: int = 256) -> "quality.Report":
+    """The quality report of a run (teachgraph/quality.py): render it with quality.markdown / quality.html.
+    `semantic` None: embedding dispersion when the `semantic` extra is installed."""
+    run = open_run(run_id, home)
+    return quality.build(run.registry, run_id, status=run.status, semantic=semantic, bleu_texts=bleu_texts,
+                         embed_texts=embed_texts)
 
 
 # ---------------------------------------------------------------- the endpoint

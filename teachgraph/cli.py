@@ -356,6 +356,29 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
     say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)")
 
 
+@app.command("report")
+def report_command(run_id: str = typer.Argument(..., metavar="RUN_ID"),
+                   html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML "
+                                                       "page with plots (works offline)"),
+                   semantic: Optional[bool] = typer.Option(None, "--semantic/--no-semantic",
+                                                           help="embedding dispersion (default: when the "
+                                                                "`semantic` extra is installed)")) -> None:
+    """A run's quality report (Markdown): per skill and task type what was kept and dropped, taxonomy
+    coverage, diversity, near-duplicates, lengths and what refinement changed."""
+    from teachgraph import quality
+    made = api.report(run_id, home=Home.from_env(), semantic=semantic)
+    if html is not None:
+        _make_parent(html)
+        try:
+            html.write_text(quality.html(made), encoding="utf-8")
+        except OSError as exc:
+            fail(str(storage.describe_os(html, exc)))
+    # Markdown as text, each line shown: sample text never reaches the terminal as control characters
+    print("\n".join(shown(line) for line in quality.markdown(made).splitlines()))
+    if html is not None:
+        say(f"wrote {html}")
+
+
 # ---------------------------------------------------------------- endpoint
 
 @endpoint_app.command("probe")

@@ -4,7 +4,6 @@ seeds until every task type has N accepted samples or the seeds run out."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
