@@ -99,6 +99,10 @@ class Skill:
     def transformations_for(self, kind: str) -> tuple[Transformation, ...]:
         return tuple(t for t in self.transformations if kind in t.kinds)
 
+    def types_for(self, transformation: str | None) -> list[TaskType]:
+        """The task types that fit material from `transformation` (all of them if none is routed to it)."""
+        return [t for t in self.taxonomy if t.fits(transformation)] or list(self.taxonomy)
+
     def accepts(self, kind: str) -> bool:
         return not self.transformations or bool(self.transformations_for(kind))
 
@@ -162,7 +166,7 @@ class Assigner:
                 return None, None
             digest = hashlib.sha256(f"{self.skill.name}:{seed_id}".encode()).digest()
             transformation = choices[int.from_bytes(digest[:8], "big") % len(choices)].name
-        fitting = [t for t in self.skill.taxonomy if t.fits(transformation)] or list(self.skill.taxonomy)
+        fitting = self.skill.types_for(transformation)
         task = min(fitting, key=lambda t: self.dealt[t.name])   # min keeps the first of equals: taxonomy order
         self.dealt[task.name] += 1
         return transformation, task.name

@@ -455,8 +455,10 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
              concurrency: int, out: str | Path | None, run_id: str | None, base_url: str | None,
              model: str | None, structured: str, max_tokens: int, temperature: float, timeout: float,
              retries: int, cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
-             stopper: _Stopper | None, llm: LLM | None) -> str:
+             stopper: _Stopper | None, llm: LLM | None, target: int | None = None) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
+    if target is not None and target < 1:
+        raise UsageError(f"--target must be at least 1, not {target}")
     if skill == "all":
         weights = load_mix(mix or "orca")
         dealt = [skill_library.load(name) for name in weights]
@@ -486,7 +488,7 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
         concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
-        mix=weights, cache=cache)
+        mix=weights, cache=cache, target=target)
     if base_url and not model:
         raise UsageError("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     if registry.run(run_id):
@@ -549,19 +551,20 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         temperature: float = DEFAULTS.temperature, timeout: float = DEFAULTS.timeout,
         retries: int = DEFAULTS.retries, cache: bool = DEFAULTS.cache, home: str | Path | Home | None = None,
         reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
-        _stopper: _Stopper | None = None) -> Run:
+        target: int | None = None, _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
     Returns the Run whatever its seeds' outcomes (see `run.status`, `run.counts`); raises a
     UsageError before anything is made, RunStopped (resumable) on an error no retry fixes,
     RunInterrupted on Ctrl-C / SIGTERM. `llm`: a ready model (teachgraph.client.llm.LLM) used
-    instead of an endpoint, as tests do with a scripted chat model."""
+    instead of an endpoint, as tests do with a scripted chat model. `target` N: run the seeds (all of
+    them unless `limit`) until every task type has N kept samples; the rest stay unused."""
     home = _home(home)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
-                    reporter=reporter, executor=executor, stopper=_stopper, llm=llm)
+                    reporter=reporter, executor=executor, stopper=_stopper, llm=llm, target=target)
     return Run(made, home)
 
 

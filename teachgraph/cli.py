@@ -236,13 +236,16 @@ def graph_run(
                                 help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
     no_cache: bool = typer.Option(not DEFAULTS.cache, "--no-cache",
                                   help="always ask the model: no replies from (or to) the response cache"),
+    target: Optional[int] = typer.Option(None, "--target", min=1,
+                                         help="run unused seeds until every task type has N kept samples "
+                                              "(or the seeds run out: `report RUN_ID` says which fell short)"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     try:
         run = api.run(skill_name, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                       run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
-                      reporter=ConsoleReporter())
+                      target=target, reporter=ConsoleReporter())
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)

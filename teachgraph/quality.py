@@ -303,7 +303,7 @@ def build(registry: Registry, run_id: str, *, status: str, semantic: bool | None
                                      seed_share=sum(r.seeds for r in types[skill].values()) / total_seeds))
     pipeline.store.close()
     return Report(run_id=run_id, skill=run["skill"], status=status, counts=registry.counts(run_id),
-                  target=getattr(settings, "target", None), skills=reports, notes=notes)
+                  target=settings.target, skills=reports, notes=notes)
 
 
 def _skill_report(skill: str, taxonomy: list[str], types: dict[str, TypeRow], drops: list[Drop],

@@ -121,3 +121,69 @@ def test_a_run_killed_while_collecting_deals_evenly_once_resumed(tmp_path):
     accepted = Counter(r["task_type"] for r in run.registry.db.query(
         "select task_type from seeds where run_id = 'cut' and status = 'accepted'"))
     assert by_sample == accepted and sum(accepted.values()) > 0
+
+
+# ---- --target N ----
+
+def kept_by_type(run) -> Counter:
+    return Counter(s["metadata"]["task_type"] for s in run.samples())
+
+
+def test_target_runs_seeds_until_every_task_type_has_n_samples(tmp_path):
+    """open_domain_qa has 12 task types; with no refinement each accepted seed writes one sample, so
+    --target 2 needs 24 of the 30 seeds and leaves 6 unused, each with its reason."""
+    corpus = corpus_of(tmp_path / "corpus", 30)
+    run = teachgraph.run("open_domain_qa", [corpus], rounds=0, target=2, concurrency=4, home=tmp_path / "home",
+                         run_id="tg", llm=fake_llm(), model="fake")
+    names = {t.name for t in skills.load("open_domain_qa").taxonomy}
+    assert kept_by_type(run) == Counter({name: 2 for name in names})
+    unused = [r for r in run.registry.failures("tg") if r["node"] == "target"]
+    assert len(unused) == 6 and all("--target 2" in r["why"] for r in unused)
+    assert run.counts["accepted"] == 24 and run.counts["pending"] == 0 and run.status == "complete"
+    # the registry's task type of each seed is the one its sample has (seeds were dealt again as they started)
+    for sample in run.samples():
+        assert run.registry.seed("tg", sample["metadata"]["seed_id"])["task_type"] == sample["metadata"]["task_type"]
+    report = teachgraph.report("tg", home=tmp_path / "home", semantic=False)
+    assert report.short_of_target() == []
+    from teachgraph import quality
+    assert "every task type has 2 accepted samples" in quality.markdown(report)
+
+
+def test_target_says_which_types_fell_short_when_the_seeds_run_out(tmp_path):
+    corpus = corpus_of(tmp_path / "corpus", 9)
+    run = teachgraph.run("open_domain_qa", [corpus], rounds=0, target=2, home=tmp_path / "home", run_id="few",
+                         llm=fake_llm(), model="fake")
+    kept = kept_by_type(run)
+    assert sum(kept.values()) == 9 and max(kept.values()) == 1    # spread over 9 types, one each
+    report = teachgraph.report("few", home=tmp_path / "home", semantic=False)
+    short = report.short_of_target()
+    assert len(short) == 12 and sorted(n for _, _, n in short) == [0, 0, 0] + [1] * 9
+    from teachgraph import quality
+    assert "12 task types fell short (the seeds ran out)" in quality.markdown(report)
+
+
+def test_target_stays_even_across_an_interrupted_run_and_its_resume(tmp_path):
+    """Stopped (as by Ctrl-C) after some seeds, then resumed: every type still ends with exactly N, and
+    the seeds in flight at the stop keep the task type their checkpoint holds."""
+    from teachgraph.api import Reporter, _Stopper
+    corpus = corpus_of(tmp_path / "corpus", 30)
+    stopper = _Stopper()
+
+    class StopAfter(Reporter):
+        done = 0
+
+        def seed_done(self, status, samples):
+            StopAfter.done += 1
+            if StopAfter.done == 7:
+                stopper.stop()
+    with pytest.raises(teachgraph.RunInterrupted):
+        teachgraph.run("open_domain_qa", [corpus], rounds=0, target=2, concurrency=3, home=tmp_path / "home",
+                       run_id="cut", llm=fake_llm(), model="fake", reporter=StopAfter(), _stopper=stopper)
+    first = teachgraph.open_run("cut", home=tmp_path / "home")
+    assert 0 < first.counts["accepted"] < 24 and first.counts["pending"] > 0
+    run = teachgraph.resume("cut", home=tmp_path / "home", llm=fake_llm())
+    names = {t.name for t in skills.load("open_domain_qa").taxonomy}
+    assert kept_by_type(run) == Counter({name: 2 for name in names})
+    assert run.counts["accepted"] == 24 and run.counts["pending"] == 0
+    for sample in run.samples():
+        assert run.registry.seed("cut", sample["metadata"]["seed_id"])["task_type"] == sample["metadata"]["task_type"]
