@@ -4,6 +4,7 @@ near-duplicates, refinement), in Markdown, in offline HTML and from the CLI."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -155,3 +156,17 @@ def test_the_report_counts_what_the_run_graph_made(tmp_path):
     assert rc.covered == 12 and rc.samples == run.counts["samples"] == 24
     assert rc.refined == rc.seed_items == 12 and all(d > 0 for d in rc.edit_distances)
     assert sum(r.kept for r in rc.types.values()) == 24
+
+
+def test_samples_the_run_gates_dropped_are_counted_by_gate_and_reason(planted, monkeypatch):
+    """The gates record each dropped sample in the store (Registry.dropped_samples: sample_id, seed_id,
+    gate, reason, duplicate_of, body); the report counts them per task type and dedup gate."""
+    home, t = planted
+    dropped = chat("p", "s2", 2, "name the gamma again", "gamma is three", t[1])
+    rows = [{"sample_id": dropped["id"], "seed_id": "s2", "gate": "near_duplicate",
+             "reason": "near-duplicate: Jaccard 0.80", "duplicate_of": "p:s2:r0", "body": json.dumps(dropped)}]
+    monkeypatch.setattr(Registry, "dropped_samples", lambda self, run_id, gate=None: iter(rows), raising=False)
+    (mcq,) = teachgraph.report("p", home=home.root, semantic=False).skills
+    assert mcq.gate_duplicates == 1 and mcq.types[t[1]].gate_dropped == 1 and mcq.types[t[1]].kept == 1
+    assert any(d.stage == "sample" and d.by == "gate near_duplicate" and d.reason == "near-duplicate: Jaccard 0.80"
+               for d in mcq.drops)
