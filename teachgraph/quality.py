@@ -253,6 +253,8 @@ def build(registry: Registry, run_id: str, *, status: str, semantic: bool | None
         semantic = _semantic_available()
         if not semantic:
             notes.append("embedding dispersion left out: the `semantic` extra is not installed")
+    elif semantic and not _semantic_available():
+        raise UsageError("--semantic needs the semantic extra: pip install 'teachgraph[semantic]'")
     pipeline = _dedup_pipeline()
 
     types: dict[str, dict[str, TypeRow]] = defaultdict(dict)
