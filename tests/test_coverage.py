@@ -4,6 +4,7 @@ seeds until every task type has N accepted samples or the seeds run out."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -181,6 +182,8 @@ def test_target_stays_even_across_an_interrupted_run_and_its_resume(tmp_path):
                        run_id="cut", llm=fake_llm(), model="fake", reporter=StopAfter(), _stopper=stopper)
     first = teachgraph.open_run("cut", home=tmp_path / "home")
     assert 0 < first.counts["accepted"] < 24 and first.counts["pending"] > 0
+    with sqlite3.connect(tmp_path / "home" / "checkpoints.db") as db:   # seeds cut off mid-graph: resumed as started
+        assert db.execute("select count(distinct thread_id) from checkpoints").fetchone()[0] >= 1
     run = teachgraph.resume("cut", home=tmp_path / "home", llm=fake_llm())
     names = {t.name for t in skills.load("open_domain_qa").taxonomy}
     assert kept_by_type(run) == Counter({name: 2 for name in names})
