@@ -112,8 +112,8 @@ class Skill:
                 return item
         raise SkillError(f"skill {self.name!r} has no transformation {name!r}")
 
-    def assigner(self, dealt: dict[str, int] | None = None) -> "Assigner":
-        return Assigner(self, dealt)
+    def assigner(self) -> "Assigner":
+        return Assigner(self)
 
     def task_type(self, name: str) -> TaskType:
         for task in self.taxonomy:
@@ -147,14 +147,13 @@ class Assigner:
     one dealt least so far in the run among those that fit that transformation (ties: taxonomy
     order), so the whole taxonomy is covered evenly across transformations. A round-robin per
     transformation restarted for each one: 13 seeds over 10 transformations used 4 of 43 types.
-    `dealt`: how often each task type was dealt already (the run's store), to continue evenly."""
+    A run deals all its seeds when it collects them, and a run killed while collecting collects again
+    from scratch, so the counts start at zero; `--target` deals seeds again as they start, from the
+    counts in the store (teachgraph/mix.py Target)."""
 
-    def __init__(self, skill: Skill, dealt: dict[str, int] | None = None):
+    def __init__(self, skill: Skill):
         self.skill = skill
         self.dealt: dict[str, int] = {t.name: 0 for t in skill.taxonomy}
-        for name, count in (dealt or {}).items():
-            if name in self.dealt:
-                self.dealt[name] += count
 
     def __call__(self, seed_id: str, kind: str) -> tuple[str | None, str | None]:
         """(transformation, task type) for a seed; (None, None) when the skill cannot use its kind."""

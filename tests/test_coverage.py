@@ -62,17 +62,6 @@ def test_every_skill_deals_evenly(name):
     assert set(counts) == {t.name for t in skill.taxonomy if any(t.fits(tr) for tr in text)}
 
 
-def test_dealing_continues_from_counts_already_dealt():
-    rc = skills.load("reading_comprehension")
-    first = rc.assigner()
-    dealt = Counter(first(f"s{n}", "text")[1] for n in range(20))
-    resumed = rc.assigner(dict(dealt))
-    dealt.update(resumed(f"s{n}", "text")[1] for n in range(20, 86))
-    fresh = rc.assigner()
-    assert dealt == Counter(fresh(f"s{n}", "text")[1] for n in range(86))
-    assert spread(dealt, universal(rc)) <= 1
-
-
 # ---- in a run, with the fake model ----
 
 def corpus_of(folder: Path, documents: int) -> Path:
