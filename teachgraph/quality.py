@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from teachgraph import skills as skill_library
 from teachgraph.checkpoints.registry import Registry
 from teachgraph.errors import UsageError
+from teachgraph.export import rejection
 from teachgraph.runner import Settings
 
 TARGET_NODE = "target"    # seeds `--target` left unused (their task types were full): not rejections
@@ -226,20 +227,6 @@ def _chat(body: dict):
         return None
 
 
-def _sample_verdict(meta: dict) -> tuple[str, str] | None:
-    """A check, gate or review in the sample's own metadata that rejected it: (by, reason)."""
-    for check in meta.get("checks") or []:
-        if not check.get("ok", True):
-            return f"check {check.get('check')}", str(check.get("detail") or "")
-    for gate in meta.get("gates") or []:
-        if gate.get("verdict") == "reject":
-            return f"gate {gate.get('gate')}", str(gate.get("reason") or "")
-    review = meta.get("review") or {}
-    if review.get("verdict") == "reject":
-        return f"review {review.get('reviewer') or 'reviewer'}", str(review.get("reason") or "")
-    return None
-
-
 def build(registry: Registry, run_id: str, *, status: str, semantic: bool | None = None,
           bleu_texts: int = 100, embed_texts: int = 256) -> Report:
     """The report of `run_id`. `semantic` None: embedding dispersion when the `semantic` extra is there."""
@@ -313,7 +300,7 @@ def _skill_report(skill: str, taxonomy: list[str], types: dict[str, TypeRow], dr
                   gate_duplicates: int, *, mix_share: float | None, seed_share: float) -> SkillReport:
     chats = []
     for sample in samples:
-        verdict = _sample_verdict(sample.get("metadata") or {})
+        verdict = rejection(sample.get("metadata") or {})
         name = (sample.get("metadata") or {}).get("task_type") or "-"
         if verdict:   # dropped: counted, and left out of the figures below
             types.setdefault(name, TypeRow(name)).vetoed += 1
