@@ -88,10 +88,19 @@ class Target:
     just because seeds of theirs are running, the seed waits for one of them to end: if it is
     rejected, the seed is still needed; counting running seeds as done would stop short."""
 
-    def __init__(self, registry: Registry, run_id: str, n: int):
+    def __init__(self, registry: Registry, run_id: str, n: int, started: set[str] = frozenset()):
         self.registry, self.run_id, self.n = registry, run_id, n
         self.running: dict[str, tuple[str, str]] = {}    # seed id -> (skill, task type)
         self._ended: asyncio.Event | None = None
+        # seeds a resumed run will continue (they have checkpoints) count as running from the start:
+        # a seed before them in the corpus's order must not be dealt the type they already hold
+        for seed_id in started:
+            try:
+                row = registry.seed(run_id, seed_id)
+            except KeyError:                 # a thread left by a collection cut short
+                continue
+            if row["status"] not in ("accepted", "rejected"):
+                self.running[seed_id] = (row["skill"], row["task_type"])
 
     def _in_flight(self, skill: str) -> Counter:
         return Counter(task for s, task in self.running.values() if s == skill)

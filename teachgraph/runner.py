@@ -21,7 +21,7 @@ from langchain_openai import ChatOpenAI
 
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.registry import Registry
-from teachgraph.checkpoints.saver import forget_thread, open_saver, thread_id
+from teachgraph.checkpoints.saver import forget_thread, open_saver, started_seeds, thread_id
 from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
@@ -241,7 +241,8 @@ class SeedRunner:
         self.settings, self.reporter, self.writer, self.saver = settings, reporter, writer, saver
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
-        self.target = Target(registry, run_id, settings.target) if settings.target else None
+        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id)) \
+            if settings.target else None
 
     def _graph_for(self, name: str | None) -> tuple[Any, RunContext]:
         """The compiled graph and context of a seed's skill, built on first use."""

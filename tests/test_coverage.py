@@ -153,22 +153,21 @@ def test_target_says_which_types_fell_short_when_the_seeds_run_out(tmp_path):
 
 
 def test_target_stays_even_across_an_interrupted_run_and_its_resume(tmp_path):
-    """Stopped (as by Ctrl-C) after some seeds, then resumed: every type still ends with exactly N, and
-    the seeds in flight at the stop keep the task type their checkpoint holds."""
-    from teachgraph.api import Reporter, _Stopper
+    """Stopped (as by Ctrl-C) in the middle of a model call, then resumed: every type still ends with
+    exactly N, and the seeds cut off mid-graph keep the task type their checkpoint holds."""
+    from teachgraph.api import _Stopper
     corpus = corpus_of(tmp_path / "corpus", 30)
     stopper = _Stopper()
 
-    class StopAfter(Reporter):
-        done = 0
-
-        def seed_done(self, status, samples):
-            StopAfter.done += 1
-            if StopAfter.done == 7:
+    class StopAtCall(FlowScript):
+        def reply(self, system, user, schema):
+            if len(self.calls) == 20:     # a seed is inside a model call: its thread has a checkpoint
                 stopper.stop()
+            return super().reply(system, user, schema)
+    llm = LLM(chat=SchemaChatModel(script=StopAtCall()), model_name="fake", structured_mode="json_object")
     with pytest.raises(teachgraph.RunInterrupted):
         teachgraph.run("open_domain_qa", [corpus], rounds=0, target=2, concurrency=3, home=tmp_path / "home",
-                       run_id="cut", llm=fake_llm(), model="fake", reporter=StopAfter(), _stopper=stopper)
+                       run_id="cut", llm=llm, model="fake", _stopper=stopper)
     first = teachgraph.open_run("cut", home=tmp_path / "home")
     assert 0 < first.counts["accepted"] < 24 and first.counts["pending"] > 0
     with sqlite3.connect(tmp_path / "home" / "checkpoints.db") as db:   # seeds cut off mid-graph: resumed as started
@@ -179,3 +178,22 @@ def test_target_stays_even_across_an_interrupted_run_and_its_resume(tmp_path):
     assert run.counts["accepted"] == 24 and run.counts["pending"] == 0
     for sample in run.samples():
         assert run.registry.seed("cut", sample["metadata"]["seed_id"])["task_type"] == sample["metadata"]["task_type"]
+
+
+def test_target_counts_the_seeds_a_resumed_run_will_continue(tmp_path):
+    """A seed cut off mid-graph holds its type in its checkpoint: a seed before it in the corpus's order,
+    dealt first on resume, must count it, or their type ends with N + 1."""
+    import asyncio
+    from teachgraph.mix import Target
+    from teachgraph.seeds import Chunk
+    skill = skills.load("open_domain_qa")
+    t = [task.name for task in skill.taxonomy]
+    registry = Registry(tmp_path / "runs.db")
+    registry.create_run("r", skill.name, Settings(skill=skill.name, seeds=[], out=str(tmp_path / "o.jsonl")).to_json())
+    chunks = [Chunk(id=f"s{n}", source="x", index=n, title="x", text="text " * 50, kind="text") for n in range(3)]
+    registry.add_corpus("r", chunks, limit=None, passage_chars=420,
+                        assign=lambda seed_id, kind: (skill.name, skill.transformations[0].name, t[0]))
+    seed1 = registry.seed("r", "s1")
+    assert asyncio.run(Target(registry, "r", 1).deal(seed1, skill)) == t[0]       # unaware of s2: its own t0
+    resumed = Target(registry, "r", 1, started={"s2", "gone"})                     # s2 holds t0, mid-graph
+    assert asyncio.run(resumed.deal(seed1, skill)) == t[1]
