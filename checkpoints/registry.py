@@ -346,6 +346,26 @@ class Registry:
             """select skill, task_type, count(*) as seeds, sum(status = 'accepted') as accepted from seeds
                where run_id = ? group by skill, task_type order by skill, task_type""", [run_id]))
 
+    def kept_samples(self, run_id: str, skill: str) -> dict[str, int]:
+        """Samples the accepted seeds of `skill` wrote, by task type (what --target counts)."""
+        return {row["task_type"]: row["samples"] for row in self.db.query(
+            """select task_type, coalesce(sum(samples), 0) as samples from seeds
+               where run_id = ? and status = 'accepted' and coalesce(skill, ?) = ? group by task_type""",
+            [run_id, skill, skill])}
+
+    def deal_task_type(self, run_id: str, seed_id: str, task_type: str) -> None:
+        """Give a seed that has not started another task type (--target deals seeds as they start)."""
+        with self.db.conn:
+            self.db.execute("update seeds set task_type = ? where run_id = ? and id = ?", [task_type, run_id, seed_id])
+
+    def outcomes_by_task_type(self, run_id: str) -> list[dict]:
+        """Seeds and their samples counted by skill, task type, status, node and reason (an accepted
+        seed's reason says why its refined item got no sample): the quality report's rows."""
+        return list(self.db.query(
+            """select skill, task_type, status, coalesce(node, '') as node, coalesce(reason, error, '') as reason,
+                      count(*) as seeds, coalesce(sum(samples), 0) as samples
+               from seeds where run_id = ? group by 1, 2, 3, 4, 5 order by 1, 2, 3, 6 desc""", [run_id]))
+
     def by_skill(self, run_id: str) -> list[dict]:
         return list(self.db.query(
             """select skill, count(*) as seeds, sum(status = 'accepted') as accepted,

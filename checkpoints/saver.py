@@ -138,6 +138,14 @@ def shrink(conn: sqlite3.Connection) -> None:
         pass
 
 
+def started_seeds(saver: SqliteSaver, run_id: str) -> set[str]:
+    """The seeds of `run_id` whose graphs have a checkpoint (started, not yet forgotten)."""
+    prefix = thread_id(run_id, "")
+    rows = saver.conn.execute("select distinct thread_id from checkpoints where substr(thread_id, 1, ?) = ?",
+                              [len(prefix), prefix]).fetchall()
+    return {row[0][len(prefix):] for row in rows}
+
+
 async def forget_thread(saver: SqliteSaver, thread: str) -> None:
     """A finished seed's outcome lives in the registry; its checkpoints are no longer needed."""
     await saver.adelete_thread(thread)

@@ -100,6 +100,10 @@ class Skill:
     def transformations_for(self, kind: str) -> tuple[Transformation, ...]:
         return tuple(t for t in self.transformations if kind in t.kinds)
 
+    def types_for(self, transformation: str | None) -> list[TaskType]:
+        """The task types that fit material from `transformation` (all of them if none is routed to it)."""
+        return [t for t in self.taxonomy if t.fits(transformation)] or list(self.taxonomy)
+
     def accepts(self, kind: str) -> bool:
         return not self.transformations or bool(self.transformations_for(kind))
 
@@ -140,12 +144,17 @@ class Assigner:
     """Deals each seed a transformation and a task type when a run registers its seeds.
 
     The transformation is picked at random among those that take the seed's kind (the paper picks
-    one at random), but seeded by the seed id, so the choice never changes. Task types that fit
-    that transformation are dealt round-robin per transformation, so every type gets used."""
+    one at random), but seeded by the seed id, so the choice never changes. The task type is the
+    one dealt least so far in the run among those that fit that transformation (ties: taxonomy
+    order), so the whole taxonomy is covered evenly across transformations. A round-robin per
+    transformation restarted for each one: 13 seeds over 10 transformations used 4 of 43 types.
+    A run deals all its seeds when it collects them, and a run killed while collecting collects again
+    from scratch, so the counts start at zero; `--target` deals seeds again as they start, from the
+    counts in the store (teachgraph/mix.py Target)."""
 
     def __init__(self, skill: Skill):
         self.skill = skill
-        self.dealt: dict[str | None, int] = {}
+        self.dealt: dict[str, int] = {t.name: 0 for t in skill.taxonomy}
 
     def __call__(self, seed_id: str, kind: str) -> tuple[str | None, str | None]:
         """(transformation, task type) for a seed; (None, None) when the skill cannot use its kind."""
@@ -157,10 +166,10 @@ class Assigner:
                 return None, None
             digest = hashlib.sha256(f"{self.skill.name}:{seed_id}".encode()).digest()
             transformation = choices[int.from_bytes(digest[:8], "big") % len(choices)].name
-        fitting = [t for t in self.skill.taxonomy if t.fits(transformation)] or list(self.skill.taxonomy)
-        n = self.dealt.get(transformation, 0)
-        self.dealt[transformation] = n + 1
-        return transformation, fitting[n % len(fitting)].name
+        fitting = self.skill.types_for(transformation)
+        task = min(fitting, key=lambda t: self.dealt[t.name])   # min keeps the first of equals: taxonomy order
+        self.dealt[task.name] += 1
+        return transformation, task.name
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ _API = {
     "run": "teachgraph.api", "arun": "teachgraph.api", "resume": "teachgraph.api", "aresume": "teachgraph.api",
     "open_run": "teachgraph.api", "probe_endpoint": "teachgraph.api", "Run": "teachgraph.api",
     "Reporter": "teachgraph.api", "estimate": "teachgraph.api", "BudgetReached": "teachgraph.client.budget",
-    "filter_samples": "teachgraph.api",
+    "filter_samples": "teachgraph.api", "report": "teachgraph.api",
     "Options": "teachgraph.options", "DEFAULTS": "teachgraph.options",
     "RunStatus": "teachgraph.states", "SeedStatus": "teachgraph.states",
     "Executor": "teachgraph.runner", "LocalExecutor": "teachgraph.runner", "SeedRunner": "teachgraph.runner",

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import httpx
 
-from teachgraph import embedded
+from teachgraph import embedded, quality
 from teachgraph import skills as skill_library
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.cache import ResponseCache
@@ -193,6 +193,16 @@ def open_run(run_id: str, home: str | Path | Home | None = None) -> Run:
     if run.record is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
     return run
+
+
+@_store_errors
+def report(run_id: str, *, home: str | Path | Home | None = None, semantic: bool | None = None,
+           bleu_texts: int = 100, embed_texts: int = 256) -> "quality.Report":
+    """The quality report of a run (teachgraph/quality.py): render it with quality.markdown / quality.html.
+    `semantic` None: embedding dispersion when the `semantic` extra is installed."""
+    run = open_run(run_id, home)
+    return quality.build(run.registry, run_id, status=run.status, semantic=semantic, bleu_texts=bleu_texts,
+                         embed_texts=embed_texts)
 
 
 # ---------------------------------------------------------------- the endpoint
@@ -502,8 +512,11 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
              retries: int, cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
              stopper: _Stopper | None, llm: LLM | None, max_tokens_total: int | None = None,
              max_cost: float | None = None, price_in: float | None = None, price_out: float | None = None,
-             judge_model: str | None = None, judge_base_url: str | None = None) -> str:
+             judge_model: str | None = None, judge_base_url: str | None = None,
+             target: int | None = None) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
+    if target is not None and target < 1:
+        raise UsageError(f"--target must be at least 1, not {target}")
     if skill == "all":
         weights = load_mix(mix or "orca")
         dealt = [skill_library.load(name) for name in weights]
@@ -533,7 +546,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
         concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
-        mix=weights, cache=cache, judge_model=judge_model, judge_base_url=checked_base_url(judge_base_url))
+        mix=weights, cache=cache, judge_model=judge_model, judge_base_url=checked_base_url(judge_base_url),
+        target=target)
     if judge_base_url and not judge_model:
         raise UsageError("--judge-base-url goes with --judge-model")
     if base_url and not model:
@@ -627,7 +641,8 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
         judge_model: str | None = None, judge_base_url: str | None = None,
         max_tokens_total: int | None = None, max_cost: float | None = None, price_in: float | None = None,
-        price_out: float | None = None, _stopper: _Stopper | None = None) -> Run:
+        price_out: float | None = None, target: int | None = None,
+        _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
@@ -638,14 +653,15 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
     (USD; needs prices: `price_in`/`price_out` per million tokens, or the model's in prices.toml)
     stop it cleanly once spent: status "stopped at budget", `run.stop_reason`, resumable.
     `judge_model`: the LLM judge, a check on every answer (on `judge_base_url`, or the generator's
-    endpoint)."""
+    endpoint). `target` N: run the seeds (all of them unless `limit`) until every task type has N
+    kept samples; the rest stay unused."""
     home = _home(home)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
                     reporter=reporter, executor=executor, stopper=_stopper, llm=llm,
                     max_tokens_total=max_tokens_total, max_cost=max_cost, price_in=price_in, price_out=price_out,
-                    judge_model=judge_model, judge_base_url=judge_base_url)
+                    judge_model=judge_model, judge_base_url=judge_base_url, target=target)
     return Run(made, home)
 
 

@@ -277,6 +277,9 @@ def graph_run(
     price_out: Optional[float] = typer.Option(None, "--price-out", min=0.0, help="USD per million output tokens"),
     judge_model: Optional[str] = JUDGE_MODEL,
     judge_base_url: Optional[str] = JUDGE_BASE_URL,
+    target: Optional[int] = typer.Option(None, "--target", min=1,
+                                         help="run unused seeds until every task type has N kept samples "
+                                              "(or the seeds run out: `report RUN_ID` says which fell short)"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     try:
@@ -285,7 +288,7 @@ def graph_run(
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
                       reporter=ConsoleReporter(), max_tokens_total=max_tokens_total, max_cost=max_cost,
                       price_in=price_in, price_out=price_out, judge_model=judge_model,
-                      judge_base_url=judge_base_url)
+                      judge_base_url=judge_base_url, target=target)
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -470,6 +473,29 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
             print("\t".join(shown(row[k] if row[k] is not None else "-")
                             for k in ("status", "seed", "source", "node", "why")))
     say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)")
+
+
+@app.command("report")
+def report_command(run_id: str = typer.Argument(..., metavar="RUN_ID"),
+                   html: Optional[Path] = typer.Option(None, "--html", help="also write one self-contained HTML "
+                                                       "page with plots (works offline)"),
+                   semantic: Optional[bool] = typer.Option(None, "--semantic/--no-semantic",
+                                                           help="embedding dispersion (default: when the "
+                                                                "`semantic` extra is installed)")) -> None:
+    """A run's quality report (Markdown): per skill and task type what was kept and dropped, taxonomy
+    coverage, diversity, near-duplicates, lengths and what refinement changed."""
+    from teachgraph import quality
+    made = api.report(run_id, home=Home.from_env(), semantic=semantic)
+    if html is not None:
+        _make_parent(html)
+        try:
+            html.write_text(quality.html(made), encoding="utf-8")
+        except OSError as exc:
+            fail(str(storage.describe_os(html, exc)))
+    # Markdown as text, each line shown: sample text never reaches the terminal as control characters
+    print("\n".join(shown(line) for line in quality.markdown(made).splitlines()))
+    if html is not None:
+        say(f"wrote {html}")
 
 
 # ---------------------------------------------------------------- endpoint

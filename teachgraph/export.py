@@ -77,17 +77,23 @@ register = FORMATS.register
 
 # ---------------------------------------------------------------- verdicts
 
-def rejected_by(meta: dict) -> str | None:
+def rejection(meta: dict) -> tuple[str, str] | None:
+    """(by, reason) of the first check, gate or review in a sample's metadata that rejects it."""
     for check in meta.get("checks") or []:
         if not check.get("ok", True):
-            return f"check {check.get('check')}"
+            return f"check {check.get('check')}", str(check.get("detail") or "")
     for gate in meta.get("gates") or []:
         if gate.get("verdict") == REJECT:
-            return f"gate {gate.get('gate')}"
+            return f"gate {gate.get('gate')}", str(gate.get("reason") or "")
     review = meta.get("review") or {}
     if review.get("verdict") == REJECT:
-        return f"review {review.get('reviewer') or 'reviewer'}"
+        return f"review {review.get('reviewer') or 'reviewer'}", str(review.get("reason") or "")
     return None
+
+
+def rejected_by(meta: dict) -> str | None:
+    found = rejection(meta)
+    return found[0] if found else None
 
 
 # ---------------------------------------------------------------- formats

@@ -7,12 +7,15 @@ so the counts track the weights as seeds stream in and code seeds go where code 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 from teachgraph import skills
+from teachgraph.checkpoints.registry import Registry
 from teachgraph.skills import Skill, SkillError
 
 MIXES_FILE = skills.SKILLS_DIR / "mixes.toml"
@@ -73,3 +76,61 @@ class Dealer:
         self.dealt[name] += 1
         transformation, task_type = self.assigners[name](seed_id, kind)
         return name, transformation, task_type
+
+
+class Target:
+    """`--target N`: run seeds until every task type has N kept samples, or the seeds run out.
+
+    A seed is dealt again as it starts (only then: a started seed's graph has its task type): it takes
+    the fitting type furthest below N (kept samples, from the store, plus the seeds of that type
+    running now; ties: its own type, then taxonomy order). When
+    every fitting type is full the seed is left unused. When the only types still short are short
+    just because seeds of theirs are running, the seed waits for one of them to end: if it is
+    rejected, the seed is still needed; counting running seeds as done would stop short."""
+
+    def __init__(self, registry: Registry, run_id: str, n: int, started: set[str] = frozenset()):
+        self.registry, self.run_id, self.n = registry, run_id, n
+        self.running: dict[str, tuple[str, str]] = {}    # seed id -> (skill, task type)
+        self._ended: asyncio.Event | None = None
+        # seeds a resumed run will continue (they have checkpoints) count as running from the start:
+        # a seed before them in the corpus's order must not be dealt the type they already hold
+        for seed_id in started:
+            try:
+                row = registry.seed(run_id, seed_id)
+            except KeyError:                 # a thread left by a collection cut short
+                continue
+            if row["status"] not in ("accepted", "rejected"):
+                self.running[seed_id] = (row["skill"], row["task_type"])
+
+    def _in_flight(self, skill: str) -> Counter:
+        return Counter(task for s, task in self.running.values() if s == skill)
+
+    async def deal(self, seed: dict, skill: Skill) -> str | None:
+        """The seed's task type now, or None: not needed (every type it fits has N kept samples)."""
+        if skill.transformations and not seed.get("transformation"):
+            return seed["task_type"]     # the skill cannot use the seed: its graph rejects it, at no cost
+        fitting = [t.name for t in skill.types_for(seed.get("transformation"))]
+        while True:
+            kept = self.registry.kept_samples(self.run_id, skill.name)
+            running = self._in_flight(skill.name)
+            open_ = [t for t in fitting if kept.get(t, 0) + running[t] < self.n]
+            if open_:
+                # min keeps the first of equals: the seed's own type, then taxonomy order
+                task = min(sorted(open_, key=lambda t: t != seed["task_type"]),
+                           key=lambda t: kept.get(t, 0) + running[t])
+                self.running[seed["id"]] = (skill.name, task)
+                return task
+            if not any(kept.get(t, 0) < self.n for t in fitting):
+                return None
+            if self._ended is None:
+                self._ended = asyncio.Event()
+            await self._ended.wait()     # a running seed of a short type ends: look again
+
+    def ended(self, seed_id: str) -> None:
+        if self.running.pop(seed_id, None) is not None and self._ended is not None:
+            self._ended.set()
+            self._ended = None
+
+    def unused_reason(self, skill: Skill, seed: dict) -> str:
+        return (f"not needed: every task type it fits already has {self.n} kept samples (--target {self.n}); "
+                f"transformation {seed.get('transformation') or '-'}")

@@ -21,7 +21,7 @@ from langchain_openai import ChatOpenAI
 
 from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.registry import Registry
-from teachgraph.checkpoints.saver import forget_thread, open_saver, thread_id
+from teachgraph.checkpoints.saver import forget_thread, open_saver, started_seeds, thread_id
 from teachgraph.checkpoints.steps import StepRecorder
 from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
@@ -31,6 +31,7 @@ from teachgraph.client.budget import BudgetReached, Meter, Prices
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
 from teachgraph.client.llm import LLM, Usage
 from teachgraph import skills
+from teachgraph.mix import Target
 from teachgraph.skills import Skill
 from teachgraph.output import SampleWriter
 from teachgraph.client.transport import async_http_client
@@ -69,6 +70,7 @@ class Settings:
     judge_model: str | None = None       # the LLM judge (--judge-model); None: no judge
     judge_base_url: str | None = None    # its endpoint; None: the generator's
     judge_structured: str | None = None  # its response mode; None: the generator's
+    target: int | None = None            # --target N: run seeds until every task type has N kept samples
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -281,6 +283,8 @@ class SeedRunner:
         self.settings, self.reporter, self.writer, self.saver = settings, reporter, writer, saver
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
+        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id)) \
+            if settings.target else None
 
     def _graph_for(self, name: str | None) -> tuple[Any, RunContext]:
         """The compiled graph and context of a seed's skill, built on first use."""
@@ -309,6 +313,9 @@ class SeedRunner:
             except Exception as record_exc:  # runs.db itself fails: stop, do not spill
                 raise (storage.fault(record_exc) or record_exc) from None
             self.reporter.seed_done(SeedStatus.FAILED, 0)
+        finally:  # its outcome is recorded: a seed waiting for a type to fill can look again
+            if self.target is not None:
+                self.target.ended(seed["id"])
 
     async def _run_seed(self, graph, ctx: RunContext, seed: dict) -> None:
         thread = thread_id(self.run_id, seed["id"])
@@ -327,6 +334,18 @@ class SeedRunner:
         # get_state leaves out of `next` the tasks whose writes are already saved, so "no next" alone
         # does not mean finished: a kill between a node's writes and the next checkpoint looks the
         # same. Finished means no next node and no task at all.
+        if not started and self.target is not None:
+            task_type = await self.target.deal(seed, ctx.skill)
+            if task_type is None:            # every task type it fits is full: left unused, said why
+                self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.REJECTED, node="target",
+                                          reason=self.target.unused_reason(ctx.skill, seed))
+                self.reporter.seed_done(SeedStatus.REJECTED, 0)
+                return
+            if task_type != seed["task_type"]:  # recorded before the graph's first checkpoint holds it
+                self.registry.deal_task_type(self.run_id, seed["id"], task_type)
+                seed = {**seed, "task_type": task_type}
+        elif self.target is not None:
+            self.target.running[seed["id"]] = (ctx.skill.name, seed["task_type"])   # resumed: it counts
         if started and not snapshot.next and not snapshot.tasks:
             final = snapshot.values          # finished before a kill, outcome not yet recorded
         else:
