@@ -13,7 +13,8 @@ Only replies that were used are stored (nodes/llm.py puts a reply once it valida
 truncated or empty reply is asked for again next time, not served. A reply over MAX_STORED_CHARS is
 used but not stored.
 
-Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL), or in the PostgreSQL store's `replies` table. A reply is written as soon as it has been used,
+Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL), or in the PostgreSQL store's `replies` table.
+A reply is written as soon as it has been used,
 so a kill loses at most the replies still in flight. Deleting the file empties the cache.
 
 The cache is optional: if the file cannot be opened, read or written (damaged, truncated, disk

@@ -384,8 +384,10 @@ class Registry:
     def counts(self, run_id: str) -> dict[str, Any]:
         row = next(self.db.query(
             """select count(*) as total,
-                      sum(case when status = 'accepted' then 1 else 0 end) as accepted, sum(case when status = 'rejected' then 1 else 0 end) as rejected,
-                      sum(case when status = 'failed' then 1 else 0 end) as failed, sum(case when status = 'pending' then 1 else 0 end) as pending,
+                      count(case when status = 'accepted' then 1 end) as accepted,
+                      count(case when status = 'rejected' then 1 end) as rejected,
+                      count(case when status = 'failed' then 1 end) as failed,
+                      count(case when status = 'pending' then 1 end) as pending,
                       coalesce(sum(llm_calls), 0) as llm_calls, coalesce(sum(tokens), 0) as tokens,
                       coalesce(sum(cache_hits), 0) as cache_hits,
                       coalesce(sum(samples), 0) as samples
@@ -406,14 +408,15 @@ class Registry:
 
     def task_types(self, run_id: str) -> list[dict]:
         return list(self.db.query(
-            """select skill, task_type, count(*) as seeds, sum(case when status = 'accepted' then 1 else 0 end) as accepted from seeds
-               where run_id = ? group by skill, task_type order by skill, task_type""", [run_id]))
+            """select skill, task_type, count(*) as seeds, count(case when status = 'accepted' then 1 end) as accepted
+               from seeds where run_id = ? group by skill, task_type order by skill, task_type""", [run_id]))
 
     def by_skill(self, run_id: str) -> list[dict]:
         return list(self.db.query(
-            """select skill, count(*) as seeds, sum(case when status = 'accepted' then 1 else 0 end) as accepted,
-                      sum(case when status = 'rejected' then 1 else 0 end) as rejected, sum(case when status = 'failed' then 1 else 0 end) as failed,
-                      sum(case when status = 'pending' then 1 else 0 end) as pending, coalesce(sum(samples), 0) as samples,
+            """select skill, count(*) as seeds, count(case when status = 'accepted' then 1 end) as accepted,
+                      count(case when status = 'rejected' then 1 end) as rejected,
+                      count(case when status = 'failed' then 1 end) as failed,
+                      count(case when status = 'pending' then 1 end) as pending, coalesce(sum(samples), 0) as samples,
                       coalesce(sum(llm_calls), 0) as llm_calls
                from seeds where run_id = ? group by skill order by skill""", [run_id]))
 

@@ -33,7 +33,8 @@ def words(text: str, limit: int | None = None) -> list[str]:
 
 
 def count(db: Any, run_id: str, passages: Iterable[str]) -> None:
-    """`db`: a checkpoints.sql database (SQLite or PostgreSQL). Add the passages' words to the run's counts (call inside the transaction that stores them)."""
+    """Add the passages' words to the run's counts (call inside the transaction that stores them).
+    `db`: a checkpoints.sql database, SQLite or PostgreSQL."""
     counts: Counter[str] = Counter()
     for text in passages:
         counts.update(words(text))

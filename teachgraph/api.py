@@ -34,9 +34,7 @@ import httpx
 from teachgraph import embedded
 from teachgraph import skills as skill_library
 from teachgraph.checkpoints import storage
-from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.checkpoints.registry import Registry
-from teachgraph.checkpoints.saver import check_store
 from teachgraph.client import probe
 from teachgraph.client.endpoint import EndpointError, redact
 from teachgraph.client.llm import LLM, STRUCTURED_MODES
@@ -127,7 +125,7 @@ class Run:
     @_store_errors
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = Registry(self.home.registry_path)
+            self._registry = self.home.registry()
         return self._registry
 
     @property
@@ -154,10 +152,13 @@ class Run:
             yield json.loads(body)
 
 
-def _home(home: str | Path | Home | None) -> Home:
+def _home(home: str | Path | Home | None, store: str | None = None) -> Home:
+    """`store`: a postgresql:// URL for the run's state (default TEACHGRAPH_STORE; none: SQLite in home)."""
     if isinstance(home, Home):
         return home
-    return Home(Path(home).expanduser()) if home else Home.from_env()
+    if not home:
+        return Home.from_env(store)
+    return Home(Path(home).expanduser(), store or os.environ.get("TEACHGRAPH_STORE") or None)
 
 
 def skills() -> list[skill_library.Skill]:
@@ -166,8 +167,8 @@ def skills() -> list[skill_library.Skill]:
 
 
 @_store_errors
-def open_run(run_id: str, home: str | Path | Home | None = None) -> Run:
-    home = _home(home)
+def open_run(run_id: str, home: str | Path | Home | None = None, store: str | None = None) -> Run:
+    home = _home(home, store)
     run = Run(run_id, home)
     if run.record is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
@@ -231,17 +232,17 @@ def _preflight(base_url: str, api_key: str, timeout: float = 15.0) -> None:
 @_store_errors
 def probe_endpoint(base_url: Optional[str] = None, model: Optional[str] = None, *,
                    timeout: float = DEFAULTS.probe_timeout, home: str | Path | Home | None = None,
-                   reporter: Reporter = QUIET) -> probe.ProbeResult:
+                   reporter: Reporter = QUIET, store: str | None = None) -> probe.ProbeResult:
     """Which structured output an endpoint enforces (no base_url: the embedded model's). An external
     endpoint's result is cached in runs.db for `structured="auto"`."""
     if base_url and not model:
         raise UsageError("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
-    home = _home(home)
+    home = _home(home, store)
     base_url, key = checked_base_url(base_url), api_key()
     if base_url:
         _preflight(base_url, key, timeout)
         result = asyncio.run(probe.probe(base_url, key, model, timeout=timeout))
-        Registry(home.registry_path).remember_probe(result)
+        home.registry().remember_probe(result)
         return result
     reporter.build_report(embedded.build_report())
     with embedded.embedded_server(home.root, log=reporter.note) as (url, _):
@@ -387,7 +388,7 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
         if llm is None:
             base_url, key, is_embedded, server = stack.enter_context(_endpoint_for(settings, home, run_id, reporter))
             # the cache is optional: a damaged cache.db is said once and the run goes on without it
-            cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path, on_fault=reporter.note)
+            cache = None if no_cache or not settings.cache else home.open_store().cache(on_fault=reporter.note)
             if cache is not None:
                 stack.callback(cache.close)
             llm = make_llm(settings, base_url, key, is_embedded, cache=cache, server=server)
@@ -430,7 +431,7 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
             reporter.seeds_ended()
             try:
                 registry.set_run(run_id, status=RunStatus.INTERRUPTED)
-            except sqlite3.Error:
+            except (sqlite3.Error, storage.StorageError):
                 pass  # runs.db is what failed; the run shows as interrupted anyway (its lock is released)
             reporter.note(f"endpoint: {llm.endpoint.summary()}")
             raise RunStopped(str(storage.fault(exc) or exc), run_id) from exc
@@ -469,8 +470,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
     problem = output_problem(out)
     if problem:
         raise UsageError(problem)
-    registry = Registry(home.registry_path)
-    check_store(home.checkpoints_path)  # a damaged checkpoints.db stops us here, not after the run is made
+    registry = home.registry()
+    home.open_store().check()  # a damaged checkpoints.db stops us here, not after the run is made
     settings = Settings(
         skill=run_skill, seeds=[str(p.resolve()) for p in paths], out=str(out.resolve()), limit=limit,
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
@@ -502,7 +503,7 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
 
 def _resume(run_id: str, *, no_cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
             stopper: _Stopper | None, llm: LLM | None) -> str:
-    registry = Registry(home.registry_path)
+    registry = home.registry()
     if registry.run(run_id) is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
     with _run_lock(home, run_id):
@@ -539,15 +540,16 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         temperature: float = DEFAULTS.temperature, timeout: float = DEFAULTS.timeout,
         retries: int = DEFAULTS.retries, cache: bool = DEFAULTS.cache, home: str | Path | Home | None = None,
         reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
-        _stopper: _Stopper | None = None) -> Run:
+        store: str | None = None, _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
     Returns the Run whatever its seeds' outcomes (see `run.status`, `run.counts`); raises a
     UsageError before anything is made, RunStopped (resumable) on an error no retry fixes,
     RunInterrupted on Ctrl-C / SIGTERM. `llm`: a ready model (teachgraph.client.llm.LLM) used
-    instead of an endpoint, as tests do with a scripted chat model."""
-    home = _home(home)
+    instead of an endpoint, as tests do with a scripted chat model. `store`: a postgresql:// URL to
+    keep the run's state in (default TEACHGRAPH_STORE; none: SQLite files in `home`)."""
+    home = _home(home, store)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
@@ -558,10 +560,10 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
 @_store_errors
 def resume(run_id: str, *, no_cache: bool = False, home: str | Path | Home | None = None,
            reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
-           _stopper: _Stopper | None = None) -> Run:
+           store: str | None = None, _stopper: _Stopper | None = None) -> Run:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint, failed seeds
     are retried from the node that failed. A finished run is left as it is."""
-    home = _home(home)
+    home = _home(home, store)
     return Run(_resume(run_id, no_cache=no_cache, home=home, reporter=reporter, executor=executor,
                        stopper=_stopper, llm=llm), home)
 
