@@ -220,6 +220,8 @@ class PostgresDatabase:
     def __getitem__(self, name: str) -> "PostgresTable":
         return PostgresTable(self, name)
 
+    table = __getitem__
+
     def table_names(self) -> list[str]:
         return [r["table_name"] for r in self.query(
             "select table_name from information_schema.tables where table_schema = current_schema()")]
@@ -260,6 +262,21 @@ class PostgresTable:
             f"insert into {self.name} ({', '.join(row)}) values ({', '.join('?' * len(row))}) "
             f"on conflict ({', '.join(keys)}) do update set "
             + ", ".join(f"{c} = excluded.{c}" for c in others), list(row.values()))
+
+    def create(self, columns: dict[str, type], pk: str | Sequence[str] | None = None,
+               if_not_exists: bool = False) -> None:
+        """sqlite-utils' Table.create for PostgreSQL, with a `rowid` (bigserial) as SQLite tables have
+        one: code that orders by it or selects on it runs unchanged."""
+        types = {str: "text", int: "bigint", float: "double precision", bytes: "bytea", bool: "boolean"}
+        keys = [pk] if isinstance(pk, str) else list(pk or [])
+        parts = ["rowid bigserial", *(f"{c} {types[t]}" for c, t in columns.items())]
+        if keys:
+            parts.append(f"primary key ({', '.join(keys)})")
+        self.db.execute(f"create table {'if not exists ' if if_not_exists else ''}{self.name} ({', '.join(parts)})")
+
+    def create_index(self, columns: Sequence[str], if_not_exists: bool = False) -> None:
+        self.db.execute(f"create index {'if not exists ' if if_not_exists else ''}{self.name}_{'_'.join(columns)} "
+                        f"on {self.name} ({', '.join(columns)})")
 
     def _pk_columns(self) -> list[str]:
         return [r["attname"] for r in self.db.query(

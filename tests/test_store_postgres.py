@@ -268,3 +268,24 @@ def test_kill_9_mid_run_on_postgresql_then_resume_accounts_for_every_seed_once(t
     assert _no_db_files(home) == []
     # finished seeds' checkpoints are pruned from PostgreSQL too
     assert registry.db.execute("select count(*) from checkpoints where thread_id like 'k:%'").fetchone()[0] == 0
+
+
+def test_gate_indexes_in_postgresql_survive_reopening(pg_url):
+    """The dedup gates' indexes in the PostgreSQL store: a reopened store (another worker, a resumed
+    run) still drops copies of what was kept, pointing at the kept row."""
+    from teachgraph.gates import ChatSample, GateStore, Pipeline
+    from tests.planted import Planter, planted
+
+    rows, _ = planted()
+    clean = [r for r in rows if r.expect is None][:40]
+    store = GateStore.of(open_store(pg_url, None))
+    first = Pipeline.build(store)
+    assert all(first.judge(ChatSample.from_row(r.sample, "x")).keep for r in clean)
+    store.close()
+    again = Pipeline.build(GateStore(postgres=pg_url))
+    p, original = Planter(99), clean[5].sample
+    exact = again.judge(ChatSample.from_row(p.exact_copy(original), "x"))
+    near = again.judge(ChatSample.from_row(p.near_copy(original), "x"))
+    assert (exact.gate, exact.duplicate_of) == ("exact_duplicate", original["id"])
+    assert (near.gate, near.duplicate_of) == ("near_duplicate", original["id"])
+    assert again.judge(ChatSample.from_row({**clean[6].sample, "id": "new"}, "x")).keep is False  # its copy
