@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import sqlite_utils
 
 from teachgraph.checkpoints.storage import StorageError
+from teachgraph.errors import UsageError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -128,6 +129,18 @@ def _value(v: Any) -> Any:
     return v
 
 
+def require_postgres():
+    """psycopg, or one line saying which extra to install (it is imported only for a Postgres store)."""
+    try:
+        import langgraph.checkpoint.postgres.aio  # noqa: F401
+        import psycopg
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"a PostgreSQL store needs the postgres extra ({exc.name} is missing): "
+                         f"pip install 'teachgraph[postgres]'") from None
+    return psycopg
+
+
 def pg_error(exc: BaseException, url: str) -> StorageError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return StorageError(f"PostgreSQL store {shown_url(url)}: {type(exc).__name__}: {first}")
@@ -166,15 +179,13 @@ class PostgresDatabase:
     kind = "postgresql"
 
     def __init__(self, url: str, connect_timeout: float = 10):
-        import psycopg   # the `postgres` extra; imported only when a Postgres store is opened
-
+        psycopg = require_postgres()
         self.url, self._psycopg = url, psycopg
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
         except psycopg.Error as exc:
             raise pg_error(exc, url) from None
         self.conn = _Transaction(self)
-        self._depth = 0
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -188,13 +199,9 @@ class PostgresDatabase:
         """One transaction (nested ones join the outer); `lock`: a transaction-scoped advisory lock on
         that name, so writers that take it take turns."""
         with self._errors(), self._conn.transaction():
-            self._depth += 1
-            try:
-                if lock:
-                    self._conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teachgraph:{lock}"])
-                yield
-            finally:
-                self._depth -= 1
+            if lock:
+                self._conn.execute("select pg_advisory_xact_lock(hashtext(%s))", [f"teachgraph:{lock}"])
+            yield
 
     def execute(self, sql: str, params: Sequence[Any] = ()):
         with self._errors():

@@ -78,6 +78,7 @@ class PostgresStore:
         """langgraph's AsyncPostgresSaver over a small psycopg pool, its tables set up first (once per
         store: workers opening it together take turns on an advisory lock). Enter it on the event loop
         that runs the graphs: the saver and the pool belong to the loop they were made on."""
+        sql.require_postgres()
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
