@@ -289,3 +289,10 @@ def test_gate_indexes_in_postgresql_survive_reopening(pg_url):
     assert (exact.gate, exact.duplicate_of) == ("exact_duplicate", original["id"])
     assert (near.gate, near.duplicate_of) == ("near_duplicate", original["id"])
     assert again.judge(ChatSample.from_row({**clean[6].sample, "id": "new"}, "x")).keep is False  # its copy
+
+
+def test_a_postgresql_store_without_the_postgres_extra_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)     # as if the extra were not installed
+    with pytest.raises(UsageError, match=r"pip install 'teachgraph\[postgres\]'") as caught:
+        teachgraph.open_run("r", home=tmp_path, store="postgresql://u@127.0.0.1:1/db")
+    assert "\n" not in str(caught.value)
