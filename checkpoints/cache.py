@@ -13,7 +13,8 @@ Only replies that were used are stored (nodes/llm.py puts a reply once it valida
 truncated or empty reply is asked for again next time, not served. A reply over MAX_STORED_CHARS is
 used but not stored.
 
-Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL). A reply is written as soon as it has been used,
+Stored in TEACHGRAPH_HOME/cache.db (SQLite, WAL), or in the PostgreSQL store's `replies` table.
+A reply is written as soon as it has been used,
 so a kill loses at most the replies still in flight. Deleting the file empties the cache.
 
 The cache is optional: if the file cannot be opened, read or written (damaged, truncated, disk
@@ -31,7 +32,7 @@ from typing import Callable
 import sqlite_utils
 from langchain_core.messages import AIMessage
 
-from teachgraph.checkpoints import storage
+from teachgraph.checkpoints import sql, storage
 from teachgraph.client.chat_call import reply_tokens
 
 
@@ -60,11 +61,35 @@ def _tool_calls(db: sqlite_utils.Database) -> None:   # the tools strategy's rep
         db["replies"].add_column("tool_calls", str)
 
 
+# The same schema in PostgreSQL, under the same names (checkpoints/sql.py).
+PG_MIGRATIONS = sql.Migrations("teachgraph.cache")
+
+
+@PG_MIGRATIONS(name="0001_replies")
+def _pg_replies(db: sql.PostgresDatabase) -> None:
+    db.execute("""create table replies (key text primary key, content text not null, finish_reason text,
+                  model text, tokens bigint not null default 0, created double precision not null)""")
+
+
+@PG_MIGRATIONS(name="0002_replies_tool_calls")
+def _pg_tool_calls(db: sql.PostgresDatabase) -> None:
+    db.execute("alter table replies add column tool_calls text")
+
+
 class ResponseCache:
-    def __init__(self, path: Path, on_fault: Callable[[str], None] | None = None):
-        self.path = path
+    def __init__(self, path: Path | None, on_fault: Callable[[str], None] | None = None, *,
+                 postgres: str | None = None):
+        """`path`: cache.db; or `postgres`: the URL of a PostgreSQL store (then `path` is unused)."""
+        self.path = path if postgres is None else sql.shown_url(postgres)
         self.on_fault = on_fault or logging.getLogger(__name__).warning
-        self.conn: sqlite3.Connection | None = None
+        self.conn: sqlite3.Connection | sql.PostgresDatabase | None = None
+        if postgres is not None:
+            try:
+                self.conn = sql.PostgresDatabase(postgres)
+                PG_MIGRATIONS.apply(self.conn)
+            except storage.StorageError as exc:
+                self._give_up(exc)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # autocommit: every put is its own short transaction; the event loop never waits long
@@ -81,14 +106,16 @@ class ResponseCache:
 
     def _give_up(self, exc: BaseException) -> None:
         """Carry on without the cache: a cache miss costs a model call, a broken cache every seed."""
-        if isinstance(exc, sqlite3.Error):
+        if isinstance(exc, storage.StorageError):
+            why = str(exc)
+        elif isinstance(exc, sqlite3.Error):
             why = str(storage.describe(self.path, exc))
         else:
             why = str(storage.describe_os(self.path, exc, doing="open"))
         if self.conn is not None:
             try:
                 self.conn.close()
-            except sqlite3.Error:
+            except sql.DB_ERRORS:
                 pass
             self.conn = None
         self.on_fault(f"response cache off for this run: {why}")
@@ -99,7 +126,7 @@ class ResponseCache:
         try:
             row = self.conn.execute("select content, tool_calls, finish_reason, model from replies where key = ?",
                                     [key]).fetchone()
-        except sqlite3.Error as exc:
+        except sql.DB_ERRORS as exc:
             self._give_up(exc)
             return None
         if row is None:
@@ -124,11 +151,14 @@ class ResponseCache:
         if len(content) + len(tool_calls or "") > MAX_STORED_CHARS:
             return False
         try:
-            self.conn.execute("insert or replace into replies (key, content, tool_calls, finish_reason, model, "
-                              "tokens, created) values (?, ?, ?, ?, ?, ?, ?)",
+            self.conn.execute("insert into replies (key, content, tool_calls, finish_reason, model, tokens, created) "
+                              "values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do update set "
+                              "content = excluded.content, tool_calls = excluded.tool_calls, "
+                              "finish_reason = excluded.finish_reason, model = excluded.model, "
+                              "tokens = excluded.tokens, created = excluded.created",
                               [key, content, tool_calls, meta.get("finish_reason"), meta.get("model_name"), tokens,
                                time.time()])
-        except sqlite3.Error as exc:
+        except sql.DB_ERRORS as exc:
             self._give_up(exc)
             return False
         return True
@@ -138,7 +168,7 @@ class ResponseCache:
             return
         try:
             self.conn.execute("delete from replies where key = ?", [key])
-        except sqlite3.Error as exc:
+        except sql.DB_ERRORS as exc:
             self._give_up(exc)
 
     def __len__(self) -> int:

@@ -1,8 +1,12 @@
-"""The run registry: SQLite (via sqlite-utils) as the durable log of runs, seeds, samples and
-skipped inputs, plus the full-text index of every seed's passages used to retrieve distractors.
+"""The run registry: the durable log of runs, seeds, samples and skipped inputs, plus the full-text
+index of every seed's passages used to retrieve distractors. In SQLite (runs.db, via sqlite-utils) by
+default, or in PostgreSQL (`--store postgresql://...`): one class, the same SQL (checkpoints/sql.py).
 
 A seed's outcome and its samples are written in one transaction, so after any kill a seed is
-either finished with all its samples or still pending. Never stores API keys."""
+either finished with all its samples or still pending. A seed runs in one place at a time: whoever
+runs it holds its lease (`claim_seed`), and its outcome is committed only with the lease's current
+fencing token, so a worker presumed dead that comes back cannot commit a second outcome. Never stores
+API keys."""
 
 from __future__ import annotations
 
@@ -14,16 +18,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
-from teachgraph.checkpoints import storage, terms
+from teachgraph.checkpoints import sql, storage, terms
 from teachgraph.errors import UsageError
 from teachgraph.client.budget import Spend
 from teachgraph.client.probe import Check, Probe
 from teachgraph.seeds import Chunk, Skipped, split_passages
-
-
-def fts_query(text: str, max_terms: int = 12) -> str:
-    """A safe FTS5 OR-query of the distinctive words in `text` (user text never reaches FTS syntax)."""
-    return " OR ".join(f'"{w}"' for w in terms.words(text, max_terms))
 
 
 class OutputInUse(UsageError):
@@ -35,7 +34,18 @@ class OutputInUse(UsageError):
                          f"(or resume that run: python cli.py graph resume {run_id})")
 
 
+class LeaseLost(storage.StorageError):
+    """A seed's outcome came with a fencing token that is no longer current: another worker took the
+    seed over (its lease had expired), so this outcome is not recorded."""
+
+    def __init__(self, run_id: str, seed_id: str, token: int):
+        self.run_id, self.seed_id, self.token = run_id, seed_id, token
+        super().__init__(f"seed {seed_id} of run {run_id}: lease {token} is no longer current "
+                         f"(another worker took the seed over); this outcome is not recorded")
+
+
 BUSY_TIMEOUT_S = 30.0  # how long a statement waits for another process's lock on runs.db
+LEASE_TTL_S = 60.0     # a seed's lease lasts this long unless renewed (the runner renews it every third)
 
 # runs.db's schema, as named, append-only migrations (sqlite-utils records the applied ones in
 # `_sqlite_migrations`). Never edit or reorder one that has shipped: add a new one at the end.
@@ -101,7 +111,62 @@ def _endpoint_probes(db: sqlite_utils.Database) -> None:   # what `endpoint prob
                                       "probed": float}, pk=("endpoint", "model"))
 
 
-@MIGRATIONS(name="0006_node_steps")
+# The same schema in PostgreSQL, under the same names. The first five were written for PostgreSQL when it
+# came (SQLite's carry their version-0 checks); every later one is a single `sql.migration` for both.
+PG_MIGRATIONS = sql.Migrations("teachgraph.runs")
+
+
+@PG_MIGRATIONS(name="0001_runs_seeds_samples_skipped_passages")
+def _pg_initial(db: sql.PostgresDatabase) -> None:
+    db.execute("""create table runs (id text primary key, skill text, status text, created double precision,
+                  updated double precision, settings text, wall_seconds double precision, seeds_total bigint)""")
+    db.execute("""create table seeds (run_id text, id text, ordinal bigint, source text, chunk bigint, title text,
+                  kind text, text text, task_type text, status text, reason text, node text, error text,
+                  llm_calls bigint, tokens bigint, samples bigint, updated double precision,
+                  primary key (run_id, id))""")
+    db.execute("create index seeds_run_status_ordinal on seeds (run_id, status, ordinal)")
+    db.execute("create index seeds_run_ordinal on seeds (run_id, ordinal)")
+    db.execute("create table samples (id text primary key, run_id text, seed_id text, seq bigint, body text)")
+    db.execute("create index samples_run_seq on samples (run_id, seq)")
+    db.execute("create table skipped (run_id text, source text, reason text)")
+    db.execute("create index skipped_run on skipped (run_id)")
+    # FTS5's porter tokenizer in SQLite; an English tsvector here (search: sql.PostgresDialect.search)
+    db.execute("""create table passages (run_id text, seed_id text, idx bigint, title text, text text,
+                  tsv tsvector generated always as
+                      (to_tsvector('english', coalesce(title, '') || ' ' || coalesce(text, ''))) stored)""")
+    db.execute("create index passages_run_seed on passages (run_id, seed_id)")
+    db.execute("create index passages_tsv on passages using gin (tsv)")
+
+
+@PG_MIGRATIONS(name="0002_seeds_skill_transformation")
+def _pg_multi_skill(db: sql.PostgresDatabase) -> None:
+    db.execute("alter table seeds add column skill text, add column transformation text")
+
+
+@PG_MIGRATIONS(name="0003_seeds_cache_hits")
+def _pg_cache_hits(db: sql.PostgresDatabase) -> None:
+    db.execute("alter table seeds add column cache_hits bigint not null default 0")
+
+
+@PG_MIGRATIONS(name="0004_terms")
+def _pg_terms(db: sql.PostgresDatabase) -> None:
+    db.execute("""create table terms (run_id text not null, term text not null, passages bigint not null,
+                  primary key (run_id, term))""")
+
+
+@PG_MIGRATIONS(name="0005_endpoint_probes")
+def _pg_endpoint_probes(db: sql.PostgresDatabase) -> None:
+    db.execute("""create table endpoint_probes (endpoint text, model text, strategy text, checks text,
+                  probed double precision, primary key (endpoint, model))""")
+
+
+@sql.migration(MIGRATIONS, PG_MIGRATIONS, name="0006_seed_leases")
+def _seed_leases(db) -> None:   # one row per seed ever claimed: its holder, until when, and its fencing token
+    db.execute("""create table seed_leases (run_id text not null, seed_id text not null, owner text not null,
+                  token bigint not null, expires double precision not null, primary key (run_id, seed_id))""")
+
+
+@MIGRATIONS(name="0007_node_steps")
 def _node_steps(db: sqlite_utils.Database) -> None:   # one row per graph node run (checkpoints/steps.py)
     db["steps"].create({"id": int, "run_id": str, "seed_id": str, "skill": str, "node": str, "outcome": str,
                         "next": str, "llm_calls": int, "tokens": int, "cache_hits": int, "seconds": float,
@@ -110,24 +175,33 @@ def _node_steps(db: sqlite_utils.Database) -> None:   # one row per graph node r
     db["steps"].create_index(["run_id", "skill", "node"])
 
 
-@MIGRATIONS(name="0007_sample_reviews")
-def _sample_reviews(db: sqlite_utils.Database) -> None:   # a reviewer's verdict per sample (teachgraph/review)
-    db["reviews"].create({"run_id": str, "sample_id": str, "verdict": str, "note": str, "at": float},
-                         pk="sample_id")
-    db["reviews"].create_index(["run_id"])
+@PG_MIGRATIONS(name="0007_node_steps")
+def _pg_node_steps(db: sql.PostgresDatabase) -> None:   # `id` numbers itself, as SQLite's integer key does
+    db.execute("""create table steps (id bigint generated by default as identity primary key, run_id text,
+                  seed_id text, skill text, node text, outcome text, next text, llm_calls bigint, tokens bigint,
+                  cache_hits bigint, seconds double precision, detail text, at double precision)""")
+    db.execute("create index steps_run_id_seed_id_id on steps (run_id, seed_id, id)")
+    db.execute("create index steps_run_id_skill_node on steps (run_id, skill, node)")
 
 
-@MIGRATIONS(name="0008_run_spend_stop_reason_estimate")
-def _budgets(db: sqlite_utils.Database) -> None:
+@sql.migration(MIGRATIONS, PG_MIGRATIONS, name="0008_sample_reviews")
+def _sample_reviews(db) -> None:   # a reviewer's verdict per sample (teachgraph/review)
+    db.execute("""create table reviews (run_id text, sample_id text primary key, verdict text, note text,
+                  at double precision)""")
+    db.execute("create index reviews_run_id on reviews (run_id)")
+
+
+@sql.migration(MIGRATIONS, PG_MIGRATIONS, name="0009_run_spend_stop_reason_estimate")
+def _budgets(db) -> None:
     # what a run's model calls spent, added to as each reply comes back (client/budget.py); why a run
     # stopped short (its budget); the estimate made before it ran (teachgraph/estimation.py), as JSON
-    db.execute("""create table run_spend (run_id text primary key, calls integer not null default 0,
-                  input_tokens integer not null default 0, output_tokens integer not null default 0,
-                  cost real not null default 0.0)""")
-    db["runs"].add_column("stop_reason", str)
-    db["runs"].add_column("estimate", str)
+    db.execute("""create table run_spend (run_id text primary key, calls bigint not null default 0,
+                  input_tokens bigint not null default 0, output_tokens bigint not null default 0,
+                  cost double precision not null default 0.0)""")
+    db.execute("alter table runs add column stop_reason text")
+    db.execute("alter table runs add column estimate text")
     for column in ("input_tokens", "output_tokens"):   # a seed's tokens split as prices are (of `tokens`)
-        db["seeds"].add_column(column, int, not_null_default=0)
+        db.execute(f"alter table seeds add column {column} bigint not null default 0")
 
 
 class RunLedger:
@@ -145,14 +219,19 @@ class RunLedger:
 
 
 class Registry:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | sql.PostgresDatabase):
+        """`path`: runs.db (SQLite); or an open PostgreSQL store (checkpoints/store.py opens it)."""
+        if isinstance(path, sql.PostgresDatabase):
+            self.path, self.db = None, path
+            PG_MIGRATIONS.apply(self.db)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage.describe_os(path.parent, exc, doing="create the folder") from None
         self.path = path
         # storage.connect: an error names runs.db wherever it surfaces (checkpoints/storage.py)
-        self.db = sqlite_utils.Database(storage.connect(path, timeout=BUSY_TIMEOUT_S))
+        self.db = sql.SqliteDatabase(storage.connect(path, timeout=BUSY_TIMEOUT_S))
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         storage.migrate(self.db, MIGRATIONS)
@@ -163,10 +242,9 @@ class Registry:
         write transaction, so of two runs started together with the same --out one refuses."""
         now = time.time()
         conn = self.db.conn
-        with conn:
-            conn.execute("begin immediate")
-            taken = conn.execute("select id from runs where json_extract(settings, '$.out') = ? limit 1",
-                                 [settings.get("out")]).fetchone()
+        with self.db.transaction(lock="runs"):
+            taken = conn.execute(f"select id from runs where {self.db.dialect.json_text('settings', 'out')} = ? "
+                                 f"limit 1", [settings.get("out")]).fetchone()
             if taken:
                 raise OutputInUse(settings["out"], taken[0])
             conn.execute("insert into runs (id, skill, status, created, updated, settings, wall_seconds, "
@@ -260,15 +338,11 @@ class Registry:
 
     def search(self, run_id: str, query: str, *, exclude_seed: str, limit: int,
                exclude_texts: Iterable[str] = ()) -> list[dict]:
-        match = fts_query(" ".join(terms.rarest(self.db, run_id, query)))
-        if not match or limit <= 0:
+        words = terms.words(" ".join(terms.rarest(self.db, run_id, query)), 12)
+        if not words or limit <= 0:
             return []
         skip = set(exclude_texts)
-        rows = self.db.query(
-            """select p.seed_id, p.title, p.text from passages_fts f join passages p on p.rowid = f.rowid
-               where passages_fts match ? and p.run_id = ? and p.seed_id != ?
-               order by bm25(passages_fts) limit ?""",
-            [match, run_id, exclude_seed, limit + len(skip) + 8])
+        rows = self.db.dialect.search(self.db, run_id, words, exclude_seed, limit + len(skip) + 8)
         out: list[dict] = []
         for row in rows:
             if row["text"] in skip:
@@ -298,16 +372,61 @@ class Registry:
             yield from rows
             last = rows[-1]["ordinal"]
 
+    # ---- leases: a seed runs in one place at a time ----
+    def claim_seed(self, run_id: str, seed_id: str, owner: str, ttl: float = LEASE_TTL_S) -> int | None:
+        """Take the seed's lease for `ttl` seconds if nobody holds it (never claimed, released, or
+        expired by the store's clock): its new fencing token, one more than any before; None if it is
+        held. Rows are never deleted, so tokens only grow."""
+        now = self.db.dialect.now()
+        with self.db.conn:
+            row = self.db.conn.execute(
+                f"""insert into seed_leases (run_id, seed_id, owner, token, expires) values (?, ?, ?, 1, {now} + ?)
+                    on conflict (run_id, seed_id) do update set owner = excluded.owner,
+                        token = seed_leases.token + 1, expires = excluded.expires
+                    where seed_leases.expires < {now}
+                    returning token""", [run_id, seed_id, owner, ttl]).fetchone()
+        return row[0] if row else None
+
+    def renew_seed(self, run_id: str, seed_id: str, token: int, ttl: float = LEASE_TTL_S) -> bool:
+        """Extend the lease `token` holds; False if the seed has been claimed since (the lease is lost)."""
+        with self.db.conn:
+            cur = self.db.conn.execute(
+                f"update seed_leases set expires = {self.db.dialect.now()} + ? "
+                f"where run_id = ? and seed_id = ? and token = ?", [ttl, run_id, seed_id, token])
+        return cur.rowcount == 1
+
+    def expire_leases(self, run_id: str) -> None:
+        """Release every lease of the run: its driver, holding the run lock after a crash, knows their
+        holders are gone and need not wait out their TTL."""
+        with self.db.conn:
+            self.db.conn.execute("update seed_leases set expires = 0 where run_id = ?", [run_id])
+
+    def lease(self, run_id: str, seed_id: str) -> dict | None:
+        rows = list(self.db.query("select owner, token, expires from seed_leases where run_id = ? and seed_id = ?",
+                                  [run_id, seed_id]))
+        return rows[0] if rows else None
+
     def finish_seed(self, run_id: str, seed_id: str, *, status: str, samples: list[dict] = (),
                     reason: str | None = None, node: str | None = None, error: str | None = None,
                     llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0, input_tokens: int = 0,
-                    output_tokens: int = 0) -> None:
-        """The seed's outcome and its samples, atomically."""
+                    output_tokens: int = 0, lease: int | None = None) -> None:
+        """The seed's outcome and its samples, atomically. `lease`: the fencing token its runner holds;
+        if it is no longer the seed's current one, LeaseLost is raised and nothing is written. The
+        lease is released in the same transaction."""
         with self.db.conn:
+            if lease is not None:
+                # the row lock this update takes orders it with any claim: a claim committed first
+                # changed the token (0 rows here); one after sees the lease released
+                released = self.db.conn.execute(
+                    "update seed_leases set expires = 0 where run_id = ? and seed_id = ? and token = ?",
+                    [run_id, seed_id, lease])
+                if released.rowcount != 1:
+                    raise LeaseLost(run_id, seed_id, lease)
             next_seq = self.db.execute("select coalesce(max(seq), 0) from samples where run_id = ?",
                                        [run_id]).fetchone()[0]
             for offset, sample in enumerate(samples, start=1):
-                self.db.execute("insert or ignore into samples (id, run_id, seed_id, seq, body) values (?,?,?,?,?)",
+                self.db.execute("insert into samples (id, run_id, seed_id, seq, body) values (?,?,?,?,?) "
+                                "on conflict do nothing",
                                 [sample["id"], run_id, seed_id, next_seq + offset,
                                  json.dumps(sample, ensure_ascii=False)])
             self.db.execute(
@@ -320,8 +439,10 @@ class Registry:
     def counts(self, run_id: str) -> dict[str, Any]:
         row = next(self.db.query(
             """select count(*) as total,
-                      sum(status = 'accepted') as accepted, sum(status = 'rejected') as rejected,
-                      sum(status = 'failed') as failed, sum(status = 'pending') as pending,
+                      count(case when status = 'accepted' then 1 end) as accepted,
+                      count(case when status = 'rejected' then 1 end) as rejected,
+                      count(case when status = 'failed' then 1 end) as failed,
+                      count(case when status = 'pending' then 1 end) as pending,
                       coalesce(sum(llm_calls), 0) as llm_calls, coalesce(sum(tokens), 0) as tokens,
                       coalesce(sum(cache_hits), 0) as cache_hits,
                       coalesce(sum(input_tokens), 0) as input_tokens, coalesce(sum(output_tokens), 0) as output_tokens,
@@ -343,8 +464,8 @@ class Registry:
 
     def task_types(self, run_id: str) -> list[dict]:
         return list(self.db.query(
-            """select skill, task_type, count(*) as seeds, sum(status = 'accepted') as accepted from seeds
-               where run_id = ? group by skill, task_type order by skill, task_type""", [run_id]))
+            """select skill, task_type, count(*) as seeds, count(case when status = 'accepted' then 1 end) as accepted
+               from seeds where run_id = ? group by skill, task_type order by skill, task_type""", [run_id]))
 
     def kept_samples(self, run_id: str, skill: str) -> dict[str, int]:
         """Samples the accepted seeds of `skill` wrote, by task type (what --target counts)."""
@@ -368,9 +489,10 @@ class Registry:
 
     def by_skill(self, run_id: str) -> list[dict]:
         return list(self.db.query(
-            """select skill, count(*) as seeds, sum(status = 'accepted') as accepted,
-                      sum(status = 'rejected') as rejected, sum(status = 'failed') as failed,
-                      sum(status = 'pending') as pending, coalesce(sum(samples), 0) as samples,
+            """select skill, count(*) as seeds, count(case when status = 'accepted' then 1 end) as accepted,
+                      count(case when status = 'rejected' then 1 end) as rejected,
+                      count(case when status = 'failed' then 1 end) as failed,
+                      count(case when status = 'pending' then 1 end) as pending, coalesce(sum(samples), 0) as samples,
                       coalesce(sum(llm_calls), 0) as llm_calls
                from seeds where run_id = ? group by skill order by skill""", [run_id]))
 

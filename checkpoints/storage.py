@@ -134,6 +134,9 @@ def fault(exc: BaseException) -> StorageError | None:
             return exc
         if isinstance(exc, sqlite3.Error) and getattr(exc, "storage_path", None) is not None:
             return describe(exc.storage_path, exc)
+        if type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool"):   # the PostgreSQL store
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return StorageError(f"the PostgreSQL store: {type(exc).__name__}: {first}")
         # NodeFailed keeps the node's error in .error; other wrappers chain it
         inner = getattr(exc, "error", None)
         exc = inner if isinstance(inner, BaseException) else exc.__cause__ or exc.__context__

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Iterable
+from typing import Any, Iterable
 
-import sqlite_utils
 
 STOPWORDS = frozenset("""a an and are as at be but by for from has have how if in into is it its of on or
 that the their then there these this to was were what when where which while who why will with you your
@@ -33,18 +32,19 @@ def words(text: str, limit: int | None = None) -> list[str]:
     return list(seen)
 
 
-def count(db: sqlite_utils.Database, run_id: str, passages: Iterable[str]) -> None:
-    """Add the passages' words to the run's counts (call inside the transaction that stores them)."""
+def count(db: Any, run_id: str, passages: Iterable[str]) -> None:
+    """Add the passages' words to the run's counts (call inside the transaction that stores them).
+    `db`: a checkpoints.sql database, SQLite or PostgreSQL."""
     counts: Counter[str] = Counter()
     for text in passages:
         counts.update(words(text))
     db.conn.executemany(
         """insert into terms (run_id, term, passages) values (?, ?, ?)
-           on conflict (run_id, term) do update set passages = passages + excluded.passages""",
+           on conflict (run_id, term) do update set passages = terms.passages + excluded.passages""",
         [(run_id, term, n) for term, n in counts.items()])
 
 
-def rarest(db: sqlite_utils.Database, run_id: str, text: str, k: int = SEARCH_TERMS) -> list[str]:
+def rarest(db: Any, run_id: str, text: str, k: int = SEARCH_TERMS) -> list[str]:
     """Up to `k` words of `text`, rarest first. Words in a single passage are kept only if nothing
     else is left: they are usually the query's own passage, which the search excludes anyway.
     A run collected before terms were counted gets its first words, as before."""

@@ -34,9 +34,7 @@ import httpx
 from teachgraph import embedded, quality
 from teachgraph import skills as skill_library
 from teachgraph.checkpoints import storage
-from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.checkpoints.registry import Registry
-from teachgraph.checkpoints.saver import check_store
 from teachgraph import estimation as estimating
 from teachgraph.client import probe
 from teachgraph.client.budget import BudgetReached, Meter, Spend, resolve_prices
@@ -131,7 +129,7 @@ class Run:
     @_store_errors
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = Registry(self.home.registry_path)
+            self._registry = self.home.registry()
         return self._registry
 
     @property
@@ -175,10 +173,13 @@ class Run:
             yield json.loads(body)
 
 
-def _home(home: str | Path | Home | None) -> Home:
+def _home(home: str | Path | Home | None, store: str | None = None) -> Home:
+    """`store`: a postgresql:// URL for the run's state (default TEACHGRAPH_STORE; none: SQLite in home)."""
     if isinstance(home, Home):
         return home
-    return Home(Path(home).expanduser()) if home else Home.from_env()
+    if not home:
+        return Home.from_env(store)
+    return Home(Path(home).expanduser(), store or os.environ.get("TEACHGRAPH_STORE") or None)
 
 
 def skills() -> list[skill_library.Skill]:
@@ -187,8 +188,8 @@ def skills() -> list[skill_library.Skill]:
 
 
 @_store_errors
-def open_run(run_id: str, home: str | Path | Home | None = None) -> Run:
-    home = _home(home)
+def open_run(run_id: str, home: str | Path | Home | None = None, store: str | None = None) -> Run:
+    home = _home(home, store)
     run = Run(run_id, home)
     if run.record is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
@@ -262,17 +263,17 @@ def _preflight(base_url: str, api_key: str, timeout: float = 15.0) -> None:
 @_store_errors
 def probe_endpoint(base_url: Optional[str] = None, model: Optional[str] = None, *,
                    timeout: float = DEFAULTS.probe_timeout, home: str | Path | Home | None = None,
-                   reporter: Reporter = QUIET) -> probe.ProbeResult:
+                   reporter: Reporter = QUIET, store: str | None = None) -> probe.ProbeResult:
     """Which structured output an endpoint enforces (no base_url: the embedded model's). An external
     endpoint's result is cached in runs.db for `structured="auto"`."""
     if base_url and not model:
         raise UsageError("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
-    home = _home(home)
+    home = _home(home, store)
     base_url, key = checked_base_url(base_url), api_key()
     if base_url:
         _preflight(base_url, key, timeout)
         result = asyncio.run(probe.probe(base_url, key, model, timeout=timeout))
-        Registry(home.registry_path).remember_probe(result)
+        home.registry().remember_probe(result)
         return result
     reporter.build_report(embedded.build_report())
     with embedded.embedded_server(home.root, log=reporter.note) as (url, _):
@@ -431,7 +432,7 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
         if llm is None:
             base_url, key, is_embedded, server = stack.enter_context(_endpoint_for(settings, home, run_id, reporter))
             # the cache is optional: a damaged cache.db is said once and the run goes on without it
-            cache = None if no_cache or not settings.cache else ResponseCache(home.cache_path, on_fault=reporter.note)
+            cache = None if no_cache or not settings.cache else home.open_store().cache(on_fault=reporter.note)
             if cache is not None:
                 stack.callback(cache.close)
             llm = make_llm(settings, base_url, key, is_embedded, cache=cache, server=server)
@@ -479,7 +480,7 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
             reporter.seeds_ended()
             try:
                 registry.set_run(run_id, status=RunStatus.INTERRUPTED)
-            except sqlite3.Error:
+            except (sqlite3.Error, storage.StorageError):
                 pass  # runs.db is what failed; the run shows as interrupted anyway (its lock is released)
             reporter.note(f"endpoint: {llm.endpoint.summary()}")
             raise RunStopped(str(storage.fault(exc) or exc), run_id) from exc
@@ -539,8 +540,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
     problem = output_problem(out)
     if problem:
         raise UsageError(problem)
-    registry = Registry(home.registry_path)
-    check_store(home.checkpoints_path)  # a damaged checkpoints.db stops us here, not after the run is made
+    registry = home.registry()
+    home.open_store().check()  # a damaged checkpoints.db stops us here, not after the run is made
     settings = Settings(
         skill=run_skill, seeds=[str(p.resolve()) for p in paths], out=str(out.resolve()), limit=limit,
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
@@ -594,7 +595,7 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
 def _resume(run_id: str, *, no_cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
             stopper: _Stopper | None, llm: LLM | None, max_tokens_total: int | None = None,
             max_cost: float | None = None) -> str:
-    registry = Registry(home.registry_path)
+    registry = home.registry()
     if registry.run(run_id) is None:
         raise UsageError(f"no run {run_id!r} in {home.root} (see: python cli.py runs list)")
     _budget(max_tokens_total, max_cost)
@@ -642,7 +643,7 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         judge_model: str | None = None, judge_base_url: str | None = None,
         max_tokens_total: int | None = None, max_cost: float | None = None, price_in: float | None = None,
         price_out: float | None = None, target: int | None = None,
-        _stopper: _Stopper | None = None) -> Run:
+        store: str | None = None, _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
@@ -654,8 +655,9 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
     stop it cleanly once spent: status "stopped at budget", `run.stop_reason`, resumable.
     `judge_model`: the LLM judge, a check on every answer (on `judge_base_url`, or the generator's
     endpoint). `target` N: run the seeds (all of them unless `limit`) until every task type has N
-    kept samples; the rest stay unused."""
-    home = _home(home)
+    kept samples; the rest stay unused. `store`: a postgresql:// URL to keep the run's state in
+    (default TEACHGRAPH_STORE; none: SQLite files in `home`)."""
+    home = _home(home, store)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
@@ -669,11 +671,11 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
 def resume(run_id: str, *, no_cache: bool = False, home: str | Path | Home | None = None,
            reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
            max_tokens_total: int | None = None, max_cost: float | None = None,
-           _stopper: _Stopper | None = None) -> Run:
+           store: str | None = None, _stopper: _Stopper | None = None) -> Run:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint, failed seeds
     are retried from the node that failed. A finished run is left as it is. `max_tokens_total` /
     `max_cost` replace the run's budget (what it spent before counts)."""
-    home = _home(home)
+    home = _home(home, store)
     return Run(_resume(run_id, no_cache=no_cache, home=home, reporter=reporter, executor=executor,
                        stopper=_stopper, llm=llm, max_tokens_total=max_tokens_total, max_cost=max_cost), home)
 
@@ -767,7 +769,7 @@ def filter_samples(source: str | Path, out: str | Path, rejected: str | Path | N
         if base_url:
             _preflight(base_url, key, timeout)
             if structured == "auto":
-                settings.structured = _structured_strategy(Registry(home.registry_path), base_url, key, settings,
+                settings.structured = _structured_strategy(home.registry(), base_url, key, settings,
                                                            reporter)
             url, is_embedded, server = base_url, False, None
         else:

@@ -76,6 +76,13 @@ def say(message: str) -> None:
     err.print(shown(message), highlight=False, markup=False, soft_wrap=True)
 
 
+def store_option():
+    """--store on every command that opens a store (the run's state: registry, checkpoints, cache)."""
+    return typer.Option(None, "--store", envvar="TEACHGRAPH_STORE", metavar="URL",
+                        help="postgresql://USER@HOST:PORT/DB to keep runs in PostgreSQL "
+                             "(default: SQLite files in TEACHGRAPH_HOME)")
+
+
 # ---------------------------------------------------------------- graph
 
 @graph_app.command("list")
@@ -96,7 +103,7 @@ def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a sk
     skill = skills.load(skill_name)
     figures: tuple[list, list] = ([], [])
     if run_id:
-        registry = Registry(Home.from_env().registry_path)
+        registry = Home.from_env().registry()
         if registry.run(run_id) is None:
             fail(f"no run {run_id!r} (see: python cli.py runs list)")
         ran = review_data.run_skills(registry, run_id)
@@ -280,6 +287,7 @@ def graph_run(
     target: Optional[int] = typer.Option(None, "--target", min=1,
                                          help="run unused seeds until every task type has N kept samples "
                                               "(or the seeds run out: `report RUN_ID` says which fell short)"),
+    store: Optional[str] = store_option(),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     try:
@@ -288,7 +296,7 @@ def graph_run(
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
                       reporter=ConsoleReporter(), max_tokens_total=max_tokens_total, max_cost=max_cost,
                       price_in=price_in, price_out=price_out, judge_model=judge_model,
-                      judge_base_url=judge_base_url, target=target)
+                      judge_base_url=judge_base_url, target=target, store=store)
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -301,12 +309,12 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                                                                 help="the run's new token budget (its spend counts)"),
                  max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0,
                                                           help="the run's new budget in USD (all it spent counts)"),
-                 ) -> None:
+                 store: Optional[str] = store_option()) -> None:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint."""
     reporter = ConsoleReporter()
     try:
         run = api.resume(run_id, no_cache=no_cache, reporter=reporter, max_tokens_total=max_tokens_total,
-                         max_cost=max_cost)
+                         max_cost=max_cost, store=store)
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -315,10 +323,10 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
 # ---------------------------------------------------------------- runs
 
 @runs_app.command("list")
-def runs_list() -> None:
-    """Every run in TEACHGRAPH_HOME, newest first."""
-    home = Home.from_env()
-    registry = Registry(home.registry_path)
+def runs_list(store: Optional[str] = store_option()) -> None:
+    """Every run in TEACHGRAPH_HOME (or the --store), newest first."""
+    home = Home.from_env(store)
+    registry = home.registry()
     for run in registry.runs():
         c = registry.counts(run["id"])
         print(f"{run['id']}\t{run['skill']}\t{shown_status(home, run)}\t{c['total']} seeds\t{c['accepted']} accepted\t"
@@ -413,9 +421,10 @@ def runs_estimate(
 
 @runs_app.command("show")
 def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
-              as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
+              as_json: bool = typer.Option(False, "--json", help="machine-readable"),
+              store: Optional[str] = store_option()) -> None:
     """Counts, LLM usage and wall time of a run, with rejection and failure reasons."""
-    registry = Registry(Home.from_env().registry_path)
+    registry = Home.from_env(store).registry()
     run = registry.run(run_id)
     if run is None:
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
@@ -459,9 +468,10 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
 
 @runs_app.command("failures")
 def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
-                  as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+                  as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+                  store: Optional[str] = store_option()) -> None:
     """Every seed that ended failed or rejected, one per line: status, seed id, source, node, error or reason."""
-    registry = Registry(Home.from_env().registry_path)
+    registry = Home.from_env(store).registry()
     if registry.run(run_id) is None:
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
     tally = {SeedStatus.FAILED: 0, SeedStatus.REJECTED: 0}
@@ -507,12 +517,13 @@ def endpoint_probe(
     model: Optional[str] = typer.Option(None, "--model", envvar="TEACHGRAPH_MODEL", help="model name at that endpoint"),
     timeout: float = typer.Option(DEFAULTS.probe_timeout, "--timeout", min=0.1,
                                   help="seconds each probe request may take"),
+    store: Optional[str] = store_option(),
 ) -> None:
     """Find the structured output an endpoint honours (json_schema, json_object with a schema, tool calls,
     or the prompt alone).
 
     `graph run --structured auto` uses the result, cached per endpoint and model."""
-    result = api.probe_endpoint(base_url, model, timeout=timeout, reporter=ConsoleReporter())
+    result = api.probe_endpoint(base_url, model, timeout=timeout, reporter=ConsoleReporter(), store=store)
     where = (f"{base_url} {model}" if base_url else
              f"the embedded model ({embedded.MODEL_NAME}; runs on it always use json_object)")
     for check in result.checks:
@@ -573,12 +584,13 @@ def export_runs(
     language: str = typer.Option("en", "--language", help="the card's language code"),
     push: Optional[str] = typer.Option(None, "--push", metavar="REPO_ID",
                                        help="then upload to this Hub dataset repo (token from HF_TOKEN)"),
+    store: Optional[str] = store_option(),
 ) -> None:
     """Export runs as a dataset: a Hub-ready folder, orca-agentinstruct's layout, ShareGPT or JSON Lines."""
     try:
         if push:
             export.hub_token()  # no token: refuse before the work, not after it
-        result = export.export(Registry(Home.from_env().registry_path), run_ids, out, format=format,
+        result = export.export(Home.from_env(store).registry(), run_ids, out, format=format,
                                include_rejected=include_rejected, license=license, language=language)
         for skill, stats in sorted(result.skills.items()):
             print(f"{skill}\t{stats.rows} rows")
@@ -627,12 +639,13 @@ def teach(run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="ru
           batch_size: int = typer.Option(2, "--batch-size"),
           learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="default 2e-4 LoRA, 2e-5 full"),
           max_new_tokens: int = typer.Option(160, "--max-new-tokens",
-                                             help="length of the student's checked answers")) -> None:
+                                             help="length of the student's checked answers"),
+          store: Optional[str] = store_option()) -> None:
     """Fine-tune a student on runs' samples (split by seed) and compare it before and after, per task type."""
     from teachgraph.teach import TeachError, TeachSettings, teach as teach_student  # torch: only for this command
     settings = TeachSettings(student=student, steps=steps, lora=lora, heldout=heldout, max_length=max_length,
                              batch_size=batch_size, learning_rate=learning_rate, max_new_tokens=max_new_tokens)
-    registry = Registry(Home.from_env().registry_path)
+    registry = Home.from_env(store).registry()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as bars:
         def progress(label: str, total: int):

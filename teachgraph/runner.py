@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import secrets
+import socket
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,9 +22,10 @@ from typing import Any, Protocol
 from langchain_openai import ChatOpenAI
 
 from teachgraph.checkpoints import storage
-from teachgraph.checkpoints.registry import Registry
-from teachgraph.checkpoints.saver import forget_thread, open_saver, started_seeds, thread_id
+from teachgraph.checkpoints.registry import LEASE_TTL_S, LeaseLost, Registry
+from teachgraph.checkpoints.saver import forget_thread, started_seeds, thread_id
 from teachgraph.checkpoints.steps import StepRecorder
+from teachgraph.checkpoints.store import Store, open_store
 from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
@@ -81,15 +84,24 @@ class Settings:
 
 @dataclass
 class Home:
-    """Everything a run writes lives under TEACHGRAPH_HOME."""
+    """Everything a run writes lives under TEACHGRAPH_HOME, but its state may live in a PostgreSQL
+    store (`store`: a postgresql:// URL, from --store or TEACHGRAPH_STORE; None: SQLite files here)."""
 
     root: Path
+    store: str | None = None
 
     @classmethod
-    def from_env(cls) -> "Home":
+    def from_env(cls, store: str | None = None) -> "Home":
         # Empty counts as unset (as XDG says): Path("") is the current folder.
         default = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "teachgraph"
-        return cls(Path(os.environ.get("TEACHGRAPH_HOME") or default).expanduser())
+        return cls(Path(os.environ.get("TEACHGRAPH_HOME") or default).expanduser(),
+                   store or os.environ.get("TEACHGRAPH_STORE") or None)
+
+    def open_store(self) -> Store:
+        return open_store(self.store, self.root)
+
+    def registry(self) -> Registry:
+        return self.open_store().registry()
 
     @property
     def registry_path(self) -> Path:
@@ -278,9 +290,14 @@ class SeedRunner:
     the per-seed part every executor uses."""
 
     def __init__(self, registry: Registry, run_id: str, skill: Skill | None, llm: LLM, settings: Settings,
-                 reporter: Reporter, writer: SampleWriter, saver):
+                 reporter: Reporter, writer: SampleWriter, saver, owner: str | None = None,
+                 lease_ttl: float = LEASE_TTL_S):
+        """`owner`: who holds the seeds' leases (a worker id; default host:pid:random)."""
         self.registry, self.run_id, self.skill, self.llm = registry, run_id, skill, llm
         self.settings, self.reporter, self.writer, self.saver = settings, reporter, writer, saver
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.lease_ttl = lease_ttl
+        self._token: dict[str, int] = {}   # seed id -> the fencing token of the lease held on it
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
         self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id)) \
@@ -295,13 +312,40 @@ class SeedRunner:
             self._graphs[name] = (skill.build_graph().compile(checkpointer=self.saver), ctx)
         return self._graphs[name]
 
-    async def run(self, seed: dict) -> None:
-        """Run `seed` to its outcome. Raises only what should stop the whole run (FatalRunError,
-        a storage fault); any other error fails this seed, recorded."""
+    async def run(self, seed: dict) -> bool:
+        """Run `seed` to its outcome, holding its lease. Raises only what should stop the whole run
+        (FatalRunError, a storage fault); any other error fails this seed, recorded. False if the seed
+        was not run or its outcome not recorded here: another worker holds (or took over) its lease."""
+        token = self.registry.claim_seed(self.run_id, seed["id"], self.owner, self.lease_ttl)
+        if token is None:
+            return False
+        self._token[seed["id"]] = token
+        heartbeat = asyncio.create_task(self._renew(seed["id"], token))
+        try:
+            await self._run_leased(seed)
+            return True
+        except LeaseLost as exc:   # presumed dead and taken over: the other worker's outcome stands
+            logging.getLogger(__name__).warning("%s", exc)
+            return False
+        finally:
+            heartbeat.cancel()
+            del self._token[seed["id"]]
+
+    async def _renew(self, seed_id: str, token: int) -> None:
+        """Keep the lease while the seed runs; a lost one is found out when the outcome is committed."""
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:   # on the loop's thread, as every registry write (one short statement)
+                if not self.registry.renew_seed(self.run_id, seed_id, token, self.lease_ttl):
+                    return
+            except Exception:  # the next renewal, or the commit, says what is wrong
+                pass
+
+    async def _run_leased(self, seed: dict) -> None:
         try:
             graph, ctx = self._graph_for(seed.get("skill"))
             await self._run_seed(graph, ctx, seed)
-        except (FatalRunError, BudgetReached):
+        except (FatalRunError, BudgetReached, LeaseLost):
             raise
         except Exception as exc:  # our bug: the seed still ends accounted for
             fault = storage.fault(exc)
@@ -309,7 +353,9 @@ class SeedRunner:
                 raise fault from None
             try:
                 self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.FAILED, node="runner",
-                                          error=self._error_text(exc))
+                                          error=self._error_text(exc), lease=self._token.get(seed["id"]))
+            except LeaseLost:
+                raise
             except Exception as record_exc:  # runs.db itself fails: stop, do not spill
                 raise (storage.fault(record_exc) or record_exc) from None
             self.reporter.seed_done(SeedStatus.FAILED, 0)
@@ -385,13 +431,15 @@ class SeedRunner:
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.REJECTED,
                                       node=final.get("rejected_by"),
                                       reason=final.get("rejected") or "no sample produced",
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split,
+                                      lease=self._token.get(seed["id"]))
             self.reporter.seed_done(SeedStatus.REJECTED, 0)
         else:
             # an accepted seed's reason, if any, says why its refined task got no sample
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.ACCEPTED, samples=samples,
                                       reason=final.get("refined_rejected"),
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split)
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split,
+                                      lease=self._token.get(seed["id"]))
             for sample in samples:
                 self.writer.append(sample)
             self.reporter.seed_done(SeedStatus.ACCEPTED, len(samples))
@@ -409,7 +457,8 @@ class SeedRunner:
                                   tokens=values.get("tokens", 0) + spent.tokens,
                                   cache_hits=values.get("cache_hits", 0) + spent.cache_hits,
                                   input_tokens=values.get("input_tokens", 0) + spent.input_tokens,
-                                  output_tokens=values.get("output_tokens", 0) + spent.output_tokens)
+                                  output_tokens=values.get("output_tokens", 0) + spent.output_tokens,
+                                  lease=self._token.get(seed["id"]))
         self.reporter.seed_done(SeedStatus.FAILED, 0)
 
 
@@ -435,7 +484,9 @@ class LocalExecutor:
         self.writer = SampleWriter(Path(self.settings.out))
         try:
             self.writer.reconcile(self.registry.samples(self.run_id))
-            async with open_saver(self.home.checkpoints_path) as saver:
+            # this process holds the run's lock: leases left by a process that died are void now
+            self.registry.expire_leases(self.run_id)
+            async with self.home.open_store().saver() as saver:
                 await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
                                                  self.reporter, self.writer, saver))
         except BaseException as exc:

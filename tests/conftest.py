@@ -64,3 +64,19 @@ def run_cli(*args: str, home: Path, timeout: float = 300, env: dict | None = Non
         return _warm_cli.run(list(args), env=full_env, cwd=ROOT, timeout=timeout)
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server for the session (teachgraph/testing/postgres.py); fails, never skips, if
+    PostgreSQL is not installed."""
+    from teachgraph.testing.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """A new, empty database on the session's PostgreSQL server."""
+    return postgres_server.database()

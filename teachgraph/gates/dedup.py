@@ -44,14 +44,15 @@ class ExactDuplicate(Gate):
     def check(self, sample: ChatSample) -> Verdict:
         key = exact_key(sample)
         self._pending = (sample.id, key)
-        row = self.store.db.execute(f"SELECT id FROM [{self.table.name}] WHERE key = ?", [key]).fetchone()
+        row = self.store.db.execute(f'SELECT id FROM "{self.table.name}" WHERE key = ?', [key]).fetchone()
         if row:
             return self.drop("same normalised instruction and response as a kept sample", row[0])
         return KEEP
 
     def admit(self, sample: ChatSample) -> None:
         key = self._pending[1] if self._pending and self._pending[0] == sample.id else exact_key(sample)
-        self.store.db.execute(f"INSERT OR IGNORE INTO [{self.table.name}] (key, id) VALUES (?, ?)", [key, sample.id])
+        self.store.db.execute(f'INSERT INTO "{self.table.name}" (key, id) VALUES (?, ?) ON CONFLICT DO NOTHING',
+                              [key, sample.id])
 
 
 def jaccard(a: set, b: set) -> float:
@@ -146,8 +147,8 @@ class NearDuplicate(Gate):
         keys = self.band_keys(sample)
         self._pending = (sample.id, keys)
         rows = self.store.db.execute(
-            f"SELECT id, instruction, response FROM [{self.kept.name}] WHERE rowid IN "
-            f"(SELECT kept FROM [{self.band_table.name}] WHERE key IN ({','.join('?' * len(keys))})) ORDER BY rowid",
+            f'SELECT id, instruction, response FROM "{self.kept.name}" WHERE rowid IN '
+            f'(SELECT kept FROM "{self.band_table.name}" WHERE key IN ({",".join("?" * len(keys))})) ORDER BY rowid',
             keys).fetchall()
         for kept_id, instruction, response in rows:
             why = self._same(sample, instruction, response)
@@ -157,9 +158,9 @@ class NearDuplicate(Gate):
 
     def admit(self, sample: ChatSample) -> None:
         keys = self._pending[1] if self._pending and self._pending[0] == sample.id else self.band_keys(sample)
-        cursor = self.store.db.execute(
-            f"INSERT OR IGNORE INTO [{self.kept.name}] (id, instruction, response) VALUES (?, ?, ?)",
-            [sample.id, sample.instruction, sample.response])
-        if cursor.rowcount:
-            self.store.db.conn.executemany(f"INSERT INTO [{self.band_table.name}] (key, kept) VALUES (?, ?)",
-                                           [(key, cursor.lastrowid) for key in keys])
+        added = self.store.db.execute(
+            f'INSERT INTO "{self.kept.name}" (id, instruction, response) VALUES (?, ?, ?) '
+            f'ON CONFLICT DO NOTHING RETURNING rowid', [sample.id, sample.instruction, sample.response]).fetchone()
+        if added:
+            self.store.db.conn.executemany(f'INSERT INTO "{self.band_table.name}" (key, kept) VALUES (?, ?)',
+                                           [(key, added[0]) for key in keys])

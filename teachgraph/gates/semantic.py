@@ -50,7 +50,7 @@ class SemanticDuplicate(Gate):
         model()   # now: a missing extra must fail before `filter` opens its output files
         self.table = store.table(self.name, "kept")
         self.table.create({"id": str, "response": bytes, "instruction": str}, pk="id", if_not_exists=True)
-        rows = store.db.execute(f"SELECT id, response FROM [{self.table.name}] ORDER BY rowid").fetchall()
+        rows = store.db.execute(f'SELECT id, response FROM "{self.table.name}" ORDER BY rowid').fetchall()
         self.ids = [r[0] for r in rows]
         # A buffer that doubles when full: appending one row at a time would copy the matrix every time.
         self._buffer = np.zeros((max(1024, 2 * len(rows)), DIMENSIONS), dtype=np.float32)
@@ -71,7 +71,7 @@ class SemanticDuplicate(Gate):
         pairs = []
         for index in hits:
             (instruction,) = self.store.db.execute(
-                f"SELECT instruction FROM [{self.table.name}] WHERE id = ?", [self.ids[index]]).fetchone()
+                f'SELECT instruction FROM "{self.table.name}" WHERE id = ?', [self.ids[index]]).fetchone()
             mine, theirs = own_words(sample.instruction, instruction, s.context_words)
             if not mine and not theirs:
                 return self._paraphrase(index, scores[index], 1.0)
@@ -91,7 +91,8 @@ class SemanticDuplicate(Gate):
 
     def admit(self, sample: ChatSample) -> None:
         vector = self._pending[1] if self._pending and self._pending[0] == sample.id else embed([sample.response])[0]
-        self.store.db.execute(f"INSERT OR IGNORE INTO [{self.table.name}] (id, response, instruction) VALUES (?, ?, ?)",
+        self.store.db.execute(f'INSERT INTO "{self.table.name}" (id, response, instruction) VALUES (?, ?, ?) '
+                              f'ON CONFLICT DO NOTHING',
                               [sample.id, vector.tobytes(), sample.instruction])
         if len(self.ids) == len(self._buffer):
             self._buffer = np.concatenate([self._buffer, np.zeros_like(self._buffer)])

@@ -52,7 +52,7 @@ class ReviewServer(ThreadingHTTPServer):
     def registry(self) -> Registry:
         """One connection per server thread (sqlite connections stay on the thread that made them)."""
         if getattr(self._local, "registry", None) is None:
-            self._local.registry = Registry(self.home.registry_path)
+            self._local.registry = self.home.registry()
         return self._local.registry
 
     def graph_svg(self, skill: str) -> bytes:
@@ -182,7 +182,7 @@ def open_server(run_id: str, *, host: str = "127.0.0.1", port: int = 0, home: Ho
     """A review server for `run_id`, bound and ready (`serve_forever()` it; port 0: a free one).
     Raises UsageError for an unknown run or an address it cannot listen on."""
     home = home or Home.from_env()
-    registry = Registry(home.registry_path)
+    registry = home.registry()
     if registry.run(run_id) is None:
         raise UsageError(f"no run {run_id!r} (see: python cli.py runs list)")
     try:
