@@ -776,7 +776,7 @@ def filter_samples(source: str | Path, out: str | Path, rejected: str | Path | N
             embedded.check_available(home.root)
             url, server = stack.enter_context(embedded.embedded_server(home.root, log=reporter.note))
             is_embedded = True
-        cache = ResponseCache(home.cache_path, on_fault=reporter.note)
+        cache = home.open_store().cache(on_fault=reporter.note)
         stack.callback(cache.close)
         judge = make_llm(settings, url, key, is_embedded, cache=cache, server=server)
         return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, judge=judge, **gates)
