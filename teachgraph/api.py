@@ -375,6 +375,16 @@ class _Stopper:
 ExecutorFactory = Callable[..., Executor]
 
 
+def ray_executor(address: str, workers: int | None = None) -> ExecutorFactory:
+    """The executor for `run`/`resume` that runs the seeds on the Ray cluster at `address` (as ray.init
+    takes it: auto, HOST:PORT, ray://HOST:10001); `workers` None: one per CPU of the cluster."""
+    try:
+        from teachgraph.ray_executor import ray_executor as make
+    except ImportError as exc:
+        raise UsageError(f"--ray needs Ray ({exc.name} is not installed): pip install 'teachgraph[ray]'") from None
+    return make(address, workers)
+
+
 def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no_cache: bool = False,
              executor: ExecutorFactory = LocalExecutor, stopper: _Stopper | None = None,
              llm: LLM | None = None) -> None:

@@ -205,6 +205,13 @@ def _interrupted(exc: RunInterrupted) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+RAY_HELP = "run the seeds on the Ray cluster at ADDRESS (auto | HOST:PORT | ray://HOST:10001)"
+
+
+def _executor(ray_address: Optional[str]) -> dict:
+    return {"executor": api.ray_executor(ray_address)} if ray_address else {}
+
+
 @graph_app.command("run")
 def graph_run(
     skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill (graph list), or all with --mix"),
@@ -236,13 +243,16 @@ def graph_run(
                                 help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
     no_cache: bool = typer.Option(not DEFAULTS.cache, "--no-cache",
                                   help="always ask the model: no replies from (or to) the response cache"),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
+    if ray and not base_url:
+        fail("--ray needs --base-url: the embedded model runs on this machine only")
     try:
         run = api.run(skill_name, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                       run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
-                      reporter=ConsoleReporter())
+                      reporter=ConsoleReporter(), **_executor(ray))
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -250,11 +260,12 @@ def graph_run(
 
 @graph_app.command("resume")
 def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
-                 no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model, this time")) -> None:
+                 no_cache: bool = typer.Option(False, "--no-cache", help="always ask the model, this time"),
+                 ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP)) -> None:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint."""
     reporter = ConsoleReporter()
     try:
-        run = api.resume(run_id, no_cache=no_cache, reporter=reporter)
+        run = api.resume(run_id, no_cache=no_cache, reporter=reporter, **_executor(ray))
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -309,7 +320,8 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
     if as_json:
         run["status"] = shown_status(Home.from_env(), run)
-        print(json.dumps({"run": run, "counts": registry.counts(run_id),
+        print(json.dumps({"run": run, "executor": run.get("executor") or "local",
+                          "workers": json.loads(run.get("workers") or "{}"), "counts": registry.counts(run_id),
                           "rejected": registry.outcomes(run_id, SeedStatus.REJECTED),
                           "failed": registry.outcomes(run_id, SeedStatus.FAILED),
                           "task_types": registry.task_types(run_id),
