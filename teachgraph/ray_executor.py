@@ -29,7 +29,7 @@ import json
 import logging
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -138,8 +138,13 @@ class SeedWorker:
 
     def _reply(self, status: str, samples: list[dict], already: int = 0) -> dict[str, Any]:
         usage = self._llm.usage if self._llm is not None else Usage()
+        endpoint = self._llm.endpoint if self._llm is not None else None
+        limit = endpoint.limit if endpoint is not None else None
         return {"status": status, "samples": samples, "already": already, "where": self.where(),
-                "incarnation": self.incarnation, "usage": [usage.calls, usage.tokens, usage.cache_hits]}
+                "incarnation": self.incarnation, "usage": [usage.calls, usage.tokens, usage.cache_hits],
+                # this worker's endpoint figures so far, for the driver's one line at the end
+                "endpoint": {"stats": dict(endpoint.stats) if endpoint else {},
+                             "limit": [limit.limit, limit.maximum, limit.lowest] if limit else [0, 0, 0]}}
 
     async def close(self) -> None:
         if self._llm is not None:
@@ -157,6 +162,7 @@ class _Slot:
     up: bool = True
     dead: bool = False
     usage_seen: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # incarnation -> totals
+    endpoint_seen: dict[str, dict] = field(default_factory=dict)              # incarnation -> figures
 
 
 @dataclass
@@ -167,6 +173,7 @@ class RayExecutor(LocalExecutor):
     address: str = "auto"
     workers: int | None = None   # None: one per CPU of the cluster (never more than --concurrency)
     _done_where: dict[str, int] = field(init=False, default_factory=dict)
+    _slots: list[_Slot] = field(init=False, default_factory=list)
 
     async def _execute_seeds(self) -> None:
         if not self.settings.base_url:
@@ -177,7 +184,7 @@ class RayExecutor(LocalExecutor):
         run = self.registry.run(self.run_id)
         self._done_where = json.loads(run.get("workers") or "{}")
         self.registry.set_run(self.run_id, executor=EXECUTOR_NAME)
-        slots = self._start_workers()
+        slots = self._slots = self._start_workers()
         finished = False
         try:
             await self._dispatch(slots)
@@ -291,6 +298,8 @@ class RayExecutor(LocalExecutor):
         # each reply carries its worker's totals: add what is new since that worker's last reply
         self.llm.usage.add(Usage(max(0, calls - seen[0]), max(0, tokens - seen[1]), max(0, hits - seen[2])))
         slot.usage_seen[reply["incarnation"]] = (max(calls, seen[0]), max(tokens, seen[1]), max(hits, seen[2]))
+        slot.endpoint_seen[reply["incarnation"]] = reply["endpoint"]
+        self._endpoint_figures()
         for sample in reply["samples"]:
             self.writer.append(sample)
         self._done_where[reply["where"]] = self._done_where.get(reply["where"], 0) + 1
@@ -298,6 +307,21 @@ class RayExecutor(LocalExecutor):
         now = time.monotonic()
         self.registry.add_wall_time(self.run_id, now - self._clock)
         self._clock = now
+
+    def _endpoint_figures(self) -> None:
+        """The driver's endpoint line shows the cluster: requests and retries of every worker summed,
+        and the in-flight limits summed over the workers running now (the lowest: each one's lowest)."""
+        endpoint = self.llm.endpoint
+        endpoint.stats = Counter()
+        limits = [0, 0, 0]
+        for slot in self._slots:
+            for figures in slot.endpoint_seen.values():
+                endpoint.stats.update(figures["stats"])
+            if slot.endpoint_seen and not slot.dead:
+                latest = list(slot.endpoint_seen.values())[-1]["limit"]
+                limits = [a + b for a, b in zip(limits, latest)]
+        if limits[1]:
+            endpoint.limit.limit, endpoint.limit.maximum, endpoint.limit.lowest = limits
 
     def _save_where(self) -> None:
         self.registry.set_run(self.run_id, workers=json.dumps(self._done_where, sort_keys=True))

@@ -153,3 +153,42 @@ def test_ray_needs_an_endpoint_every_node_can_reach(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith("--ray needs --base-url: the embedded model runs on "
                                                          "this machine only")
+
+
+class CountingFake(FakeOpenAI):
+    """The fake endpoint, counting the most chat requests it held at once (429s included)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.now = self.most = 0
+        self._count = threading.Lock()
+
+    def _handle_chat(self, h, body):
+        with self._count:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            super()._handle_chat(h, body)
+        finally:
+            with self._count:
+                self.now -= 1
+
+
+@pytest.mark.slow
+def test_a_429_storm_slows_every_worker_and_the_cluster_stays_under_concurrency(cluster, baseline, tmp_path):
+    base_calls, base_ids = baseline
+    workers(cluster, 2)
+    home = tmp_path / "ray"
+    with CountingFake(responder=RagScript().http_responder, delay=0.05, faults={"429": 0.25},
+                      retry_after="0") as fake:
+        args = run_args(fake, "s", "--ray", cluster.address, "--retries", "10")
+        args[args.index("--concurrency") + 1] = "4"    # 2 workers, 2 requests in flight each at most
+        ran = run_cli(*args, home=home, timeout=240)
+    assert ran.returncode == 0, ran.stderr
+    check_complete(home, "s", base_ids)
+    assert 2 <= fake.most <= 4, fake.most                  # the cluster-wide limit held
+    line = next(x for x in ran.stderr.splitlines() if x.startswith("endpoint:"))
+    print(f"\n429 storm: most in flight {fake.most}; {line}")
+    assert fake.injected["429"] > 0 and "429:" in line     # the workers' retries are counted
+    # every worker halved its window (2 -> 1): the lowest windows summed over the 2 workers is 2
+    assert line.endswith("(lowest 2)"), line
