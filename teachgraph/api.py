@@ -346,6 +346,9 @@ class _Tally:
         self.samples += samples
         self.reporter.seed_done(status, samples)
 
+    def note(self, message: str) -> None:   # what an executor has to say (a Ray worker lost)
+        self.reporter.note(message)
+
 
 class _Stopper:
     """Lets another thread stop a run in progress (arun's caller cancelling it), as Ctrl-C would."""

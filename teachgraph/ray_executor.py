@@ -32,7 +32,6 @@ import time
 from collections import Counter, deque
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -53,6 +52,7 @@ __all__ = ["RayExecutor", "SeedWorker", "ray_executor"]
 EXECUTOR_NAME = "ray"
 PROBE_INTERVAL_S = 1.0      # how often a dispatcher asks a restarting worker whether it is back
 WORKERS_SAVE_INTERVAL_S = 1.0
+LEASE_RETRY_S = 2.0         # a seed leased to another worker is offered again after this long
 
 
 @dataclass
@@ -83,8 +83,8 @@ class SeedWorker:
     actor where it is used (_start_workers), not by decorating it: decorated, the name would not be
     the class and Ray would pickle the class by value instead of importing it on the worker."""
 
-    def __init__(self, home: str, run_id: str, settings: dict, api_key: str, share: int):
-        self.home, self.run_id, self.api_key, self.share = Home(Path(home)), run_id, api_key, share
+    def __init__(self, home: Home, run_id: str, settings: dict, api_key: str, share: int):
+        self.home, self.run_id, self.api_key, self.share = home, run_id, api_key, share
         # the worker's own slice of the endpoint limit (see the module's docstring)
         self.settings = replace(Settings(**settings), concurrency=share)
         self.incarnation = secrets.token_hex(4)   # a restart starts counting its calls from zero
@@ -96,13 +96,12 @@ class SeedWorker:
     async def _ready(self) -> SeedRunner:
         async with self._lock:   # built once, on the actor's event loop (the saver binds to it)
             if self._runner is None:
-                registry = Registry(self.home.registry_path)
-                cache = ResponseCache(self.home.cache_path) if self.settings.cache else None
+                registry, saver, cache = _open_stores(self.home, self.settings.cache)
                 if cache is not None:
                     self._stack.callback(cache.close)
                 self._llm = make_llm(self.settings, self.settings.base_url, self.api_key, embedded=False,
                                      cache=cache)
-                saver = await self._stack.enter_async_context(open_saver(self.home.checkpoints_path))
+                saver = await self._stack.enter_async_context(saver)
                 collect = _Collect()
                 skill = None if self.settings.mix else skills.load(self.settings.skill)
                 self._runner = SeedRunner(registry, self.run_id, skill, self._llm, self.settings, collect,
@@ -129,10 +128,13 @@ class SeedWorker:
             outcome = _Outcome()
             token = _current.set(outcome)
             try:
-                await runner.run(seed)
+                ran = await runner.run(seed)
             finally:
                 _current.reset(token)
-            return self._reply(outcome.status or SeedStatus.FAILED, outcome.samples)
+            if ran is False or outcome.status is None:
+                # another worker holds the seed's lease (one presumed dead, still finishing it): ask later
+                return {"skipped": True, "where": self.where()}
+            return self._reply(outcome.status, outcome.samples)
         except Exception as exc:  # FatalRunError, StorageError, or a store that cannot be opened
             return {"fatal": str(storage.fault(exc) or exc), "where": self.where()}
 
@@ -150,6 +152,17 @@ class SeedWorker:
         if self._llm is not None:
             await self._llm.aclose()
         await self._stack.aclose()
+
+
+def _open_stores(home: Home, cached: bool):
+    """The worker's registry, checkpointer (an async context manager, entered on the actor's loop) and
+    response cache, in the store every node reaches: `home.open_store()` where the store layer
+    (checkpoints/store.py: SQLite or PostgreSQL) is there, else the SQLite files under the shared home."""
+    if hasattr(home, "open_store"):
+        store = home.open_store()
+        return store.registry(), store.saver(), store.cache() if cached else None
+    return (Registry(home.registry_path), open_saver(home.checkpoints_path),
+            ResponseCache(home.cache_path) if cached else None)
 
 
 @dataclass
@@ -207,7 +220,7 @@ class RayExecutor(LocalExecutor):
         settings = self.settings.to_json()
         actor = ray.remote(max_restarts=-1, max_task_retries=0)(SeedWorker)
         return [_Slot(actor.options(num_cpus=1, max_concurrency=seeds_each + 4, scheduling_strategy="SPREAD")
-                      .remote(str(self.home.root), self.run_id, settings, key, share), seeds_each)
+                      .remote(self.home, self.run_id, settings, key, share), seeds_each)
                 for _ in range(count)]
 
     async def _stop_workers(self, slots: list[_Slot], close: bool) -> None:
@@ -226,6 +239,7 @@ class RayExecutor(LocalExecutor):
         again: deque[dict] = deque()      # seeds whose worker died: first in line
         running: dict[asyncio.Task, tuple[_Slot, dict]] = {}
         probes: dict[asyncio.Task, _Slot] = {}
+        held: set[asyncio.Task] = set()   # seeds whose lease another worker holds, asked again later
         exhausted = False
         last_save = time.monotonic()
         try:
@@ -243,12 +257,16 @@ class RayExecutor(LocalExecutor):
                             break
                         slot.in_flight += 1
                         running[asyncio.ensure_future(self._call(slot, seed))] = (slot, seed)
-                if not running and exhausted and not again:
+                if not running and exhausted and not again and not held:
                     return
-                if not running and not probes:
+                if not running and not probes and not held:
                     raise FatalRunError("every Ray worker of this run is gone; resume it when the cluster is back")
-                done, _ = await asyncio.wait([*running, *probes], return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait([*running, *probes, *held], return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
+                    if task in held:
+                        held.discard(task)
+                        again.append(task.result())
+                        continue
                     if task in probes:
                         slot = probes.pop(task)
                         if task.result():
@@ -261,16 +279,21 @@ class RayExecutor(LocalExecutor):
                     reply = task.result()
                     if reply is None:            # the worker died with the seed in flight
                         again.append(seed)
+                        self.reporter.note(f"a Ray worker was lost with seed {seed['id']} in flight; "
+                                           "it continues on another worker from its last checkpoint")
                         if slot.up:
                             slot.up = False
                             probes[asyncio.ensure_future(self._back(slot))] = slot
+                        continue
+                    if reply.get("skipped"):
+                        held.add(asyncio.ensure_future(asyncio.sleep(LEASE_RETRY_S, result=seed)))
                         continue
                     self._ended(slot, reply)
                 if time.monotonic() - last_save > WORKERS_SAVE_INTERVAL_S:
                     self._save_where()
                     last_save = time.monotonic()
         finally:
-            for task in [*running, *probes]:
+            for task in [*running, *probes, *held]:
                 task.cancel()   # the remote calls stop when _stop_workers kills their workers
 
     async def _call(self, slot: _Slot, seed: dict) -> dict | None:

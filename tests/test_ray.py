@@ -109,6 +109,8 @@ def test_a_worker_node_killed_mid_run_loses_repeats_and_regenerates_nothing(clus
         calls = fake.request_count
     assert ran.returncode == 0, ran.stderr
     assert 4 <= killed["done_at_kill"] < SEEDS, "the kill came too late to test anything"
+    moved = [line for line in ran.stderr.splitlines() if "a Ray worker was lost with seed" in line]
+    assert len(moved) == 1, ran.stderr                    # the killed node's one seed went elsewhere
     shown = check_complete(home, "k", base_ids)
     assert sum(shown["workers"].values()) == SEEDS       # each seed ended once, on one node
     assert len(shown["workers"]) >= 2
