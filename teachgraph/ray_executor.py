@@ -185,15 +185,15 @@ class RayExecutor(LocalExecutor):
 
     address: str = "auto"
     workers: int | None = None   # None: one per CPU of the cluster (never more than --concurrency)
+    disconnect: bool = False     # ray_executor connected this process: disconnect when the run ends
     _done_where: dict[str, int] = field(init=False, default_factory=dict)
     _slots: list[_Slot] = field(init=False, default_factory=list)
 
     async def _execute_seeds(self) -> None:
         if not self.settings.base_url:
             raise UsageError("--ray needs --base-url: the embedded model runs on this machine only")
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=self.address, logging_level=logging.WARNING, namespace="teachgraph")
+        if not ray.is_initialized():   # resumed through the API with a factory made earlier
+            self.disconnect = connect(self.address, FatalRunError)
         run = self.registry.run(self.run_id)
         self._done_where = json.loads(run.get("workers") or "{}")
         self.registry.set_run(self.run_id, executor=EXECUTOR_NAME)
@@ -207,11 +207,14 @@ class RayExecutor(LocalExecutor):
         finally:
             self._save_where()
             await self._stop_workers(slots, close=finished)
-            if started:
+            if self.disconnect:
                 ray.shutdown()
 
     def _start_workers(self) -> list[_Slot]:
         cpus = int(ray.cluster_resources().get("CPU", 0))
+        if not cpus:
+            raise FatalRunError(f"the Ray cluster at {self.address} has no CPU for a worker: add a node "
+                                "(ray start --address ...) and resume")
         count = max(1, min(self.workers or cpus or 1, self.settings.concurrency))
         share = max(1, self.settings.concurrency // count)
         seeds_each = -(-self.settings.concurrency // count)   # ceil: C seeds in flight in all, as locally
@@ -350,8 +353,24 @@ class RayExecutor(LocalExecutor):
         self.registry.set_run(self.run_id, workers=json.dumps(self._done_where, sort_keys=True))
 
 
+def connect(address: str, error: type[Exception]) -> bool:
+    """Join the cluster at `address`; True if this call connected. A cluster that cannot be reached is
+    one line (`error`), not Ray's traceback."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, namespace="teachgraph")
+    except Exception as exc:  # ConnectionError, ValueError for a bad address, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise error(f"cannot join the Ray cluster at {address}: {first}") from None
+    return True
+
+
 def ray_executor(address: str, workers: int | None = None):
-    """The executor factory `teachgraph.run(..., executor=...)` takes, for a Ray cluster at `address`."""
+    """The executor factory `teachgraph.run(..., executor=...)` takes, for the Ray cluster at `address`,
+    which it joins now: an address that does not answer is a UsageError before any run is made."""
+    connected = connect(address, UsageError)
+
     def make(*args: Any) -> RayExecutor:
-        return RayExecutor(*args, address=address, workers=workers)
+        return RayExecutor(*args, address=address, workers=workers, disconnect=connected)
     return make
