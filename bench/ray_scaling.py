@@ -133,7 +133,8 @@ def main() -> None:
             first = first or r["steady"] / nodes
             print(f"{nodes} node(s): {r['seeds']} seeds ({r['pending']} pending, {r['failed']} failed), "
                   f"{r['samples']} samples, {r['calls']} calls in {r['wall']:.1f} s: {rate:.2f} seeds/s, "
-                  f"{r['steady']:.2f} seeds/s working ({r['steady'] / first:.2f}x the 1-node figure; ideal {nodes}x); driver CPU {r['driver_cpu']:.1f} s; "
+                  f"{r['steady']:.2f} seeds/s working ({r['steady'] / first:.2f}x the 1-node figure; ideal {nodes}x); "
+                  f"driver CPU {r['driver_cpu']:.1f} s; "
                   f"per node {r['workers']}; load {os.getloadavg()[0]:.1f}", flush=True)
             if nodes == 3:
                 clean = r
