@@ -28,6 +28,7 @@ import contextvars
 import json
 import logging
 import secrets
+import socket
 import time
 from collections import Counter, deque
 from contextlib import AsyncExitStack
@@ -52,7 +53,8 @@ __all__ = ["RayExecutor", "SeedWorker", "ray_executor"]
 EXECUTOR_NAME = "ray"
 PROBE_INTERVAL_S = 1.0      # how often a dispatcher asks a restarting worker whether it is back
 WORKERS_SAVE_INTERVAL_S = 1.0
-LEASE_RETRY_S = 2.0         # a seed leased to another worker is offered again after this long
+LEASE_RETRY_S = 2.0
+CONNECT_TIMEOUT_S = 10.0         # a seed leased to another worker is offered again after this long
 
 
 @dataclass
@@ -358,6 +360,13 @@ def connect(address: str, error: type[Exception]) -> bool:
     one line (`error`), not Ray's traceback."""
     if ray.is_initialized():
         return False
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        # Ray waits minutes for a GCS that is not there; a closed port is known at once
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as exc:
+            raise error(f"cannot join the Ray cluster at {address}: {exc.strerror or exc}") from None
     try:
         ray.init(address=address, logging_level=logging.WARNING, namespace="teachgraph")
     except Exception as exc:  # ConnectionError, ValueError for a bad address, ...

@@ -194,3 +194,11 @@ def test_a_429_storm_slows_every_worker_and_the_cluster_stays_under_concurrency(
     assert fake.injected["429"] > 0 and "429:" in line     # the workers' retries are counted
     # every worker halved its window (2 -> 1): the lowest windows summed over the 2 workers is 2
     assert line.endswith("(lowest 2)"), line
+
+
+def test_a_ray_address_nothing_answers_is_one_line_before_any_run_is_made(tmp_path):
+    done = run_cli("graph", "run", "rag", "--limit", "1", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                   "--ray", "127.0.0.1:1", home=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: cannot join the Ray cluster at 127.0.0.1:1: Connection refused"]
+    assert not (tmp_path / "runs").exists()    # no run was made
