@@ -298,6 +298,8 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
         ("endpoint", without_credentials(settings.base_url) if settings.base_url else "embedded llama.cpp"),
         ("output", settings.out),
+        *([("workers", ", ".join(f"{k}: {v}" for k, v in json.loads(run["workers"] or "{}").items()))]
+          if run.get("executor") == "ray" else []),
     ]:
         table.add_row(f"[bold]{key}[/bold]", Text(shown(value)))   # user values are never markup
     console.print(table)

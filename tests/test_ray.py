@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from teachgraph.checkpoints.registry import Registry  # noqa: E402
 from teachgraph.testing.fake_openai import FakeOpenAI  # noqa: E402
-from tests.conftest import ROOT, SAMPLE, run_cli  # noqa: E402
+from tests.conftest import ROOT, SAMPLE, run_cli, run_in_process  # noqa: E402
 from tests.rag_script import RagScript  # noqa: E402
 
 SEEDS, ROUNDS, CONCURRENCY = 12, 1, 3
@@ -202,3 +202,9 @@ def test_a_ray_address_nothing_answers_is_one_line_before_any_run_is_made(tmp_pa
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: cannot join the Ray cluster at 127.0.0.1:1: Connection refused"]
     assert not (tmp_path / "runs").exists()    # no run was made
+
+
+def test_runs_show_says_a_run_on_this_process_ran_locally(tmp_path):
+    run_in_process(tmp_path, RagScript().reply, limit=1, rounds=0)
+    shown = json.loads(run_cli("runs", "show", "t1", "--json", home=tmp_path / "home").stdout)
+    assert shown["executor"] == "local" and shown["workers"] == {}
