@@ -100,7 +100,7 @@ def _endpoint_probes(db: sqlite_utils.Database) -> None:   # what `endpoint prob
                                       "probed": float}, pk=("endpoint", "model"))
 
 
-@MIGRATIONS(name="0006_runs_executor_workers")
+@MIGRATIONS(name="0007_runs_executor_workers")
 def _executor_workers(db: sqlite_utils.Database) -> None:  # which executor ran a run, seeds done per worker node
     db["runs"].add_column("executor", str)
     db["runs"].add_column("workers", str)    # JSON: {node: seeds ended there}
