@@ -245,7 +245,7 @@ class RayExecutor(LocalExecutor):
         running: dict[asyncio.Task, tuple[_Slot, dict]] = {}
         probes: dict[asyncio.Task, _Slot] = {}
         held: set[asyncio.Task] = set()   # seeds whose lease another worker holds, asked again later
-        exhausted = False
+        exhausted = waiting_said = False
         last_save = time.monotonic()
         try:
             while True:
@@ -266,6 +266,10 @@ class RayExecutor(LocalExecutor):
                     return
                 if not running and not probes and not held:
                     raise FatalRunError("every Ray worker of this run is gone; resume it when the cluster is back")
+                if not running and not any(slot.up for slot in slots) and not waiting_said:
+                    waiting_said = True   # restarts wait for a free CPU: a node added (or autoscaled) gives one
+                    self.reporter.note("no Ray worker is running: waiting for one to restart (add a node, or stop "
+                                       "with Ctrl-C and resume later)")
                 done, _ = await asyncio.wait([*running, *probes, *held], return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     if task in held:
@@ -275,7 +279,7 @@ class RayExecutor(LocalExecutor):
                     if task in probes:
                         slot = probes.pop(task)
                         if task.result():
-                            slot.up = True
+                            slot.up, waiting_said = True, False
                         else:
                             slot.dead = True
                         continue
