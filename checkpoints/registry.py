@@ -204,6 +204,12 @@ def _budgets(db) -> None:
         db.execute(f"alter table seeds add column {column} bigint not null default 0")
 
 
+@sql.migration(MIGRATIONS, PG_MIGRATIONS, name="0010_runs_executor_workers")
+def _executor_workers(db) -> None:   # which executor ran a run, and seeds done per worker node
+    db.execute("alter table runs add column executor text")
+    db.execute("alter table runs add column workers text")    # JSON: {node: seeds ended there}
+
+
 class RunLedger:
     """A run's spend in runs.db (client/budget.py's SpendLedger): each add is its own committed
     transaction, so what a reply cost is on disk before the reply is used."""

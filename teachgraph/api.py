@@ -378,6 +378,9 @@ class _Tally:
         self.samples += samples
         self.reporter.seed_done(status, samples)
 
+    def note(self, message: str) -> None:   # what an executor has to say (a Ray worker lost)
+        self.reporter.note(message)
+
 
 class _Stopper:
     """Lets another thread stop a run in progress (arun's caller cancelling it), as Ctrl-C would."""
@@ -412,6 +415,16 @@ def _store_estimate(registry: Registry, run_id: str, settings: Settings) -> None
     made = estimating.estimate(registry.seeds_to_estimate(run_id), rounds=settings.rounds,
                                max_tokens=settings.max_tokens, prices=settings.prices(), skill_name=settings.skill)
     registry.set_run(run_id, estimate=json.dumps(made.to_json()))
+
+
+def ray_executor(address: str, workers: int | None = None) -> ExecutorFactory:
+    """The executor for `run`/`resume` that runs the seeds on the Ray cluster at `address` (as ray.init
+    takes it: auto, HOST:PORT, ray://HOST:10001); `workers` None: one per CPU of the cluster."""
+    try:
+        from teachgraph.ray_executor import ray_executor as make
+    except ImportError as exc:
+        raise UsageError(f"--ray needs Ray ({exc.name} is not installed): pip install 'teachgraph[ray]'") from None
+    return make(address, workers)
 
 
 def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no_cache: bool = False,

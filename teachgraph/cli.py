@@ -242,6 +242,13 @@ JUDGE_BASE_URL = typer.Option(None, "--judge-base-url",
                               help="the judge's OpenAI-compatible endpoint (default: the generator's)")
 
 
+RAY_HELP = "run the seeds on the Ray cluster at ADDRESS (auto | HOST:PORT | ray://HOST:10001)"
+
+
+def _executor(ray_address: Optional[str]) -> dict:
+    return {"executor": api.ray_executor(ray_address)} if ray_address else {}
+
+
 @graph_app.command("run")
 def graph_run(
     skill_name: str = typer.Argument(..., metavar="SKILL", help="a skill (graph list), or all with --mix"),
@@ -288,15 +295,19 @@ def graph_run(
                                          help="run unused seeds until every task type has N kept samples "
                                               "(or the seeds run out: `report RUN_ID` says which fell short)"),
     store: Optional[str] = store_option(),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
+    if ray and not base_url:
+        fail("--ray needs --base-url: the embedded model runs on this machine only")
     try:
         run = api.run(skill_name, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                       run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
                       reporter=ConsoleReporter(), max_tokens_total=max_tokens_total, max_cost=max_cost,
                       price_in=price_in, price_out=price_out, judge_model=judge_model,
-                      judge_base_url=judge_base_url, target=target, store=store)
+                      judge_base_url=judge_base_url, target=target, store=store,
+                      **_executor(ray))
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -309,12 +320,13 @@ def graph_resume(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                                                                 help="the run's new token budget (its spend counts)"),
                  max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0.0,
                                                           help="the run's new budget in USD (all it spent counts)"),
-                 store: Optional[str] = store_option()) -> None:
+                 store: Optional[str] = store_option(),
+                 ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP)) -> None:
     """Finish an interrupted run: unfinished seeds continue from their last checkpoint."""
     reporter = ConsoleReporter()
     try:
         run = api.resume(run_id, no_cache=no_cache, reporter=reporter, max_tokens_total=max_tokens_total,
-                         max_cost=max_cost, store=store)
+                         max_cost=max_cost, store=store, **_executor(ray))
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -349,6 +361,8 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
         ("endpoint", without_credentials(settings.base_url) if settings.base_url else "embedded llama.cpp"),
         ("output", settings.out),
+        *([("workers", ", ".join(f"{k}: {v}" for k, v in json.loads(run["workers"] or "{}").items()))]
+          if run.get("executor") == "ray" else []),
     ]:
         table.add_row(f"[bold]{key}[/bold]", Text(shown(value)))   # user values are never markup
     console.print(table)
@@ -431,7 +445,8 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
     if as_json:
         run["status"] = shown_status(Home.from_env(), run)
         run["estimate"] = json.loads(run["estimate"]) if run.get("estimate") else None
-        print(json.dumps({"run": run, "counts": registry.counts(run_id),
+        print(json.dumps({"run": run, "executor": run.get("executor") or "local",
+                          "workers": json.loads(run.get("workers") or "{}"), "counts": registry.counts(run_id),
                           "spent": vars(registry.spent(run_id)),
                           "rejected": registry.outcomes(run_id, SeedStatus.REJECTED),
                           "failed": registry.outcomes(run_id, SeedStatus.FAILED),

@@ -486,9 +486,7 @@ class LocalExecutor:
             self.writer.reconcile(self.registry.samples(self.run_id))
             # this process holds the run's lock: leases left by a process that died are void now
             self.registry.expire_leases(self.run_id)
-            async with self.home.open_store().saver() as saver:
-                await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
-                                                 self.reporter, self.writer, saver))
+            await self._execute_seeds()
         except BaseException as exc:
             try:  # best effort: the run is stopping on an error already
                 self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
@@ -504,6 +502,13 @@ class LocalExecutor:
             self.writer.close()
         except sqlite3.Error as exc:
             raise storage.fault(exc) or exc from None
+
+    async def _execute_seeds(self) -> None:
+        """Run every unfinished seed; the part another executor replaces (teachgraph/ray_executor.py),
+        keeping the writer, wall time and fault handling of `run` around it."""
+        async with self.home.open_store().saver() as saver:
+            await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
+                                             self.reporter, self.writer, saver))
 
     async def _run_seeds(self, runner: SeedRunner) -> None:
         slots = asyncio.Semaphore(self.settings.concurrency)
