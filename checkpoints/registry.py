@@ -100,6 +100,17 @@ def _endpoint_probes(db: sqlite_utils.Database) -> None:   # what `endpoint prob
                                       "probed": float}, pk=("endpoint", "model"))
 
 
+@MIGRATIONS(name="0006_gate_rejections")
+def _gate_rejections(db: sqlite_utils.Database) -> None:
+    # samples the quality gates dropped (nodes/gates.py), one row each, written with the seed's outcome;
+    # and a skipped seed chunk that duplicates a collected one names it (teachgraph/gates/seeds.py)
+    db["sample_rejections"].create({"run_id": str, "sample_id": str, "seed_id": str, "gate": str, "reason": str,
+                                    "duplicate_of": str, "body": str, "created": float},
+                                   pk=("run_id", "sample_id"))
+    db["sample_rejections"].create_index(["run_id", "gate"])
+    db["skipped"].add_column("duplicate_of", str)
+
+
 class Registry:
     def __init__(self, path: Path):
         try:
@@ -173,7 +184,8 @@ class Registry:
 
         for item in items:
             if isinstance(item, Skipped):
-                self.db["skipped"].insert({"run_id": run_id, "source": item.source, "reason": item.reason})
+                self.db["skipped"].insert({"run_id": run_id, "source": item.source, "reason": item.reason,
+                                           "duplicate_of": item.duplicate_of})
                 if on_skip:
                     on_skip(item)
                 continue
@@ -202,7 +214,7 @@ class Registry:
     def forget_corpus(self, run_id: str) -> None:
         """Drop a run's seeds, passages, word counts and skipped inputs (before collecting them)."""
         with self.db.conn:
-            for table in ("seeds", "passages", "terms", "skipped"):
+            for table in ("seeds", "passages", "terms", "skipped", "sample_rejections"):
                 self.db.execute(f"delete from {table} where run_id = ?", [run_id])
 
     def seed(self, run_id: str, seed_id: str) -> dict:
@@ -236,7 +248,8 @@ class Registry:
         return out
 
     def skipped(self, run_id: str) -> list[dict]:
-        return list(self.db.query("select source, reason from skipped where run_id = ?", [run_id]))
+        """Inputs not run: (source, reason, duplicate_of: the seed id a duplicate chunk repeats, else None)."""
+        return list(self.db.query("select source, reason, duplicate_of from skipped where run_id = ?", [run_id]))
 
     # ---- seeds ----
     def unfinished_seeds(self, run_id: str, batch: int = 256) -> Iterator[dict]:
@@ -256,9 +269,17 @@ class Registry:
 
     def finish_seed(self, run_id: str, seed_id: str, *, status: str, samples: list[dict] = (),
                     reason: str | None = None, node: str | None = None, error: str | None = None,
-                    llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0) -> None:
-        """The seed's outcome and its samples, atomically."""
+                    llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0, dropped: list[dict] = ()) -> None:
+        """The seed's outcome, its samples and the samples the gates dropped (`dropped`: each
+        {"sample": body, "gate", "reason", "duplicate_of"}), atomically."""
         with self.db.conn:
+            now = time.time()
+            for rejection in dropped:   # or ignore: a sample is rejected once, whatever reruns
+                body = rejection["sample"]
+                self.db.execute("insert or ignore into sample_rejections (run_id, sample_id, seed_id, gate, reason, "
+                                "duplicate_of, body, created) values (?,?,?,?,?,?,?,?)",
+                                [run_id, body["id"], seed_id, rejection["gate"], rejection["reason"],
+                                 rejection.get("duplicate_of"), json.dumps(body, ensure_ascii=False), now])
             next_seq = self.db.execute("select coalesce(max(seq), 0) from samples where run_id = ?",
                                        [run_id]).fetchone()[0]
             for offset, sample in enumerate(samples, start=1):
@@ -280,7 +301,10 @@ class Registry:
                       coalesce(sum(cache_hits), 0) as cache_hits,
                       coalesce(sum(samples), 0) as samples
                from seeds where run_id = ?""", [run_id]))
-        return {k: (v or 0) for k, v in row.items()}
+        counted = {k: (v or 0) for k, v in row.items()}
+        counted["dropped_samples"] = self.db.execute("select count(*) from sample_rejections where run_id = ?",
+                                                     [run_id]).fetchone()[0]
+        return counted
 
     def outcomes(self, run_id: str, status: str) -> list[dict]:
         return list(self.db.query(
@@ -312,12 +336,34 @@ class Registry:
         for row in self.db.query("select id, body from samples where run_id = ? order by seq", [run_id]):
             yield row["id"], row["body"]
 
-    def rejections(self, run_id: str) -> list[dict]:
-        """Rejected seeds counted by skill, node and reason (what a dataset card says each step dropped)."""
+    def rejections(self, run_id: str, *, samples: bool = False) -> list[dict]:
+        """Rejected seeds counted by skill, node and reason (what a dataset card says each step dropped).
+        `samples=True`: the samples the quality gates dropped instead, counted by skill, gate and reason:
+        rows {skill, gate, reason, samples}, most first within a skill (each sample is in
+        `dropped_samples`)."""
+        if samples:
+            return list(self.db.query(
+                """select s.skill as skill, r.gate as gate, r.reason as reason, count(*) as samples
+                   from sample_rejections r left join seeds s on s.run_id = r.run_id and s.id = r.seed_id
+                   where r.run_id = ? group by 1, 2, 3 order by 1, 4 desc""", [run_id]))
         return list(self.db.query(
             """select skill, coalesce(node, '') as node, coalesce(reason, '') as reason, count(*) as seeds
                from seeds where run_id = ? and status = 'rejected' group by 1, 2, 3 order by 1, 4 desc""",
             [run_id]))
+
+    def dropped_samples(self, run_id: str, gate: str | None = None) -> Iterator[dict]:
+        """Each sample the quality gates dropped, in the order they were dropped: {sample_id, seed_id,
+        gate, reason, duplicate_of (the kept sample it repeats, this run's or an earlier one's; an
+        evaluation item `FILE:id` for decontaminate; else None), body (the sample's JSON)}."""
+        query = ("select sample_id, seed_id, gate, reason, duplicate_of, body from sample_rejections "
+                 "where run_id = ?" + (" and gate = ?" if gate else "") + " order by created, rowid")
+        yield from self.db.query(query, [run_id, gate] if gate else [run_id])
+
+    def gate_counts(self, run_id: str) -> dict[str, int]:
+        """Samples dropped per gate, most first."""
+        return {row["gate"]: row["n"] for row in self.db.query(
+            "select gate, count(*) as n from sample_rejections where run_id = ? group by gate order by n desc, gate",
+            [run_id])}
 
     def seed_sources(self, run_id: str, limit: int) -> tuple[int, list[str]]:
         """How many distinct seed sources a run read, and the first `limit` of them."""

@@ -275,6 +275,18 @@ def check_placeholders(skill: Skill) -> None:
                                  f"(it is given: {known})")
 
 
+def check_gates(skill: Skill) -> None:
+    """skill.toml [gates]: every gate and setting named must exist. The graph's gate node type checks
+    them (nodes/gates.py; skills sit below the gates in the layers, so the graph module is asked, as for
+    placeholders)."""
+    if not skill.spec.gates:
+        return
+    check = getattr(skill.graph_module(), "check_gates", None)
+    if check is None:
+        raise SkillError(f"skill {skill.name}: [gates] is set but its graph ({skill.graph}) runs no gates")
+    check(skill)
+
+
 def load(name: str) -> Skill:
     name = resolve(name)
     folder = SKILLS_DIR / name
@@ -283,6 +295,7 @@ def load(name: str) -> Skill:
     skill = Skill(spec=spec, taxonomy=_load_taxonomy(folder / "taxonomy.toml", transformations),
                   prompts=_prompts(folder / "prompts.toml"), transformations=transformations)
     check_placeholders(skill)
+    check_gates(skill)
     return skill
 
 

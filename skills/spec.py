@@ -109,6 +109,9 @@ class SkillSpec(_Spec):
     refinement: Refinement = Refinement()
     transform: Transform = Transform()
     context: Context = Context()
+    # The sample gates (teachgraph/gates/run.py): gate name -> true, false, or a table of its settings.
+    # Names and settings are checked when the skill loads (skills.check_gates), by the gate registry.
+    gates: dict[str, bool | dict[str, Any]] = {}
 
 
 def first_problem(error: Exception) -> str:

