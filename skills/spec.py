@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 DEFAULT_MAX_LENGTH = 2000
 
@@ -111,7 +111,7 @@ class SkillSpec(_Spec):
     context: Context = Context()
     # The sample gates (teachgraph/gates/run.py): gate name -> true, false, or a table of its settings.
     # Names and settings are checked when the skill loads (skills.check_gates), by the gate registry.
-    gates: dict[str, bool | dict[str, Any]] = {}
+    gates: dict[str, StrictBool | dict[str, Any]] = {}
 
 
 def first_problem(error: Exception) -> str:
