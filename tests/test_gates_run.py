@@ -83,6 +83,13 @@ def test_planted_defects_are_dropped_recorded_and_counted(tmp_path, monkeypatch)
             assert r["duplicate_of"] == "eval.jsonl:q7" and "lighthouse keeper" in r["reason"]
         else:
             assert r["duplicate_of"] is None and "repetition" in r["reason"]
+    # the verdicts are in each sample's lineage (export reads metadata.gates)
+    for s in kept:
+        assert [(g["gate"], g["verdict"]) for g in s["metadata"]["gates"]] == [
+            ("degenerate", "pass"), ("decontaminate", "pass"), ("exact_duplicate", "pass"), ("near_duplicate", "pass")]
+    for r in dropped:
+        assert json.loads(r["body"])["metadata"]["gates"] == [{"gate": r["gate"], "verdict": "reject",
+                                                               "reason": r["reason"]}]
     # a seed whose every sample was dropped is rejected with the gate's reason; the others accepted
     by_seed: dict[str, list[str]] = {}
     for s in produced:
@@ -194,6 +201,38 @@ def test_which_gates_run_from_skill_table_and_run_flags():
     assert list(picked) == ["degenerate", "decontaminate", "exact_duplicate", "near_duplicate"]
     assert picked["near_duplicate"] == {"threshold": 0.8} and [str(p) for p in picked["decontaminate"]["files"]] == [
         "e.jsonl"]
+
+
+def test_the_planted_file_through_a_runs_gates_in_seed_batches(tmp_path):
+    """tests/planted.py's 414 rows (113 defects of every kind, 199 same-passage-different-question rows
+    that must stay) through RunGates as a run feeds them: two samples a seed, judged and admitted
+    per seed. Same gates as `filter`, so the same precision and recall."""
+    from teachgraph.gates.run import RunGates
+    from tests.planted import planted
+    rows, evals = planted()
+    eval_file = tmp_path / "evals.jsonl"
+    eval_file.write_text("".join(json.dumps(e) + "\n" for e in evals))
+    gates = RunGates.open(tmp_path / "gates.db", RunFlags(decontaminate=(str(eval_file),)))
+    pipeline = gates.pipeline("any", {})
+    started = time.perf_counter()
+    verdicts = []
+    for i in range(0, len(rows), 2):
+        verdicts += gates.judge_seed(pipeline, [r.sample for r in rows[i:i + 2]])
+    seconds = time.perf_counter() - started
+    gates.close()
+    print(f"\n{len(rows)} planted rows through a run's gates: {1000 * seconds / len(rows):.1f} ms a sample")
+    for gate in ("degenerate", "decontaminate", "exact_duplicate", "near_duplicate"):
+        planted_here = {r.sample["id"] for r in rows if r.expect == gate}
+        dropped = {r.sample["id"] for r, v in zip(rows, verdicts) if v.gate == gate}
+        precision = len(planted_here & dropped) / max(1, len(dropped))
+        recall = len(planted_here & dropped) / len(planted_here)
+        print(f"  {gate:<16} planted {len(planted_here):>3}  dropped {len(dropped):>3}  precision {precision:.3f}  "
+              f"recall {recall:.3f}")
+        assert precision >= 0.98 and recall >= 0.95
+    assert all(v.keep for r, v in zip(rows, verdicts) if r.expect is None)   # every clean row stays
+    for r, v in zip(rows, verdicts):
+        if r.duplicate_of and not v.keep:
+            assert v.duplicate_of == r.duplicate_of
 
 
 # ---- kill -9 and resume ----
