@@ -1,14 +1,15 @@
-"""The gate node type: the run's quality gates (teachgraph/gates/run.py) on each of a seed's samples
-before any is written.
+"""The gate node type: the run's quality gates (teachgraph/gates/run.py) on each of a seed's samples before
+any is written.
 
     ... -> answer -> gate -> END
 
 A kept sample's metadata gets `gates`: [{gate, verdict "pass", reason null}] for each gate it passed
 (export reads it). A dropped sample leaves the seed's `samples` for `dropped` (its body, whose
-metadata.gates holds the rejecting verdict, and the gate's rejection: gate, reason, duplicate_of), which the runner records with the seed's outcome in one transaction. A seed
-whose every sample was dropped ends rejected with the first gate's reason. The node makes no model
-call; what it admitted is committed before its checkpoint, and RunGates.judge_seed keeps an admitted
-sample on a rerun, so a kill between the two loses nothing and drops nothing twice."""
+metadata.gates holds the rejecting verdict, and the gate's rejection: gate, reason, duplicate_of), which
+the runner records with the seed's outcome in one transaction. A seed whose every sample was dropped
+ends rejected with the first gate's reason. The node makes no model call; what it admitted is committed
+before its checkpoint, and RunGates.judge_seed keeps an admitted sample on a rerun, so a kill between
+the two loses nothing and drops nothing twice."""
 
 from __future__ import annotations
 
