@@ -284,6 +284,16 @@ def runs_list() -> None:
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run['created']))}")
 
 
+def _gates_line(settings: Settings) -> str:
+    if not settings.gates:
+        return "off"
+    files = ", ".join(Path(f).name for f in settings.decontaminate)
+    extra = [f"decontaminate {files}"] if files else []
+    extra += ["semantic"] if settings.semantic else []
+    extra += [f"dedup against {', '.join(settings.dedup_against)}"] if settings.dedup_against else []
+    return "on" + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
     run = registry.run(run_id)
     c = registry.counts(run_id)
@@ -292,7 +302,10 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("run", run_id), ("skill", run["skill"]), ("status", shown_status(Home.from_env(), run)),
         ("seeds", f"{c['total']} total: {c['accepted']} accepted, {c['rejected']} rejected, "
                   f"{c['failed']} failed, {c['pending']} pending"),
-        ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
+        ("samples", f"{c['samples']} (and {c['dropped_samples']} dropped by gates)" if c["dropped_samples"]
+         else c["samples"]),
+        ("gates", _gates_line(settings)),
+        ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
         ("tokens", c["tokens"]),
         ("wall time", f"{run['wall_seconds']:.1f} s"), ("model", settings.model),
         ("endpoint", without_credentials(settings.base_url) if settings.base_url else "embedded llama.cpp"),
@@ -384,8 +397,8 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         else:
             print("\t".join(shown(row[k] if row[k] is not None else "-")
                             for k in ("status", "sample_id", "seed_id", "gate", "reason", "duplicate_of")))
-    say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds); "
-        f"{dropped} samples dropped by gates")
+    say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)"
+        + (f"; {dropped} samples dropped by gates" if dropped else ""))
 
 
 # ---------------------------------------------------------------- endpoint

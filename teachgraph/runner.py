@@ -69,8 +69,7 @@ class Settings:
     dedup_against: list[str] = field(default_factory=list)   # earlier runs whose kept samples count as seen
 
     def gate_flags(self) -> RunFlags:
-        return RunFlags(enabled=self.gates, decontaminate=tuple(self.decontaminate), semantic=self.semantic,
-                        dedup_against=tuple(self.dedup_against))
+        return RunFlags(enabled=self.gates, decontaminate=tuple(self.decontaminate), semantic=self.semantic)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

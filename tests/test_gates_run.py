@@ -119,6 +119,7 @@ def test_planted_defects_are_dropped_recorded_and_counted(tmp_path, monkeypatch)
     assert all(r["gate"] == found[r["sample_id"]] for r in rows if r["status"] == "dropped")
     human = cli.invoke(app, ["runs", "show", "t1"]).stdout
     assert f"samples dropped by gates {len(found)}" in human
+    assert "decontaminate eval.jsonl" in human
 
 
 def test_dedup_against_an_earlier_run_names_its_samples(tmp_path):

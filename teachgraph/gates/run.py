@@ -41,7 +41,6 @@ class RunFlags:
     enabled: bool = True
     decontaminate: tuple[str, ...] = ()
     semantic: bool = False
-    dedup_against: tuple[str, ...] = ()
 
 
 def check_table(table: Mapping[str, Any], where: str = "[gates]") -> None:
@@ -115,6 +114,10 @@ class RunGates:
         """A verdict for each of a seed's samples, in order; the kept ones are admitted, all in one commit."""
         verdicts = []
         with self.store.transaction():
+            # the write lock from the first check to the commit: a process sharing the file (an executor
+            # on several processes) cannot admit a copy between this seed's check and its admit
+            if not self.store.db.conn.in_transaction:
+                self.store.db.execute("BEGIN IMMEDIATE")
             for body in samples:
                 if self._admitted(body["id"]):
                     verdicts.append(KEEP)
