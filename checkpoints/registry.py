@@ -210,6 +210,16 @@ def _executor_workers(db) -> None:   # which executor ran a run, and seeds done 
     db.execute("alter table runs add column workers text")    # JSON: {node: seeds ended there}
 
 
+@sql.migration(MIGRATIONS, PG_MIGRATIONS, name="0011_gate_rejections")
+def _gate_rejections(db) -> None:
+    # samples the quality gates dropped (nodes/gates.py), one row each, written with the seed's outcome;
+    # and a skipped seed chunk that duplicates a collected one names it (teachgraph/gates/seeds.py)
+    db.execute("""create table sample_rejections (run_id text, sample_id text, seed_id text, gate text, reason text,
+                  duplicate_of text, body text, created double precision, primary key (run_id, sample_id))""")
+    db.execute("create index sample_rejections_run_id_gate on sample_rejections (run_id, gate)")
+    db.execute("alter table skipped add column duplicate_of text")
+
+
 class RunLedger:
     """A run's spend in runs.db (client/budget.py's SpendLedger): each add is its own committed
     transaction, so what a reply cost is on disk before the reply is used."""
@@ -301,7 +311,8 @@ class Registry:
 
         for item in items:
             if isinstance(item, Skipped):
-                self.db["skipped"].insert({"run_id": run_id, "source": item.source, "reason": item.reason})
+                self.db["skipped"].insert({"run_id": run_id, "source": item.source, "reason": item.reason,
+                                           "duplicate_of": item.duplicate_of})
                 if on_skip:
                     on_skip(item)
                 continue
@@ -330,7 +341,7 @@ class Registry:
     def forget_corpus(self, run_id: str) -> None:
         """Drop a run's seeds, passages, word counts and skipped inputs (before collecting them)."""
         with self.db.conn:
-            for table in ("seeds", "passages", "terms", "skipped"):
+            for table in ("seeds", "passages", "terms", "skipped", "sample_rejections"):
                 self.db.execute(f"delete from {table} where run_id = ?", [run_id])
 
     def seed(self, run_id: str, seed_id: str) -> dict:
@@ -360,7 +371,8 @@ class Registry:
         return out
 
     def skipped(self, run_id: str) -> list[dict]:
-        return list(self.db.query("select source, reason from skipped where run_id = ?", [run_id]))
+        """Inputs not run: (source, reason, duplicate_of: the seed id a duplicate chunk repeats, else None)."""
+        return list(self.db.query("select source, reason, duplicate_of from skipped where run_id = ?", [run_id]))
 
     # ---- seeds ----
     def unfinished_seeds(self, run_id: str, batch: int = 256) -> Iterator[dict]:
@@ -415,10 +427,12 @@ class Registry:
     def finish_seed(self, run_id: str, seed_id: str, *, status: str, samples: list[dict] = (),
                     reason: str | None = None, node: str | None = None, error: str | None = None,
                     llm_calls: int = 0, tokens: int = 0, cache_hits: int = 0, input_tokens: int = 0,
-                    output_tokens: int = 0, lease: int | None = None) -> None:
-        """The seed's outcome and its samples, atomically. `lease`: the fencing token its runner holds;
-        if it is no longer the seed's current one, LeaseLost is raised and nothing is written. The
-        lease is released in the same transaction."""
+                    output_tokens: int = 0, lease: int | None = None,
+                    dropped: list[dict] = ()) -> None:
+        """The seed's outcome, its samples and the samples the gates dropped (`dropped`: each
+        {"sample": body, "gate", "reason", "duplicate_of"}), atomically. `lease`: the fencing token its
+        runner holds; if it is no longer the seed's current one, LeaseLost is raised and nothing is
+        written. The lease is released in the same transaction."""
         with self.db.conn:
             if lease is not None:
                 # the row lock this update takes orders it with any claim: a claim committed first
@@ -428,6 +442,13 @@ class Registry:
                     [run_id, seed_id, lease])
                 if released.rowcount != 1:
                     raise LeaseLost(run_id, seed_id, lease)
+            now = time.time()
+            for rejection in dropped:   # a sample is rejected once, whatever reruns
+                body = rejection["sample"]
+                self.db.execute("insert into sample_rejections (run_id, sample_id, seed_id, gate, reason, "
+                                "duplicate_of, body, created) values (?,?,?,?,?,?,?,?) on conflict do nothing",
+                                [run_id, body["id"], seed_id, rejection["gate"], rejection["reason"],
+                                 rejection.get("duplicate_of"), json.dumps(body, ensure_ascii=False), now])
             next_seq = self.db.execute("select coalesce(max(seq), 0) from samples where run_id = ?",
                                        [run_id]).fetchone()[0]
             for offset, sample in enumerate(samples, start=1):
@@ -454,7 +475,10 @@ class Registry:
                       coalesce(sum(input_tokens), 0) as input_tokens, coalesce(sum(output_tokens), 0) as output_tokens,
                       coalesce(sum(samples), 0) as samples
                from seeds where run_id = ?""", [run_id]))
-        return {k: (v or 0) for k, v in row.items()}
+        counted = {k: (v or 0) for k, v in row.items()}
+        counted["dropped_samples"] = self.db.execute("select count(*) from sample_rejections where run_id = ?",
+                                                     [run_id]).fetchone()[0]
+        return counted
 
     def outcomes(self, run_id: str, status: str) -> list[dict]:
         return list(self.db.query(
@@ -507,12 +531,34 @@ class Registry:
         for row in self.db.query("select id, body from samples where run_id = ? order by seq", [run_id]):
             yield row["id"], row["body"]
 
-    def rejections(self, run_id: str) -> list[dict]:
-        """Rejected seeds counted by skill, node and reason (what a dataset card says each step dropped)."""
+    def rejections(self, run_id: str, *, samples: bool = False) -> list[dict]:
+        """Rejected seeds counted by skill, node and reason (what a dataset card says each step dropped).
+        `samples=True`: the samples the quality gates dropped instead, counted by skill, gate and reason:
+        rows {skill, gate, reason, samples}, most first within a skill (each sample is in
+        `dropped_samples`)."""
+        if samples:
+            return list(self.db.query(
+                """select s.skill as skill, r.gate as gate, r.reason as reason, count(*) as samples
+                   from sample_rejections r left join seeds s on s.run_id = r.run_id and s.id = r.seed_id
+                   where r.run_id = ? group by 1, 2, 3 order by 1, 4 desc""", [run_id]))
         return list(self.db.query(
             """select skill, coalesce(node, '') as node, coalesce(reason, '') as reason, count(*) as seeds
                from seeds where run_id = ? and status = 'rejected' group by 1, 2, 3 order by 1, 4 desc""",
             [run_id]))
+
+    def dropped_samples(self, run_id: str, gate: str | None = None) -> Iterator[dict]:
+        """Each sample the quality gates dropped, in the order they were dropped: {sample_id, seed_id,
+        gate, reason, duplicate_of (the kept sample it repeats, this run's or an earlier one's; an
+        evaluation item `FILE:id` for decontaminate; else None), body (the sample's JSON)}."""
+        query = ("select sample_id, seed_id, gate, reason, duplicate_of, body from sample_rejections "
+                 "where run_id = ?" + (" and gate = ?" if gate else "") + " order by created, rowid")
+        yield from self.db.query(query, [run_id, gate] if gate else [run_id])
+
+    def gate_counts(self, run_id: str) -> dict[str, int]:
+        """Samples dropped per gate, most first."""
+        return {row["gate"]: row["n"] for row in self.db.query(
+            "select gate, count(*) as n from sample_rejections where run_id = ? group by gate order by n desc, gate",
+            [run_id])}
 
     def seed_sources(self, run_id: str, limit: int) -> tuple[int, list[str]]:
         """How many distinct seed sources a run read, and the first `limit` of them."""

@@ -36,6 +36,7 @@ from teachgraph.graphs.skeleton import Agent, instruction_graph
 from teachgraph.nodes import checks, schemas
 from teachgraph.nodes.agent import SeedInput, SeedState, agent_node, ask, given, usage_update
 from teachgraph.nodes.context import RunContext
+from teachgraph.nodes.gates import check_gates  # noqa: F401  (skills.check_gates' hook for this graph)
 from teachgraph.client.llm import UnusableOutput
 from teachgraph.nodes.sample import Refinement, make_sample
 from teachgraph.skills import Skill
@@ -622,7 +623,7 @@ def _offset(seed_id: str) -> int:
        "follow_up": "turns left in the conversation", "simulate_tools": "the answer called tools"})
 async def after_answer(state: FlowState) -> str:  # async: see graphs/refinement.py
     step = state.get("next_step", "done")
-    return END if step == "done" else step
+    return "gate" if step == "done" else step
 
 
 # ---- assembly ----
@@ -640,15 +641,15 @@ def build(skill: Skill) -> StateGraph:
         builder.add_conditional_edges("transform", unless_rejected("extend"), ["extend", END])
         material = "extend"
     builder.add_conditional_edges(material, unless_rejected("generate"), ["generate", END])
-    after = ["answer", END]
+    after = ["answer", "gate"]
     mode = skill.spec.response.mode
     if mode == "follow_up":
         builder.add_node("follow_up", follow_up)
-        builder.add_conditional_edges("follow_up", after_answer, ["answer", END])
+        builder.add_conditional_edges("follow_up", after_answer, ["answer", "gate"])
         after.append("follow_up")
     elif mode == "tool_calls":
         builder.add_node("simulate_tools", simulate_tools)
-        builder.add_conditional_edges("simulate_tools", after_answer, ["answer", END])
+        builder.add_conditional_edges("simulate_tools", after_answer, ["answer", "gate"])
         after.append("simulate_tools")
     builder.add_conditional_edges("answer", after_answer, after)
     return builder

@@ -17,7 +17,7 @@ import json
 import random
 from typing import Any, Literal, TypedDict
 
-from langgraph.graph import END, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from pydantic import BaseModel, Field, create_model
 
@@ -25,6 +25,7 @@ from teachgraph.graphs.skeleton import Agent, instruction_graph
 from teachgraph.nodes import checks
 from teachgraph.nodes.agent import NodeFailed, SeedInput, SeedState, agent_node, ask, given, usage_update
 from teachgraph.nodes.context import RunContext
+from teachgraph.nodes.gates import check_gates  # noqa: F401  (skills.check_gates' hook for this graph)
 from teachgraph.client.llm import UnusableOutput, Usage
 from teachgraph.nodes.sample import Refinement, make_sample
 from teachgraph.skills import Skill
@@ -352,5 +353,5 @@ def build(skill: Skill) -> StateGraph:
         suggest=Agent(Suggestion, suggest_inputs, suggest_apply),
         edit=Agent(edit_schema, edit_inputs, edit_apply), answer=answer)
     builder.add_edge("transform", "generate")  # transform never rejects: it falls back to the document title
-    builder.add_edge("answer", END)
+    builder.add_edge("answer", "gate")
     return builder

@@ -46,6 +46,7 @@ class SeedState(SeedInput, total=False):
     rejected_by: str                                 # the node that rejected it
     refined_rejected: str                            # why the refined task got no sample (the seed's stands)
     samples: list[dict]                              # finished (prompt, response) samples
+    dropped: list[dict]                              # samples a gate dropped, with gate, reason, duplicate_of
     cache_hits: Annotated[int, operator.add]         # replies the response cache served
     input_tokens: Annotated[int, operator.add]       # of tokens: the prompts' (prices differ) ...
     output_tokens: Annotated[int, operator.add]      # ... and the replies'

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from teachgraph.client.llm import LLM
 from teachgraph.skills import Skill
+
+if TYPE_CHECKING:
+    from teachgraph.gates.run import RunGates
 
 
 class Corpus(Protocol):
@@ -24,3 +27,4 @@ class RunContext:
     skill: Skill
     llm: LLM
     corpus: Corpus
+    gates: "RunGates | None" = None      # the run's quality gates (nodes/gates.py); None: no gates

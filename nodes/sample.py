@@ -53,6 +53,7 @@ class Metadata(_Record):
     original_query: str | None = None           # rag: the seed query, before refinement
     refinements: list[Refinement]
     checks: list[dict[str, Any]] | None = None  # flow: the checks the answer passed (nodes/checks.py)
+    gates: list[dict[str, Any]] | None = None   # the quality gates' verdicts, added by the gate node (nodes/gates.py)
     model: str
 
 

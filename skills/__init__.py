@@ -299,6 +299,18 @@ def check_placeholders(skill: Skill) -> None:
                                  f"(it is given: {known})")
 
 
+def check_gates(skill: Skill) -> None:
+    """skill.toml [gates]: every gate and setting named must exist. The graph's gate node type checks
+    them (nodes/gates.py; skills sit below the gates in the layers, so the graph module is asked, as for
+    placeholders)."""
+    if not skill.spec.gates:
+        return
+    check = getattr(skill.graph_module(), "check_gates", None)
+    if check is None:
+        raise SkillError(f"skill {skill.name}: [gates] is set but its graph ({skill.graph}) runs no gates")
+    check(skill)
+
+
 def load(name: str) -> Skill:
     name = resolve(name)
     folder = SKILLS_DIR / name
@@ -308,6 +320,7 @@ def load(name: str) -> Skill:
                   prompts=_prompts(folder / "prompts.toml"), transformations=transformations,
                   rubric=rubric_for(name))
     check_placeholders(skill)
+    check_gates(skill)
     return skill
 
 

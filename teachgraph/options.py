@@ -20,6 +20,7 @@ class Options:
     rounds: int = 2               # refinement rounds when neither the caller nor the skill says
     model: str = EMBEDDED_MODEL
     probe_timeout: float = 60.0   # seconds per request of `endpoint probe`
+    gates: bool = True            # the quality gates on every sample (degenerate, exact and near duplicates)
 
 
 DEFAULTS = Options()

@@ -15,9 +15,10 @@ import secrets
 import socket
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from langchain_openai import ChatOpenAI
 
@@ -29,6 +30,7 @@ from teachgraph.checkpoints.store import Store, open_store
 from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
+from teachgraph.gates.run import RunFlags, RunGates
 from teachgraph.nodes.context import RunContext
 from teachgraph.client.budget import BudgetReached, Meter, Prices
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
@@ -74,6 +76,15 @@ class Settings:
     judge_base_url: str | None = None    # its endpoint; None: the generator's
     judge_structured: str | None = None  # its response mode; None: the generator's
     target: int | None = None            # --target N: run seeds until every task type has N kept samples
+    # the quality gates (teachgraph/gates/run.py). False by default only for runs made before gates
+    # existed, so that they resume as they began; a new run takes DEFAULTS.gates.
+    gates: bool = False
+    decontaminate: list[str] = field(default_factory=list)   # evaluation files (absolute paths)
+    semantic: bool = False
+    dedup_against: list[str] = field(default_factory=list)   # earlier runs whose kept samples count as seen
+
+    def gate_flags(self) -> RunFlags:
+        return RunFlags(enabled=self.gates, decontaminate=tuple(self.decontaminate), semantic=self.semantic)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +128,10 @@ class Home:
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
+
+    def gates_path(self, run_id: str) -> Path:
+        """The run's gate state: the dedup indexes of the samples it kept (teachgraph/gates/store.py)."""
+        return self.run_dir(run_id) / "gates.db"
 
     def default_out(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "samples.jsonl"
@@ -290,14 +305,17 @@ class SeedRunner:
     the per-seed part every executor uses."""
 
     def __init__(self, registry: Registry, run_id: str, skill: Skill | None, llm: LLM, settings: Settings,
-                 reporter: Reporter, writer: SampleWriter, saver, owner: str | None = None,
+                 reporter: Reporter, writer: SampleWriter, saver, gates: RunGates | None = None,
+                 owner: str | None = None,
                  lease_ttl: float = LEASE_TTL_S):
-        """`owner`: who holds the seeds' leases (a worker id; default host:pid:random)."""
+        """`gates`: the run's quality gates (open_gates), shared by every seed this process runs; `owner`:
+        who holds the seeds' leases (a worker id; default host:pid:random)."""
         self.registry, self.run_id, self.skill, self.llm = registry, run_id, skill, llm
         self.settings, self.reporter, self.writer, self.saver = settings, reporter, writer, saver
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.lease_ttl = lease_ttl
         self._token: dict[str, int] = {}   # seed id -> the fencing token of the lease held on it
+        self.gates = gates
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
         self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id)) \
@@ -308,7 +326,11 @@ class SeedRunner:
         name = name or self.skill.name
         if name not in self._graphs:
             skill = self.skill if self.skill and self.skill.name == name else skills.load(name)
-            ctx = RunContext(run_id=self.run_id, skill=skill, llm=self.llm, corpus=self._corpus)
+            ctx = RunContext(run_id=self.run_id, skill=skill, llm=self.llm, corpus=self._corpus, gates=self.gates)
+            if self.gates is not None:   # --dedup-against: the earlier runs' samples, before any seed's
+                pipeline = self.gates.pipeline(skill.name, skill.spec.gates)
+                for earlier in self.settings.dedup_against:
+                    self.gates.learn_run(pipeline, earlier, self.registry.samples(earlier))
             self._graphs[name] = (skill.build_graph().compile(checkpointer=self.saver), ctx)
         return self._graphs[name]
 
@@ -423,6 +445,7 @@ class SeedRunner:
                 await self._fail(graph, config, seed, ",".join(state.next) or "graph", exc, carry)
                 return
         samples = final.get("samples") or []
+        dropped = final.get("dropped") or []
         calls, tokens = final.get("llm_calls", 0) + carry.calls, final.get("tokens", 0) + carry.tokens
         hits = final.get("cache_hits", 0) + carry.cache_hits
         split = {"input_tokens": final.get("input_tokens", 0) + carry.input_tokens,
@@ -431,14 +454,14 @@ class SeedRunner:
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.REJECTED,
                                       node=final.get("rejected_by"),
                                       reason=final.get("rejected") or "no sample produced",
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split,
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split, dropped=dropped,
                                       lease=self._token.get(seed["id"]))
             self.reporter.seed_done(SeedStatus.REJECTED, 0)
         else:
             # an accepted seed's reason, if any, says why its refined task got no sample
             self.registry.finish_seed(self.run_id, seed["id"], status=SeedStatus.ACCEPTED, samples=samples,
                                       reason=final.get("refined_rejected"),
-                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split,
+                                      llm_calls=calls, tokens=tokens, cache_hits=hits, **split, dropped=dropped,
                                       lease=self._token.get(seed["id"]))
             for sample in samples:
                 self.writer.append(sample)
@@ -460,6 +483,20 @@ class SeedRunner:
                                   output_tokens=values.get("output_tokens", 0) + spent.output_tokens,
                                   lease=self._token.get(seed["id"]))
         self.reporter.seed_done(SeedStatus.FAILED, 0)
+
+
+@contextmanager
+def open_gates(home: Home, run_id: str, settings: Settings) -> Iterator[RunGates | None]:
+    """The run's gates over its gate state in the store (None when the run has --no-gates). One
+    process runs a run at a time (RunLock), so one connection owns the file."""
+    if not settings.gates:
+        yield None
+        return
+    gates = RunGates.open(home.gates_path(run_id), settings.gate_flags())
+    try:
+        yield gates
+    finally:
+        gates.close()
 
 
 @dataclass
@@ -506,9 +543,10 @@ class LocalExecutor:
     async def _execute_seeds(self) -> None:
         """Run every unfinished seed; the part another executor replaces (teachgraph/ray_executor.py),
         keeping the writer, wall time and fault handling of `run` around it."""
-        async with self.home.open_store().saver() as saver:
-            await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
-                                             self.reporter, self.writer, saver))
+        with open_gates(self.home, self.run_id, self.settings) as gates:
+            async with self.home.open_store().saver() as saver:
+                await self._run_seeds(SeedRunner(self.registry, self.run_id, self.skill, self.llm, self.settings,
+                                                 self.reporter, self.writer, saver, gates=gates))
 
     async def _run_seeds(self, runner: SeedRunner) -> None:
         slots = asyncio.Semaphore(self.settings.concurrency)

@@ -49,6 +49,7 @@ class Chunk:
 class Skipped:
     source: str
     reason: str
+    duplicate_of: str | None = None   # a duplicate seed chunk: the id of the chunk it repeats
 
 
 class _HTMLText(HTMLParser):

@@ -38,12 +38,13 @@ class Tally:
 
 
 def run_in_process(tmp_path: Path, script, *, limit: int = 3, rounds: int = 2, concurrency: int = 2,
-                   seeds: Path = SAMPLE, run_id: str = "t1"):
-    """Run the rag graph over `seeds` with a scripted model; returns (registry, settings, llm)."""
+                   seeds: Path = SAMPLE, run_id: str = "t1", **options):
+    """Run the rag graph over `seeds` with a scripted model; returns (registry, settings, llm).
+    `options`: more of teachgraph.run's (the gate flags)."""
     llm = LLM(chat=ScriptedChatModel(script=script), model_name="scripted", structured_mode="json_object",
               max_concurrency=concurrency)
     run = teachgraph.run("rag", [seeds], limit=limit, rounds=rounds, concurrency=concurrency, model="scripted",
-                         home=tmp_path / "home", run_id=run_id, llm=llm)
+                         home=tmp_path / "home", run_id=run_id, llm=llm, **options)
     return run.registry, run.settings, llm
 
 

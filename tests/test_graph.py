@@ -20,16 +20,18 @@ def compiled():
 
 def test_topology_has_the_agentinstruct_flow():
     graph = compiled().get_graph()
-    assert set(graph.nodes) == {"__start__", "transform", "generate", "suggest", "edit", "answer", "__end__"}
+    assert set(graph.nodes) == {"__start__", "transform", "generate", "suggest", "edit", "answer", "gate",
+                                "__end__"}
     edges = {(e.source, e.target, e.conditional) for e in graph.edges}
     assert ("__start__", "transform", False) in edges
     assert ("transform", "generate", False) in edges
     # only nodes that can reject have an edge to END
-    assert {e.source for e in graph.edges if e.target == "__end__"} == {"generate", "answer"}
+    # (and the gate, which every sample passes before it is written)
+    assert {e.source for e in graph.edges if e.target == "__end__"} == {"generate", "gate"}
     # the refinement loop: suggester -> editor -> suggester, with exits to answer
     assert {("generate", "suggest", True), ("suggest", "edit", True), ("edit", "suggest", True),
             ("suggest", "answer", True), ("edit", "answer", True), ("generate", "answer", True)} <= edges
-    assert ("answer", "__end__", False) in edges
+    assert ("answer", "gate", False) in edges and ("gate", "__end__", False) in edges
 
 
 def test_routing_decisions():
