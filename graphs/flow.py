@@ -619,7 +619,7 @@ def _offset(seed_id: str) -> int:
     return int(hashlib.sha256(seed_id.encode()).hexdigest()[:6], 16)
 
 
-@when({END: "every item answered, or the seed rejected", "answer": "next item, a correction or the next turn",
+@when({"gate": "every item answered, or the seed rejected", "answer": "next item, a correction or the next turn",
        "follow_up": "turns left in the conversation", "simulate_tools": "the answer called tools"})
 async def after_answer(state: FlowState) -> str:  # async: see graphs/refinement.py
     step = state.get("next_step", "done")

@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from teachgraph.testing.fake_openai import instance_from_schema
+from tests.rag_script import distinct_words
 
 APIS = [
     {"name": "get_weather", "description": "Current weather for a city.",
@@ -42,7 +43,9 @@ class FlowScript:
             if isinstance(value.get(name), str) and "enum" not in spec:
                 # the same prompt gets the same reply, as a resumed run would; different prompts differ
                 tag = hashlib.sha256(f"{system}\n{user}".encode()).hexdigest()[:6]
-                value[name] = f"{value[name]} ({tag}) " + "lorem ipsum " * 6
+                # words that depend on the prompt, as a model's do: one filler for every prompt made
+                # near-duplicate samples, which the run's gates (rightly) drop
+                value[name] = f"{value[name]} ({tag}) " + distinct_words(f"{system}\n{user}\n{name}", 12)
         fill = {
             "content": PAGE if "accessibility tree" in system else "A short passage about weather in Paris. " * 3,
             "apis": APIS,

@@ -83,10 +83,11 @@ def test_planted_defects_are_dropped_recorded_and_counted(tmp_path, monkeypatch)
             assert r["duplicate_of"] == "eval.jsonl:q7" and "lighthouse keeper" in r["reason"]
         else:
             assert r["duplicate_of"] is None and "repetition" in r["reason"]
-    # the verdicts are in each sample's lineage (export reads metadata.gates)
+    # the verdicts are in each sample's lineage (export reads metadata.gates); rag's skill.toml adds grounding
     for s in kept:
         assert [(g["gate"], g["verdict"]) for g in s["metadata"]["gates"]] == [
-            ("degenerate", "pass"), ("decontaminate", "pass"), ("exact_duplicate", "pass"), ("near_duplicate", "pass")]
+            ("degenerate", "pass"), ("decontaminate", "pass"), ("grounding", "pass"), ("exact_duplicate", "pass"),
+            ("near_duplicate", "pass")]
     for r in dropped:
         assert json.loads(r["body"])["metadata"]["gates"] == [{"gate": r["gate"], "verdict": "reject",
                                                                "reason": r["reason"]}]

@@ -90,12 +90,13 @@ def test_lineage_has_every_step_with_what_it_made_and_spent(made):
     registry, _ = made
     sample_id = first_sample(registry)
     item = data.lineage(registry, RUN_ID, sample_id)
-    assert [s["node"] for s in item["steps"]] == ["transform", "generate", "suggest", "edit", "answer"]
+    assert [s["node"] for s in item["steps"]] == ["transform", "generate", "suggest", "edit", "answer", "gate"]
     generate, suggest, edit = item["steps"][1:4]
     assert generate["detail"]["item"]["query"].startswith("Which behaviour")
     assert suggest["detail"]["operation"] == "rewrite_query" and edit["detail"]["item"]["round"] == 1
-    assert all(s["llm_calls"] >= 1 and s["tokens"] > 0 for s in item["steps"])
-    assert sample_id in item["steps"][-1]["detail"]["samples"]
+    assert all(s["llm_calls"] >= 1 and s["tokens"] > 0 for s in item["steps"] if s["node"] != "gate")
+    assert item["steps"][-1]["llm_calls"] == 0                       # the gates ask no model
+    assert sample_id in item["steps"][-2]["detail"]["samples"]
     assert item["seed"]["text"] and item["sample"]["messages"][-1]["role"] == "assistant"
     assert data.lineage(registry, RUN_ID, "rv:nope:r0") is None
     failed = next(i for i in data.items(registry, RUN_ID, status="failed")["items"])

@@ -15,9 +15,10 @@ from teachgraph.gates.store import GateStore
 if TYPE_CHECKING:   # the model client loads only for a judged filter
     from teachgraph.client.llm import LLM
 
-# Cheap, stateless gates first; the dedup indexes next, so they only ever hold rows that are kept; the
+# Cheap, stateless gates first (decontamination before grounding: a leaked evaluation item is named as
+# such, with the item it copies); the dedup indexes next, so they only ever hold rows that are kept; the
 # judge (a model call per row) last, on what every other gate kept.
-DEFAULT_ORDER = ("degenerate", "grounding", "decontaminate", "exact_duplicate", "near_duplicate",
+DEFAULT_ORDER = ("degenerate", "decontaminate", "grounding", "exact_duplicate", "near_duplicate",
                  "semantic_duplicate", "judge")
 
 
