@@ -585,6 +585,13 @@ class Registry:
                    output_tokens = output_tokens + excluded.output_tokens, cost = cost + excluded.cost""",
                 [run_id, spend.calls, spend.input_tokens, spend.output_tokens, spend.cost])
 
+    def seed_ids(self, run_ids: Iterable[str]) -> set[str]:
+        """The ids of every seed the runs collected (an id is a hash of the chunk's source and text)."""
+        ids: set[str] = set()
+        for run_id in run_ids:
+            ids.update(row["id"] for row in self.db.query("select id from seeds where run_id = ?", [run_id]))
+        return ids
+
     def seeds_to_estimate(self, run_id: str) -> Iterator[dict]:
         """Every seed's skill, kind, transformation and text, in order (teachgraph/estimation.py)."""
         yield from self.db.query("select skill, kind, transformation, task_type, text, source from seeds "

@@ -700,21 +700,40 @@ def teach(run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="ru
           learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="default 2e-4 LoRA, 2e-5 full"),
           max_new_tokens: int = typer.Option(160, "--max-new-tokens",
                                              help="length of the student's checked answers"),
-          store: Optional[str] = store_option()) -> None:
+          store: Optional[str] = store_option(),
+          repair: bool = typer.Option(False, "--repair", help="then generate for the weakest task types, teach "
+                                      "again, and compare with as many samples of random task types"),
+          rounds_of_repair: int = typer.Option(1, "--rounds-of-repair", min=1, help="repair rounds (with --repair)"),
+          repair_types: int = typer.Option(3, "--repair-types", min=1, help="weakest task types a round aims at"),
+          repair_target: int = typer.Option(4, "--repair-target", min=1,
+                                            help="kept samples per aimed task type (the new run's --target)"),
+          base_url: Optional[str] = typer.Option(None, "--base-url", help="generator for the repair runs "
+                                                 "(default: the first run's)"),
+          model: Optional[str] = typer.Option(None, "--model")) -> None:
     """Fine-tune a student on runs' samples (split by seed) and compare it before and after, per task type."""
     from teachgraph.teach import TeachError, TeachSettings, teach as teach_student  # torch: only for this command
     settings = TeachSettings(student=student, steps=steps, lora=lora, heldout=heldout, max_length=max_length,
                              batch_size=batch_size, learning_rate=learning_rate, max_new_tokens=max_new_tokens)
-    registry = Home.from_env(store).registry()
+    home = Home.from_env(store)
+    registry = home.registry()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as bars:
         def progress(label: str, total: int):
             task = bars.add_task(label, total=total)
             return lambda n: bars.advance(task, n)
         try:
-            result = teach_student(registry, run_ids, out, settings, progress=progress)
+            if repair:
+                from teachgraph.repair import RepairSettings, repair as repair_student
+                repaired = repair_student(run_ids, out, settings, RepairSettings(
+                    rounds=rounds_of_repair, types=repair_types, per_type=repair_target, base_url=base_url,
+                    model=model), home=home, progress=progress, reporter=ConsoleReporter())
+            else:
+                result = teach_student(registry, run_ids, out, settings, progress=progress)
         except TeachError as exc:
             fail(str(exc))
+    if repair:
+        _show_repair(repaired, out)
+        return
     report = result.report()
     table = Table(title=f"held-out: {report['heldout_samples']} samples, {len(report['heldout_seeds'])} seeds "
                         f"(trained on {report['train_samples']} samples, {settings.steps} steps)")
@@ -730,6 +749,26 @@ def teach(run_ids: List[str] = typer.Argument(..., metavar="RUN_ID...", help="ru
     console.print(table)
     console.print(f"model: {out / 'model'}  report: {out / 'report.json'}"
                   + (f"  gguf: {result.gguf}" if result.gguf else ""), highlight=False, markup=False)
+
+
+def _show_repair(report: dict, out: Path) -> None:
+    def figure(v):
+        return "-" if v is None else f"{v:.3f}"
+    for done in report["rounds"]:
+        table = Table(title=f"repair round {done['round']}: aimed at {', '.join(done['aimed'])} "
+                            f"({done['new_samples']['repair']} new samples; control: "
+                            f"{done['new_samples']['control']} for {', '.join(done['control_types'])})")
+        for column in ("task type", "loss before", "after repair", "after control"):
+            table.add_column(column, justify="left" if column == "task type" else "right")
+        for row in done["aimed_types"]:
+            table.add_row(row["task_type"], *(figure((row[k] or {}).get("loss"))
+                                              for k in ("before", "after_repair", "after_control")))
+        console.print(table)
+        drop = done["mean_loss_drop_on_aimed"]
+        verdict = "helped more" if done["repair_helped_more"] else "did not help more"
+        console.print(f"mean held-out loss drop on the aimed types: repair {figure(drop['repair'])}, control "
+                      f"{figure(drop['control'])}: repair {verdict}", highlight=False, markup=False)
+    console.print(f"report: {out / 'repair.json'}", highlight=False, markup=False)
 
 
 def main() -> None:

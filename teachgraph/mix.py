@@ -12,6 +12,7 @@ import json
 import math
 import tomllib
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from teachgraph import skills
@@ -88,8 +89,12 @@ class Target:
     just because seeds of theirs are running, the seed waits for one of them to end: if it is
     rejected, the seed is still needed; counting running seeds as done would stop short."""
 
-    def __init__(self, registry: Registry, run_id: str, n: int, started: set[str] = frozenset()):
+    def __init__(self, registry: Registry, run_id: str, n: int, started: set[str] = frozenset(), *,
+                 focus: Iterable[str] = (), used: set[str] = frozenset()):
+        """`focus`: only these task types are wanted (a repair run: the student's weakest); `used`: seed ids
+        an earlier run had, left unused here (a repair run draws new seeds)."""
         self.registry, self.run_id, self.n = registry, run_id, n
+        self.focus, self.used = set(focus), set(used)
         self.running: dict[str, tuple[str, str]] = {}    # seed id -> (skill, task type)
         self._ended: asyncio.Event | None = None
         # seeds a resumed run will continue (they have checkpoints) count as running from the start:
@@ -109,7 +114,12 @@ class Target:
         """The seed's task type now, or None: not needed (every type it fits has N kept samples)."""
         if skill.transformations and not seed.get("transformation"):
             return seed["task_type"]     # the skill cannot use the seed: its graph rejects it, at no cost
-        fitting = [t.name for t in skill.types_for(seed.get("transformation"))]
+        if seed["id"] in self.used:
+            return None
+        fitting = [t.name for t in skill.types_for(seed.get("transformation"))
+                   if not self.focus or t.name in self.focus]
+        if not fitting:
+            return None
         while True:
             kept = self.registry.kept_samples(self.run_id, skill.name)
             running = self._in_flight(skill.name)
@@ -132,5 +142,10 @@ class Target:
             self._ended = None
 
     def unused_reason(self, skill: Skill, seed: dict) -> str:
+        if seed["id"] in self.used:
+            return "not needed: an earlier run used this seed (a repair run draws new seeds)"
+        if self.focus and not any(t.name in self.focus for t in skill.types_for(seed.get("transformation"))):
+            return (f"not needed: it fits none of the task types asked for ({', '.join(sorted(self.focus))}); "
+                    f"transformation {seed.get('transformation') or '-'}")
         return (f"not needed: every task type it fits already has {self.n} kept samples (--target {self.n}); "
                 f"transformation {seed.get('transformation') or '-'}")

@@ -76,6 +76,8 @@ class Settings:
     judge_base_url: str | None = None    # its endpoint; None: the generator's
     judge_structured: str | None = None  # its response mode; None: the generator's
     target: int | None = None            # --target N: run seeds until every task type has N kept samples
+    focus: list[str] | None = None       # with target: only these task types (teach --repair's weakest)
+    fresh_after: list[str] | None = None  # with target: leave unused the seeds these runs had
     # the quality gates (teachgraph/gates/run.py). False by default only for runs made before gates
     # existed, so that they resume as they began; a new run takes DEFAULTS.gates.
     gates: bool = False
@@ -318,8 +320,9 @@ class SeedRunner:
         self.gates = gates
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
-        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id)) \
-            if settings.target else None
+        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id),
+                             focus=settings.focus or (),
+                             used=registry.seed_ids(settings.fresh_after or ())) if settings.target else None
 
     def _graph_for(self, name: str | None) -> tuple[Any, RunContext]:
         """The compiled graph and context of a seed's skill, built on first use."""

@@ -490,8 +490,10 @@ def _fits(tokenizer, template: str, max_length: int) -> Callable[[Example], bool
 
 
 def teach(registry: Registry, run_ids: list[str], out: Path, settings: TeachSettings, *,
-          progress=None, callbacks: list = ()) -> Teaching:
-    """Split, evaluate, train, evaluate, save DIR/model and DIR/report.json.
+          train_only: list[str] = (), progress=None, callbacks: list = ()) -> Teaching:
+    """Split, evaluate, train, evaluate, save DIR/model and DIR/report.json. The samples of the
+    `train_only` runs (repair rounds) are added to the training part only, so the held-out part is the
+    same as without them and the two students are compared on the same items.
 
     `progress(label, total)` returns a function to advance a bar by n (the CLI passes rich's); `callbacks` go to
     the trainer (its own tqdm bar shows training)."""
@@ -509,6 +511,12 @@ def teach(registry: Registry, run_ids: list[str], out: Path, settings: TeachSett
     if not kept:
         raise TeachError(f"no sample fits in --max-length {settings.max_length} tokens")
     split = split_by_seed(kept, settings.heldout)
+    if train_only:
+        held = set(split.heldout_seeds)
+        extra = [e for e in load_examples(registry, train_only) if fits(e) and e.seed_id not in held]
+        split = Split(train=split.train + extra, heldout=split.heldout,
+                      train_seeds=sorted(set(split.train_seeds) | {e.seed_id for e in extra}),
+                      heldout_seeds=split.heldout_seeds)
     advance = (lambda label: progress(label, len(split.heldout))) if progress else (lambda label: None)
 
     clock = time.monotonic()

@@ -222,3 +222,47 @@ def test_generation_checks_pass_the_samples_own_answers_and_fail_wrong_ones(tmp_
             assert not check(example, broken(reply)), (skill, broken(reply))
         assert not check(example, "I am not sure.") or skill == "tool_use"
     assert called, f"no {skill} reply had the part the test breaks"
+
+
+@pytest.mark.slow
+def test_repair_aims_new_seeds_at_the_weakest_task_types_against_a_random_control(tmp_path, tiny_student):
+    """One repair round: the repair run keeps samples only of the round-0 student's weakest task types, from seeds
+    the taught run did not have; the control run as many types drawn at random; both students are evaluated on
+    round 0's held-out items; repair.json compares them on the aimed types."""
+    from teachgraph.client.llm import LLM
+    from teachgraph.repair import RepairSettings, repair
+    from teachgraph.runner import Home
+    from teachgraph.teach import TeachSettings
+    from teachgraph.testing.fake_chat import ScriptedChatModel
+
+    registry, _, _ = run_in_process(tmp_path, RagScript().reply, limit=6)
+    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted", structured_mode="json_object",
+              max_concurrency=2)
+    out = tmp_path / "repaired"
+    settings = TeachSettings(student=str(tiny_student), steps=2, lora=False, learning_rate=3e-3, heldout=0.34,
+                             max_new_tokens=4)
+    report = repair(["t1"], out, settings, RepairSettings(rounds=1, types=2, per_type=1, seed=3),
+                    home=Home(tmp_path / "home"), llm=llm, concurrency=2)
+    assert json.loads((out / "repair.json").read_text()) == report
+    baseline = json.loads((out / "round-0" / "report.json").read_text())
+    (done,) = report["rounds"]
+    assert done["aimed"] == [w["task_type"] for w in baseline["weakest"]][:2]
+    assert len(done["control_types"]) == len(done["aimed"])
+
+    taught_seeds = {e.seed_id for e in load_examples(registry, ["t1"])}
+    for arm, types in (("repair_run", done["aimed"]), ("control_run", done["control_types"])):
+        made = load_examples(registry, [done[arm]])
+        assert made, arm
+        assert {e.task_type for e in made} <= set(types), (arm, {e.task_type for e in made}, types)
+        assert not {e.seed_id for e in made} & taught_seeds   # new seeds only
+    assert {e.task_type for e in load_examples(registry, [done["repair_run"]])} == set(done["aimed"])
+    assert done["new_samples"]["repair"] > 0 and done["new_samples"]["control"] > 0
+
+    for arm in ("repair", "control"):   # the same held-out items as round 0, and the new samples trained on
+        taught = json.loads((out / "round-1" / arm / "report.json").read_text())
+        assert taught["heldout_seeds"] == baseline["heldout_seeds"]
+        assert taught["train_samples"] > baseline["train_samples"]
+    assert {r["task_type"] for r in done["aimed_types"]} == set(done["aimed"])
+    assert all(r["before"]["loss"] is not None and r["after_repair"]["loss"] is not None
+               and r["after_control"]["loss"] is not None for r in done["aimed_types"])
+    assert isinstance(done["repair_helped_more"], bool)
