@@ -88,6 +88,10 @@ class TransformInputs(TypedDict):
     text: str
 
 
+# generate, suggest, edit and answer share one system prompt and open their user turn with the item's
+# passages (skills/rag/prompts.toml): a seed's calls then share their prefix up to the end of the
+# passages, which the embedded server's prompt cache evaluates once per seed, not once per call.
+
 class GenerateInputs(TypedDict):
     task_type: str
     task_description: str
@@ -107,7 +111,8 @@ class EditInputs(SuggestInputs):
 
 
 class AnswerInputs(TypedDict):
-    sample: str                  # the sample's user turn, exactly as the fine-tuning data has it
+    passages: str
+    query: str
 
 
 class SampleInputs(TypedDict):
@@ -124,16 +129,11 @@ def prompt_inputs(spec: SkillSpec) -> dict[str, dict[str, frozenset[str]]]:
 
 # ---- rendering ----
 
-def render_passages(state: RagState, pids: list[int], snippet_chars: int | None = None) -> str:
-    """The context block. `snippet_chars` abbreviates passages for agents that only need their
-    gist (suggester, editor): shorter prompts, and prompt evaluation dominates on a CPU."""
+def render_passages(state: RagState, pids: list[int]) -> str:
+    """The context block, as the sample's user turn shows it."""
     by_id = {p["pid"]: p for p in state["pool"]}
-
-    def snippet(text: str) -> str:
-        return text if snippet_chars is None or len(text) <= snippet_chars else text[:snippet_chars] + " ..."
-
     return "\n\n".join(
-        f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {snippet(by_id[pid]['text'])}" for pid in pids)
+        f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {by_id[pid]['text']}" for pid in pids)
 
 
 def _rng(state: RagState, salt: str) -> random.Random:
@@ -234,8 +234,7 @@ def generate_apply(state: RagState, out: Query, ctx: RunContext) -> dict[str, An
 
 def suggest_inputs(state: RagState, ctx: RunContext) -> SuggestInputs:
     history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
-    gist = ctx.skill.spec.refinement.snippet_chars
-    return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"], gist),
+    return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"]),
             "history": "; ".join(history)}
 
 
@@ -295,7 +294,9 @@ async def answer(state: RagState, runtime: Runtime[RunContext]) -> dict[str, Any
     for item in items:
         user = sample_prompt(ctx.skill, state, item)
         try:
-            inputs: AnswerInputs = {"sample": user}
+            # the sample's passages and query, passages first: the sample's fixed text puts the query
+            # first, which would make the server evaluate the passages again for every answer
+            inputs: AnswerInputs = {"passages": render_passages(state, item["pids"]), "query": item["query"]}
             out, call = await ask(ctx, "answer", inputs, answer_schema(item), state, _answer_check)
         except UnusableOutput as exc:
             used.add(exc.usage)
