@@ -136,6 +136,13 @@ def render_passages(state: RagState, pids: list[int]) -> str:
         f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {by_id[pid]['text']}" for pid in pids)
 
 
+def agent_passages(state: RagState, pids: list[int]) -> str:
+    """The context block the agents see: in id order, where the sample has the item's (shuffled) order.
+    A passage an edit adds gets the next id, so it comes last and the seed's earlier calls' prefix
+    still holds for the server's prompt cache; the ids the answer cites are the same."""
+    return render_passages(state, sorted(pids))
+
+
 def _rng(state: RagState, salt: str) -> random.Random:
     return random.Random(hashlib.sha256(f"{state['seed_id']}:{salt}".encode()).hexdigest())
 
@@ -194,7 +201,7 @@ def generate_schema(state: RagState, ctx: RunContext) -> type[BaseModel]:
 def generate_inputs(state: RagState, ctx: RunContext) -> GenerateInputs:
     task = ctx.skill.task_type(state["task_type"])
     return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
-            "passages": render_passages(state, [p["pid"] for p in state["pool"]])}
+            "passages": agent_passages(state, [p["pid"] for p in state["pool"]])}
 
 
 def apply_operation(state: RagState, item: dict, operation: str, query: str, new_passage: str,
@@ -234,7 +241,7 @@ def generate_apply(state: RagState, out: Query, ctx: RunContext) -> dict[str, An
 
 def suggest_inputs(state: RagState, ctx: RunContext) -> SuggestInputs:
     history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
-    return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"]),
+    return {"query": state["item"]["query"], "passages": agent_passages(state, state["item"]["pids"]),
             "history": "; ".join(history)}
 
 
@@ -296,7 +303,7 @@ async def answer(state: RagState, runtime: Runtime[RunContext]) -> dict[str, Any
         try:
             # the sample's passages and query, passages first: the sample's fixed text puts the query
             # first, which would make the server evaluate the passages again for every answer
-            inputs: AnswerInputs = {"passages": render_passages(state, item["pids"]), "query": item["query"]}
+            inputs: AnswerInputs = {"passages": agent_passages(state, item["pids"]), "query": item["query"]}
             out, call = await ask(ctx, "answer", inputs, answer_schema(item), state, _answer_check)
         except UnusableOutput as exc:
             used.add(exc.usage)

@@ -188,10 +188,11 @@ def test_a_seeds_calls_share_their_prompt_up_to_the_end_of_its_passages(tmp_path
     """generate, suggest, edit and answer have one system prompt and open their user turn with the
     item's passages; what differs by agent (instructions, query, history, the reply's fields) comes
     after. So every later call of a seed starts with its generate call's prompt up to the end of the
-    passages, which the embedded server's prompt cache then evaluates once per seed, not per call
-    (a near-miss passage is added at the end, so that item still shares the original passages)."""
+    passages, which the embedded server's prompt cache then evaluates once per seed, not per call.
+    A passage an edit adds comes last for the agents, even a conflicting one, which the sample shuffles
+    in (graphs/rag.py agent_passages), so the refined item still shares the original passages."""
     calls: list[tuple[str, str, str]] = []
-    script = RagScript(suggest_operations=["rewrite_query", "add_near_miss"])
+    script = RagScript(suggest_operations=["add_conflicting_passage", "add_near_miss"])
 
     def recording(system: str, user: str) -> str:
         calls.append((rag_script.agent_of(system, user), system, user))
