@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--before-ref", default=BEFORE_REF,
                         help=f"the commit the before arm runs, tuning off (default {BEFORE_REF}); "
                              "'.': this checkout, tuning off")
+    parser.add_argument("--only", choices=("before", "after"), help="run one arm (its figures, no ratios)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="teachgraph-bench-default-"))
     say(f"# the default run (graph run rag{f' --limit {args.limit}' if args.limit else ''}): before = "
@@ -155,10 +156,14 @@ def main() -> None:
     results: dict[str, list[dict]] = {"before": [], "after": []}
     for i in range(args.repeat):
         for arm in (("after", "before") if args.after_first else ("before", "after")):
+            if args.only and arm != args.only:
+                continue
             result = run_arm(f"{arm}{i + 1}", args.limit, work, before_src if arm == "before" else ROOT)
             results[arm].append(result)
             show(result)
     say()
+    if args.only:
+        return
     per_sample = {arm: sum(r["evaluated"] for r in rs) / max(1, sum(r["samples"] for r in rs))
                   for arm, rs in results.items()}
     say(f"prompt tokens evaluated per sample: before {per_sample['before']:.0f}, after {per_sample['after']:.0f}")
