@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 
@@ -24,8 +24,8 @@ class ScriptedChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
         system = next((str(m.content) for m in messages if isinstance(m, SystemMessage)), "")
-        users = [m for m in messages if not isinstance(m, (SystemMessage, AIMessage))]
-        user = str((users[0] if self.turn == "first" else messages[-1]).content)
+        first = next((m for m in messages if isinstance(m, HumanMessage)), messages[-1])
+        user = str((first if self.turn == "first" else messages[-1]).content)
         self.seen.append({"system": system, "user": user, "kwargs": kwargs})
         content = self.script(system, user)
         message = AIMessage(content=content, response_metadata={"finish_reason": "stop"},
