@@ -90,6 +90,10 @@ class TransformInputs(TypedDict):
     text: str
 
 
+# generate, suggest, edit and answer share one system prompt and open their user turn with the item's
+# passages (skills/rag/prompts.toml): a seed's calls then share their prefix up to the end of the
+# passages, which the embedded server's prompt cache evaluates once per seed, not once per call.
+
 class GenerateInputs(TypedDict):
     task_type: str
     task_description: str
@@ -109,7 +113,8 @@ class EditInputs(SuggestInputs):
 
 
 class AnswerInputs(TypedDict):
-    sample: str                  # the sample's user turn, exactly as the fine-tuning data has it
+    passages: str
+    query: str
 
 
 class SampleInputs(TypedDict):
@@ -126,16 +131,18 @@ def prompt_inputs(spec: SkillSpec) -> dict[str, dict[str, frozenset[str]]]:
 
 # ---- rendering ----
 
-def render_passages(state: RagState, pids: list[int], snippet_chars: int | None = None) -> str:
-    """The context block. `snippet_chars` abbreviates passages for agents that only need their
-    gist (suggester, editor): shorter prompts, and prompt evaluation dominates on a CPU."""
+def render_passages(state: RagState, pids: list[int]) -> str:
+    """The context block, as the sample's user turn shows it."""
     by_id = {p["pid"]: p for p in state["pool"]}
-
-    def snippet(text: str) -> str:
-        return text if snippet_chars is None or len(text) <= snippet_chars else text[:snippet_chars] + " ..."
-
     return "\n\n".join(
-        f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {snippet(by_id[pid]['text'])}" for pid in pids)
+        f"Document Id: {pid}\nTitle: {by_id[pid]['title']}\nSnippet: {by_id[pid]['text']}" for pid in pids)
+
+
+def agent_passages(state: RagState, pids: list[int]) -> str:
+    """The context block the agents see: in id order, where the sample has the item's (shuffled) order.
+    A passage an edit adds gets the next id, so it comes last and the seed's earlier calls' prefix
+    still holds for the server's prompt cache; the ids the answer cites are the same."""
+    return render_passages(state, sorted(pids))
 
 
 def _rng(state: RagState, salt: str) -> random.Random:
@@ -196,7 +203,7 @@ def generate_schema(state: RagState, ctx: RunContext) -> type[BaseModel]:
 def generate_inputs(state: RagState, ctx: RunContext) -> GenerateInputs:
     task = ctx.skill.task_type(state["task_type"])
     return {"task_type": task.name, "task_description": task.description, "task_guidance": task.guidance,
-            "passages": render_passages(state, [p["pid"] for p in state["pool"]])}
+            "passages": agent_passages(state, [p["pid"] for p in state["pool"]])}
 
 
 def apply_operation(state: RagState, item: dict, operation: str, query: str, new_passage: str,
@@ -236,8 +243,7 @@ def generate_apply(state: RagState, out: Query, ctx: RunContext) -> dict[str, An
 
 def suggest_inputs(state: RagState, ctx: RunContext) -> SuggestInputs:
     history = [f"round {h['round']}: {h['operation']}" for h in state.get("history", [])] or ["none yet"]
-    gist = ctx.skill.spec.refinement.snippet_chars
-    return {"query": state["item"]["query"], "passages": render_passages(state, state["item"]["pids"], gist),
+    return {"query": state["item"]["query"], "passages": agent_passages(state, state["item"]["pids"]),
             "history": "; ".join(history)}
 
 
@@ -297,7 +303,9 @@ async def answer(state: RagState, runtime: Runtime[RunContext]) -> dict[str, Any
     for item in items:
         user = sample_prompt(ctx.skill, state, item)
         try:
-            inputs: AnswerInputs = {"sample": user}
+            # the sample's passages and query, passages first: the sample's fixed text puts the query
+            # first, which would make the server evaluate the passages again for every answer
+            inputs: AnswerInputs = {"passages": agent_passages(state, item["pids"]), "query": item["query"]}
             out, call = await ask(ctx, "answer", inputs, answer_schema(item), state, _answer_check)
         except UnusableOutput as exc:
             used.add(exc.usage)

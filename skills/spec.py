@@ -55,7 +55,6 @@ class Goal(_Spec):
 
 class Refinement(_Spec):
     rounds: int = Field(default=2, ge=0)    # suggester -> editor rounds; the CLI's --rounds overrides
-    snippet_chars: int = Field(default=200, gt=0)   # rag: passages cut to this length for suggester and editor
     goals: tuple[Goal, ...] = ()
 
 

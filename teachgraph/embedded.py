@@ -221,7 +221,8 @@ def _die_with_parent() -> None:
 
 # Prompt cache: llama-cpp-python keeps the KV state after each reply and restores the one sharing the
 # longest prefix with the next prompt, so a call pays only for its tokens past what an earlier call
-# evaluated (an agent's fixed instructions, a correction's whole conversation), however seeds interleave.
+# evaluated (a rag seed's passages, which all its calls after transform open with; an agent's fixed
+# instructions; a correction's whole conversation), however seeds interleave.
 # cache_size counts KV states only (~23 KB per token for SmolLM2-135M); each entry also holds a copy
 # of the (n_batch x vocabulary) float scores, 50 MB at n_batch 256: 8 entries cost about 0.6 GB.
 PROMPT_CACHE_BYTES = 192 << 20

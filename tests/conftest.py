@@ -39,9 +39,11 @@ class Tally:
 
 def run_in_process(tmp_path: Path, script, *, limit: int = 3, rounds: int = 2, concurrency: int = 2,
                    seeds: Path = SAMPLE, run_id: str = "t1", **options):
-    """Run the rag graph over `seeds` with a scripted model; returns (registry, settings, llm).
+    """Run the rag graph over `seeds` with a scripted model; returns (registry, settings, llm). The script
+    sees each call's first user turn, which names the rag agent (tests/rag_script.py agent_of).
     `options`: more of teachgraph.run's (the gate flags)."""
-    llm = LLM(chat=ScriptedChatModel(script=script), model_name="scripted", structured_mode="json_object",
+    llm = LLM(chat=ScriptedChatModel(script=script, turn="first"), model_name="scripted",
+              structured_mode="json_object",
               max_concurrency=concurrency)
     run = teachgraph.run("rag", [seeds], limit=limit, rounds=rounds, concurrency=concurrency, model="scripted",
                          home=tmp_path / "home", run_id=run_id, llm=llm, **options)

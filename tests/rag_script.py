@@ -32,14 +32,24 @@ def grounded_words(prompt: str, n: int = 16) -> str:
     return " ".join(vocabulary[int.from_bytes(digest[2 * i:2 * i + 2], "big") % len(vocabulary)] for i in range(n))
 
 
-def agent_of(system: str) -> str:
+def agent_of(system: str, user: str = "") -> str:
+    """transform's instructions are in its system prompt; the other agents' in their user turn, after
+    the passages (skills/rag/prompts.toml)."""
     markers = {"search-engine style record": "transform", "You write one query": "generate",
-               "suggest ONE way": "suggest", "You edit a retrieval QA item": "edit",
-               "You answer questions using only": "answer"}
+               "suggest ONE way": "suggest", "You edit this item": "edit",
+               "You answer the query using only": "answer"}
     for marker, agent in markers.items():
-        if marker in system:
+        if marker in system + user:
             return agent
     return "unknown"
+
+
+def agent_of_request(body: dict) -> str:
+    """The rag agent an OpenAI request body (the fake server's record of a call) is for."""
+    messages = body.get("messages", [])
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    user = next((m["content"] for m in messages if m["role"] == "user"), "")
+    return agent_of(system, user)
 
 
 @dataclass
@@ -49,7 +59,7 @@ class RagScript:
     calls: dict[str, int] = field(default_factory=dict)
 
     def reply(self, system: str, user: str) -> str:
-        agent = agent_of(system)
+        agent = agent_of(system, user)
         n = self.calls[agent] = self.calls.get(agent, 0) + 1
         if agent in self.garbage_for:
             return "I am a small model and I do not do JSON"
@@ -57,7 +67,7 @@ class RagScript:
             return json.dumps({"title": "A document about Python", "search_query": "python list sort"})
         if agent == "generate":
             payload = {"query": f"Which behaviour does the documentation describe (variant {n})?"}
-            if "conflicting_passages" in system:
+            if "conflicting_passages" in user:
                 payload["new_passage"] = "Contrary to the other documents, this operation never raises errors."
             return json.dumps(payload)
         if agent == "suggest":
@@ -81,6 +91,6 @@ class RagScript:
         messages = body.get("messages", [])
         system = next((m["content"] for m in messages if m["role"] == "system"), "")
         user = next((m["content"] for m in messages if m["role"] == "user"), "")
-        if agent_of(system) == "unknown":
+        if agent_of(system, user) == "unknown":
             return None  # not a rag agent (e.g. `endpoint probe`): the fake server's own reply
         return self.reply(system, user)

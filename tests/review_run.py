@@ -17,7 +17,7 @@ class ReviewScript(RagScript):
         self.generated = 0
 
     def reply(self, system: str, user: str) -> str:
-        if agent_of(system) == "generate":
+        if agent_of(system, user) == "generate":
             self.generated += 1
             if self.generated in (3, 4, 5):
                 return "no JSON from me"

@@ -71,7 +71,7 @@ class Troubled(RagScript):
     def http_responder(self, body: dict):
         messages = body["messages"]
         system, user = messages[0]["content"], messages[1]["content"]
-        agent = agent_of(system)
+        agent = agent_of(system, user)
         if agent == "transform":
             for mark in ("failgen", "failanswer", "reject"):
                 if f"{mark}.txt" in user:

@@ -43,7 +43,7 @@ class PlantedRag(RagScript):
     a runaway repetition, or a sentence of an evaluation set."""
 
     def reply(self, system: str, user: str) -> str:
-        if agent_of(system) == "answer":
+        if agent_of(system, user) == "answer":
             kind = self.defect(user)
             if kind:
                 ids = [int(i) for i in re.findall(r"Document Id: (\d+)", user)]

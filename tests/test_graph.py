@@ -163,7 +163,7 @@ def test_unusable_transform_falls_back_to_the_document_title(tmp_path):
 
 def test_endpoint_errors_fail_the_seed_at_its_node(tmp_path):
     def broken(system, user):
-        if "You write one query" in system:
+        if "You write one query" in user:
             raise ConnectionError("endpoint went away")
         return RagScript().reply(system, user)
 
@@ -186,21 +186,26 @@ def test_an_item_left_with_no_passages_is_answered_with_no_citations(tmp_path):
     assert json.loads(refined["messages"][2]["content"])["relevant_passages"] == []
 
 
-def test_each_agents_system_prompt_is_the_same_for_every_seed_and_round(tmp_path):
-    """What varies (the item, its passages, the history, the operation) comes after what does not,
-    so the embedded server's prompt cache evaluates an agent's instructions once per run, not per
-    call. generate's differs only from its query type on; the reply's field list (nodes/llm.py
-    schema_hint) ends every system prompt, and answer's names the item's passage ids."""
-    systems: dict[str, set[str]] = {}
-    script = RagScript(suggest_operations=["add_conflicting_passage", "rewrite_query"])
+def test_a_seeds_calls_share_their_prompt_up_to_the_end_of_its_passages(tmp_path):
+    """generate, suggest, edit and answer have one system prompt and open their user turn with the
+    item's passages; what differs by agent (instructions, query, history, the reply's fields) comes
+    after. So every later call of a seed starts with its generate call's prompt up to the end of the
+    passages, which the embedded server's prompt cache then evaluates once per seed, not per call.
+    A passage an edit adds comes last for the agents, even a conflicting one, which the sample shuffles
+    in (graphs/rag.py agent_passages), so the refined item still shares the original passages."""
+    calls: list[tuple[str, str, str]] = []
+    script = RagScript(suggest_operations=["add_conflicting_passage", "add_near_miss"])
 
     def recording(system: str, user: str) -> str:
-        agent = rag_script.agent_of(system)
-        instructions = system.split("\n\nReply with one JSON object")[0].split("Query type:")[0]
-        systems.setdefault(agent, set()).add(instructions)
+        calls.append((rag_script.agent_of(system, user), system, user))
         return script.reply(system, user)
 
     run_in_process(tmp_path, recording, limit=3, rounds=2)
-    assert set(systems) == {"transform", "generate", "suggest", "edit", "answer"}
-    assert script.calls["edit"] == 3 * 2
-    assert {agent: len(texts) for agent, texts in systems.items()} == dict.fromkeys(systems, 1)
+    later = [(agent, f"{system}\x00{user}") for agent, system, user in calls if agent != "transform"]
+    heads = [text.split("\n\nYou write one query")[0] for agent, text in later if agent == "generate"]
+    assert len(set(heads)) == 3 and all("Document Id: " in head for head in heads)
+    assert sorted({agent for agent, _ in later}) == ["answer", "edit", "generate", "suggest"]
+    assert len(later) == 3 * (1 + 2 * 2 + 2)
+    for agent, text in later:
+        assert sum(text.startswith(head) for head in heads) == 1, f"{agent}: {text[:300]}"
+    assert len({system for agent, system, _ in calls if agent != "transform"}) == 1

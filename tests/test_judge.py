@@ -124,7 +124,8 @@ def test_the_skill_s_threshold_and_rubric_decide(tmp_path, corpus, monkeypatch):
 
 
 def test_rag_answers_are_judged_too(tmp_path):
-    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted", structured_mode="json_object")
+    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply, turn="first"),
+              model_name="scripted", structured_mode="json_object")
     llm.judge = judge_llm(Judge(score=2))
     run = teachgraph.run("rag", [SAMPLE], limit=2, rounds=0, model="scripted", home=tmp_path / "home",
                          run_id="low", llm=llm)

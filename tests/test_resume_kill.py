@@ -15,7 +15,7 @@ import pytest
 from teachgraph.checkpoints.registry import Registry
 from tests.conftest import ROOT, SAMPLE, run_cli
 from teachgraph.testing.fake_openai import FakeOpenAI
-from tests.rag_script import RagScript, agent_of
+from tests.rag_script import RagScript, agent_of_request
 
 SEEDS, ROUNDS, CONCURRENCY = 8, 2, 2
 
@@ -27,8 +27,7 @@ def run_args(fake, run_id):
 
 
 def agents(fake):
-    return [agent_of(next(m["content"] for m in body["messages"] if m["role"] == "system"))
-            for body in fake.requests]
+    return [agent_of_request(body) for body in fake.requests]
 
 
 @pytest.mark.slow

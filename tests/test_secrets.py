@@ -38,7 +38,8 @@ class Tattletale(RagScript):
             return {"status": 401, "content": f"Incorrect API key provided: {token}"}
         if self.count % 7 == 0:
             return {"status": 500, "content": quoted}
-        if agent_of(system) == "answer" and "comparison" in body["messages"][1]["content"]:
+        user = body["messages"][1]["content"]
+        if agent_of(system, user) == "answer" and "comparison" in user:
             return {"status": 400, "content": quoted}
         return self.http_responder(body)
 

@@ -75,7 +75,7 @@ def _execution(home: Home, registry: Registry, run_id: str, out: Path, limit: in
     if registry.run(run_id) is None:
         registry.create_run(run_id, "rag", settings.to_json())
         registry.add_corpus(run_id, collect([SAMPLE]), limit=limit, assign=Dealer([skill]), passage_chars=420)
-    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted",
+    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply, turn="first"), model_name="scripted",
               structured_mode="json_object", max_concurrency=2)
     return LocalExecutor(registry, home, run_id, skill, llm, settings, Tally())
 

@@ -32,7 +32,7 @@ from teachgraph.seeds import collect
 from teachgraph.testing.fake_chat import ScriptedChatModel
 from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.conftest import ROOT, SAMPLE, Tally, run_cli
-from tests.rag_script import RagScript, agent_of
+from tests.rag_script import RagScript, agent_of, agent_of_request
 
 
 def test_both_backends_name_the_same_migrations_in_the_same_order():
@@ -142,7 +142,8 @@ def test_the_runner_of_a_seed_taken_over_records_and_writes_nothing(tmp_path, ba
     release, blocked = threading.Event(), threading.Event()
 
     def llm(script):
-        return LLM(chat=ScriptedChatModel(script=script), model_name="scripted", structured_mode="json_object",
+        return LLM(chat=ScriptedChatModel(script=script, turn="first"),
+                   model_name="scripted", structured_mode="json_object",
                    max_concurrency=2)
 
     async def scenario():
@@ -183,11 +184,12 @@ def _no_db_files(home: Path) -> list[Path]:
 @pytest.mark.slow
 def test_a_run_in_postgresql_writes_no_sqlite_file_and_every_command_reads_it(tmp_path, pg_url):
     home = tmp_path / "home"
-    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted", structured_mode="json_object",
+    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply, turn="first"),
+              model_name="scripted", structured_mode="json_object",
               max_concurrency=2)
     run = teachgraph.run("rag", [SAMPLE], limit=4, rounds=1, concurrency=2, model="scripted", home=home,
                          run_id="pg1", llm=llm, store=pg_url)
-    sqlite_llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted",
+    sqlite_llm = LLM(chat=ScriptedChatModel(script=RagScript().reply, turn="first"), model_name="scripted",
                      structured_mode="json_object", max_concurrency=2)
     twin = teachgraph.run("rag", [SAMPLE], limit=4, rounds=1, concurrency=2, model="scripted",
                           home=tmp_path / "sqlite-home", run_id="pg1", llm=sqlite_llm)
@@ -237,8 +239,7 @@ def test_kill_9_mid_run_on_postgresql_then_resume_accounts_for_every_seed_once(t
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            seen = [agent_of(next(m["content"] for m in body["messages"] if m["role"] == "system"))
-                    for body in fake.requests]
+            seen = [agent_of_request(body) for body in fake.requests]
             if seen.count("answer") >= 5 and seen[-1] == "edit":
                 break
             time.sleep(0.01)

@@ -236,7 +236,8 @@ def test_repair_aims_new_seeds_at_the_weakest_task_types_against_a_random_contro
     from teachgraph.testing.fake_chat import ScriptedChatModel
 
     registry, _, _ = run_in_process(tmp_path, RagScript().reply, limit=6)
-    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply), model_name="scripted", structured_mode="json_object",
+    llm = LLM(chat=ScriptedChatModel(script=RagScript().reply, turn="first"),
+              model_name="scripted", structured_mode="json_object",
               max_concurrency=2)
     out = tmp_path / "repaired"
     settings = TeachSettings(student=str(tiny_student), steps=2, lora=False, learning_rate=3e-3, heldout=0.34,

@@ -136,7 +136,7 @@ def reply_text(reply: AIMessage) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def schema_hint(schema: type[BaseModel]) -> str:
-    """A compact description of the expected JSON, appended to the system prompt."""
+    """A compact description of the expected JSON, appended to the user turn."""
     props = schema.model_json_schema().get("properties", {})
     lines = [f"- {name}: {spec.get('description', spec.get('type', 'value'))}" for name, spec in props.items()]
     return "Reply with one JSON object only, with these fields:\n" + "\n".join(lines)
@@ -249,7 +249,10 @@ class LLM:
         """
         used = used if used is not None else Usage()
         options = structured_request(self.structured_mode, schema)
-        messages: list[BaseMessage] = [SystemMessage(f"{system}\n\n{schema_hint(schema)}"), HumanMessage(user)]
+        # The reply's fields end the user turn, not the system prompt: what an agent's calls have in common
+        # (its instructions, a seed's material) then comes first, and a server's prompt cache reuses it
+        # across agents whose schemas differ (README, "The embedded model").
+        messages: list[BaseMessage] = [SystemMessage(system), HumanMessage(f"{user}\n\n{schema_hint(schema)}")]
         problem = ""
         for _ in range(self.fix_attempts + 1):
             reply, key = await self._call(messages, max_tokens, options, used)

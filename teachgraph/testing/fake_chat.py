@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 
 class ScriptedChatModel(BaseChatModel):
-    """Replies with script(system, last_user_message); records every call's kwargs."""
+    """Replies with script(system, user); records every call's kwargs. `user` is the last user turn (a
+    correction's is the validation error), or with turn="first" the agent's request, which names the
+    agent when several agents share one system prompt (the rag skill's)."""
 
     script: Callable[[str, str], str]
+    turn: Literal["last", "first"] = "last"
     seen: list[dict] = []
 
     @property
@@ -21,7 +24,8 @@ class ScriptedChatModel(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
         system = next((str(m.content) for m in messages if isinstance(m, SystemMessage)), "")
-        user = str(messages[-1].content)
+        first = next((m for m in messages if isinstance(m, HumanMessage)), messages[-1])
+        user = str((first if self.turn == "first" else messages[-1]).content)
         self.seen.append({"system": system, "user": user, "kwargs": kwargs})
         content = self.script(system, user)
         message = AIMessage(content=content, response_metadata={"finish_reason": "stop"},
