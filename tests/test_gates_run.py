@@ -53,7 +53,9 @@ class PlantedRag(RagScript):
 
     @staticmethod
     def defect(user: str) -> str | None:
-        return {0: "degenerate", 1: "decontaminate"}.get(bucket(user, 4))
+        """By the item's query, which the answer agent's prompt and the sample's user turn both hold."""
+        query = re.search(r"^Query: (.*)$", user, re.M)
+        return {0: "degenerate", 1: "decontaminate"}.get(bucket(query.group(1) if query else user, 4))
 
 
 def user_turn(sample: dict) -> str:

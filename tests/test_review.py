@@ -154,7 +154,7 @@ def test_pages_and_api_serve_the_run(served, made):
     assert served.request("/api/graph/coding.svg")[0] == 404
     status, node = served.request("/api/nodes/rag/generate")
     assert node["draws_from"].startswith("taxonomy") and "single_passage_fact" in {i["name"] for i in node["items"]}
-    assert "You write one query" in node["prompts"]["generate"]["system"]
+    assert "You write one query" in node["prompts"]["generate"]["user"]   # after the passages: a shared prefix
 
 
 def test_a_verdict_survives_a_restart_shows_in_runs_show_and_leaves_the_export(made, tmp_path):
