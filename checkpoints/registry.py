@@ -534,9 +534,10 @@ class Registry:
         with self.db.conn:
             self.db.execute(
                 """insert into run_spend (run_id, calls, input_tokens, output_tokens, cost) values (?, ?, ?, ?, ?)
-                   on conflict(run_id) do update set calls = calls + excluded.calls,
-                   input_tokens = input_tokens + excluded.input_tokens,
-                   output_tokens = output_tokens + excluded.output_tokens, cost = cost + excluded.cost""",
+                   on conflict(run_id) do update set calls = run_spend.calls + excluded.calls,
+                   input_tokens = run_spend.input_tokens + excluded.input_tokens,
+                   output_tokens = run_spend.output_tokens + excluded.output_tokens,
+                   cost = run_spend.cost + excluded.cost""",
                 [run_id, spend.calls, spend.input_tokens, spend.output_tokens, spend.cost])
 
     def seeds_to_estimate(self, run_id: str) -> Iterator[dict]:
@@ -580,7 +581,8 @@ class Registry:
         return list(self.db.query(
             """select skill, node, count(*) as runs, sum(llm_calls) as llm_calls, sum(tokens) as tokens,
                       sum(cache_hits) as cache_hits, avg(seconds) as mean_seconds,
-                      sum(outcome = 'failed') as failed, sum(outcome = 'rejected') as rejected
+                      count(case when outcome = 'failed' then 1 end) as failed,
+                      count(case when outcome = 'rejected' then 1 end) as rejected
                from steps where run_id = ? group by skill, node order by skill, node""", [run_id]))
 
     def edge_figures(self, run_id: str) -> list[dict]:

@@ -300,7 +300,7 @@ class SeedRunner:
         self._token: dict[str, int] = {}   # seed id -> the fencing token of the lease held on it
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
-        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id)) \
+        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id, registry)) \
             if settings.target else None
 
     def _graph_for(self, name: str | None) -> tuple[Any, RunContext]:

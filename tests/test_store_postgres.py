@@ -296,3 +296,67 @@ def test_a_postgresql_store_without_the_postgres_extra_is_one_line(tmp_path, mon
     with pytest.raises(UsageError, match=r"pip install 'teachgraph\[postgres\]'") as caught:
         teachgraph.open_run("r", home=tmp_path, store="postgresql://u@127.0.0.1:1/db")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_review_budget_and_report_queries_give_the_same_figures_on_both_backends(tmp_path, backend, request):
+    """The registry methods the review, budgets and report branches added, on one small run: node steps
+    and their figures, verdicts (set twice: the second stands), the spend ledger (added to twice), the
+    report's counts by task type, --target's kept samples and dealing, and the started seeds --target
+    reads from the checkpointer."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from teachgraph.checkpoints.saver import started_seeds
+    from teachgraph.client.budget import Spend
+
+    store = _store(tmp_path, backend, request)
+    registry = store.registry()
+    skill = skills.load("rag")
+    registry.create_run("r", "rag", {"out": str(tmp_path / "o.jsonl")})
+    registry.add_corpus("r", collect([SAMPLE]), limit=3, assign=Dealer([skill]),
+                        passage_chars=skill.spec.context.passage_chars)
+    s1, s2, s3 = (s["id"] for s in registry.unfinished_seeds("r"))
+    for seed, node, outcome, nxt, calls in ((s1, "generate", "ok", "answer", 2), (s1, "answer", "ok", None, 1),
+                                            (s2, "generate", "failed", None, 1), (s3, "generate", "rejected", None, 3)):
+        registry.record_step({"run_id": "r", "seed_id": seed, "skill": "rag", "node": node, "outcome": outcome,
+                              "next": nxt, "llm_calls": calls, "tokens": 10 * calls, "cache_hits": 0,
+                              "seconds": 0.5, "detail": json.dumps({"node": node}), "at": time.time()})
+    assert [(s["node"], s["detail"]) for s in registry.steps("r", s1)] == [("generate", {"node": "generate"}),
+                                                                         ("answer", {"node": "answer"})]
+    figures = {row["node"]: row for row in registry.node_figures("r")}
+    assert {k: figures["generate"][k] for k in ("runs", "llm_calls", "tokens", "failed", "rejected")} == \
+        {"runs": 3, "llm_calls": 6, "tokens": 60, "failed": 1, "rejected": 1}
+    assert figures["generate"]["mean_seconds"] == pytest.approx(0.5)
+    assert registry.edge_figures("r") == [{"skill": "rag", "node": "generate", "next": "answer", "taken": 1}]
+
+    task_type = registry.seed("r", s1)["task_type"]
+    registry.finish_seed("r", s1, status="accepted", samples=[{"id": "r:a"}, {"id": "r:b"}], llm_calls=3,
+                         tokens=30, input_tokens=20, output_tokens=10)
+    registry.finish_seed("r", s2, status="failed", node="generate", error="boom")
+    registry.finish_seed("r", s3, status="rejected", node="generate", reason="no fit")
+    registry.set_review("r", "r:a", "accepted", "")
+    registry.set_review("r", "r:a", "rejected", "wrong answer")      # the later verdict stands
+    assert registry.reviews("r")["r:a"]["note"] == "wrong answer"
+    assert registry.review_counts("r") == {"accepted": 0, "rejected": 1}
+
+    ledger = registry.ledger("r")
+    ledger.add(Spend(1, 100, 20, 0.5))
+    ledger.add(Spend(2, 50, 5, 0.25))
+    assert ledger.spent() == Spend(3, 150, 25, 0.75)
+    counts = registry.counts("r")
+    assert (counts["input_tokens"], counts["output_tokens"], counts["tokens"]) == (20, 10, 30)
+    assert [row["source"] for row in registry.seeds_to_estimate("r")] == \
+        [registry.seed("r", s)["source"] for s in (s1, s2, s3)]
+
+    rows = {(row["status"], row["node"]): (row["seeds"], row["samples"]) for row in registry.outcomes_by_task_type("r")}
+    assert rows == {("accepted", ""): (1, 2), ("failed", "generate"): (1, 0), ("rejected", "generate"): (1, 0)}
+    assert registry.kept_samples("r", "rag") == {task_type: 2}
+    registry.deal_task_type("r", s2, "other_type")
+    assert registry.seed("r", s2)["task_type"] == "other_type"
+
+    async def started() -> set[str]:
+        async with store.saver() as saver:
+            await saver.aput({"configurable": {"thread_id": f"r:{s2}", "checkpoint_ns": ""}}, empty_checkpoint(),
+                             {}, {})
+            return started_seeds(saver, "r", registry)
+    assert asyncio.run(started()) == {s2}
