@@ -360,3 +360,67 @@ def test_the_review_budget_and_report_queries_give_the_same_figures_on_both_back
                              {}, {})
             return started_seeds(saver, "r", registry)
     assert asyncio.run(started()) == {s2}
+
+
+@pytest.mark.slow
+def test_every_command_works_on_a_priced_and_reviewed_run_in_postgresql(tmp_path, pg_url):
+    """Issue 17: `review`, `report`, `export`, `runs show/failures`, `graph show --run` on a run whose
+    whole state is in PostgreSQL (a run on the fake endpoint with prices, so spend is recorded, and a
+    verdict set through the review server's API), each with --store: real figures, and no SQLite file."""
+    import urllib.request
+
+    home, store = tmp_path / "home", ["--store", pg_url]
+    with FakeOpenAI(responder=RagScript().http_responder) as fake:
+        ran = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "4", "--rounds", "1",
+                      "--concurrency", "2", "--run-id", "p1", "--base-url", fake.base_url, "--model", "fake-model",
+                      "--structured", "json_schema", "--max-cost", "5", "--price-in", "1", "--price-out", "2",
+                      *store, home=home, timeout=180)
+        assert ran.returncode == 0, ran.stderr
+        calls = fake.request_count
+    registry = open_store(pg_url, None).registry()
+    counts, spent = registry.counts("p1"), registry.spent("p1")
+    assert counts["accepted"] >= 1 and counts["samples"] >= 2 and spent.calls == calls == counts["llm_calls"]
+    assert spent.cost == pytest.approx((spent.input_tokens + 2 * spent.output_tokens) / 1e6) and spent.cost > 0
+    rejected_id = next(sid for sid, _ in registry.samples("p1"))
+
+    review = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "review", "p1", "--port", "0", *store],
+                              cwd=ROOT, env={**os.environ, "TEACHGRAPH_HOME": str(home)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        url = review.stdout.readline().split(": ", 1)[1].split()[0].rstrip("/")
+        with urllib.request.urlopen(url + "/api/run", timeout=10) as response:
+            overview = json.loads(response.read())
+        verdict = urllib.request.Request(f"{url}/api/samples/{rejected_id}/verdict", method="POST",
+                                         data=json.dumps({"verdict": "rejected", "note": "wrong"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(verdict, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        review.kill()
+        review.wait(10)
+    nodes = {row["node"]: row for row in overview["nodes"]}
+    assert nodes["transform"]["runs"] == counts["total"] and sum(n["llm_calls"] for n in nodes.values()) == calls
+    assert overview["counts"] == counts and overview["cost"] == pytest.approx(spent.cost)
+
+    shown = run_cli("runs", "show", "p1", "--json", *store, home=home)
+    assert shown.returncode == 0, shown.stderr
+    shown = json.loads(shown.stdout)
+    assert shown["reviews"] == {"accepted": 0, "rejected": 1} and shown["spent"]["calls"] == calls
+    assert shown["run"]["estimate"]["seeds"] == counts["total"]          # the estimate made at collection
+    text = run_cli("runs", "show", "p1", *store, home=home)
+    assert text.returncode == 0 and "reviewed 0 accepted, 1 rejected" in text.stdout, text.stderr
+    failures = run_cli("runs", "failures", "p1", *store, home=home)
+    assert failures.returncode == 0 and f"{counts['rejected']} rejected ({counts['total']} seeds)" in failures.stderr
+    report = run_cli("report", "p1", "--no-semantic", *store, home=home)
+    assert report.returncode == 0, report.stderr
+    assert (f"seeds {counts['total']}: {counts['accepted']} accepted, {counts['rejected']} rejected, 0 failed, "
+            f"0 pending; {counts['samples']} samples") in report.stdout
+    drawn = run_cli("graph", "show", "rag", "--run", "p1", "--format", "ascii", *store, home=home)
+    assert drawn.returncode == 0, drawn.stderr
+    assert f"[{counts['total']} runs · {nodes['transform']['llm_calls']} calls" in drawn.stdout
+    exported = run_cli("export", "p1", "--out", str(tmp_path / "ds"), "--format", "jsonl", *store, home=home)
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for f in sorted((tmp_path / "ds").rglob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(rows) == counts["samples"] - 1 and rejected_id not in {r.get("id") for r in rows}
+    assert "left out as rejected: 1" in exported.stderr
+    assert _no_db_files(home) == []
