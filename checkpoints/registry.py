@@ -480,6 +480,14 @@ class Registry:
                where run_id = ? and status = 'accepted' and coalesce(skill, ?) = ? group by task_type""",
             [run_id, skill, skill])}
 
+    def leased_task_types(self, run_id: str, skill: str) -> dict[str, str]:
+        """seed id -> task type of the seeds of `skill` running now anywhere (an unexpired lease, no
+        outcome yet): what --target counts as on their way, whichever worker runs them."""
+        return {row["id"]: row["task_type"] for row in self.db.query(
+            f"""select s.id, s.task_type from seeds s join seed_leases l on l.run_id = s.run_id and l.seed_id = s.id
+                where s.run_id = ? and l.expires > {self.db.dialect.now()} and coalesce(s.skill, ?) = ?
+                and s.status not in ('accepted', 'rejected')""", [run_id, skill, skill])}
+
     def deal_task_type(self, run_id: str, seed_id: str, task_type: str) -> None:
         """Give a seed that has not started another task type (--target deals seeds as they start)."""
         with self.db.conn:

@@ -387,8 +387,7 @@ class SeedRunner:
                                           reason=self.target.unused_reason(ctx.skill, seed))
                 self.reporter.seed_done(SeedStatus.REJECTED, 0)
                 return
-            if task_type != seed["task_type"]:  # recorded before the graph's first checkpoint holds it
-                self.registry.deal_task_type(self.run_id, seed["id"], task_type)
+            if task_type != seed["task_type"]:  # Target.deal has recorded it in the store
                 seed = {**seed, "task_type": task_type}
         elif self.target is not None:
             self.target.running[seed["id"]] = (ctx.skill.name, seed["task_type"])   # resumed: it counts

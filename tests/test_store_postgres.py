@@ -424,3 +424,38 @@ def test_every_command_works_on_a_priced_and_reviewed_run_in_postgresql(tmp_path
     assert len(rows) == counts["samples"] - 1 and rejected_id not in {r.get("id") for r in rows}
     assert "left out as rejected: 1" in exported.stderr
     assert _no_db_files(home) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_target_counts_seeds_running_on_another_worker(tmp_path, backend, request):
+    """--target on several workers (Ray): each has its own Target, and a seed one of them runs counts
+    for the others (through its lease in the store), so two workers do not both deal the last open
+    slot of a type. A seed that ends without a sample frees its type again."""
+    from teachgraph.mix import Target
+
+    store = _store(tmp_path, backend, request)
+    registry = store.registry()
+    skill = skills.load("rag")
+    registry.create_run("r", "rag", {"out": str(tmp_path / "o.jsonl")})
+    registry.add_corpus("r", collect([SAMPLE]), limit=3, assign=Dealer([skill]),
+                        passage_chars=skill.spec.context.passage_chars)
+    seeds = list(registry.unfinished_seeds("r"))
+    fitting = [t.name for t in skill.types_for(seeds[0]["transformation"])]
+    assert len(fitting) >= 2
+    for seed in seeds:                                   # all of one type: the one each would keep alone
+        registry.deal_task_type("r", seed["id"], fitting[0])
+    seeds = [{**registry.seed("r", s["id"]), "passages": None} for s in seeds]
+    workers = [(store.registry(), f"worker-{n}") for n in range(2)]
+    targets = [Target(mine, "r", 1) for mine, _ in workers]
+
+    async def deal(n: int, seed: dict) -> str:
+        mine, owner = workers[n]
+        assert mine.claim_seed("r", seed["id"], owner) is not None
+        return await targets[n].deal(seed, skill)
+    first = asyncio.run(deal(0, seeds[0]))
+    second = asyncio.run(deal(1, {**seeds[1], "transformation": seeds[0]["transformation"]}))
+    assert first == fitting[0] and second != fitting[0]               # the other worker's seed counted
+    assert registry.seed("r", seeds[1]["id"])["task_type"] == second  # dealt and recorded together
+    registry.finish_seed("r", seeds[0]["id"], status="rejected", reason="no", lease=1)
+    third = asyncio.run(deal(1, {**seeds[2], "transformation": seeds[0]["transformation"]}))
+    assert third == fitting[0]                                          # rejected: its type is open again
