@@ -264,3 +264,29 @@ def test_a_ray_run_stops_cleanly_at_its_token_budget_and_resumes_to_completion(c
           f"figures (baseline {base_calls} with its probe); steps per node {figures}")
     # only the calls of nodes the stop cut short are made again (one node per seed in flight)
     assert 0 <= calls - final["llm_calls"] <= CONCURRENCY
+
+
+@pytest.mark.slow
+def test_a_ray_run_in_a_postgresql_store_records_everything_there(cluster, baseline, tmp_path, pg_url):
+    """--ray with --store postgresql://: the workers open the same PostgreSQL store (registry, leases,
+    LangGraph checkpoints, spend, node steps), the driver writes the samples file; nothing goes to a
+    SQLite file, and the run is what the local one is."""
+    base_calls, base_ids = baseline
+    workers(cluster, 2)
+    home = tmp_path / "ray"
+    with FakeOpenAI(responder=RagScript().http_responder, delay=0.02) as fake:
+        ran = run_cli(*run_args(fake, "p", "--ray", cluster.address, "--store", pg_url), home=home, timeout=240)
+        calls = fake.request_count
+    assert ran.returncode == 0, ran.stderr
+    from teachgraph.checkpoints.store import open_store
+    registry = open_store(pg_url, None).registry()
+    counts = registry.counts("p")
+    assert counts["pending"] == counts["failed"] == 0 and counts["accepted"] + counts["rejected"] == SEEDS
+    ids = [json.loads(line)["id"] for line in (home / "runs" / "p" / "samples.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == counts["samples"]
+    assert sorted(i.removeprefix("p:") for i in ids) == base_ids
+    assert registry.run("p")["executor"] == "ray" and sum(json.loads(registry.run("p")["workers"]).values()) == SEEDS
+    assert calls == base_calls                                    # nothing repeated
+    assert registry.spent("p").calls == counts["llm_calls"] > 0  # the workers' spend (the probe's calls are not in it)
+    assert sum(row["runs"] for row in registry.node_figures("p")) >= SEEDS * 5
+    assert [p for p in home.rglob("*.db")] == []
