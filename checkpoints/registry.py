@@ -480,6 +480,15 @@ class Registry:
                where run_id = ? and status = 'accepted' and coalesce(skill, ?) = ? group by task_type""",
             [run_id, skill, skill])}
 
+    def unfinished_ids(self, run_id: str, seed_ids: list[str]) -> set[str]:
+        """Those of `seed_ids` with no outcome yet (pending or failed)."""
+        if not seed_ids:
+            return set()
+        marks = ", ".join("?" * len(seed_ids))
+        return {row["id"] for row in self.db.query(
+            f"select id from seeds where run_id = ? and id in ({marks}) and status not in ('accepted', 'rejected')",
+            [run_id, *seed_ids])}
+
     def leased_task_types(self, run_id: str, skill: str) -> dict[str, str]:
         """seed id -> task type of the seeds of `skill` running now anywhere (an unexpired lease, no
         outcome yet): what --target counts as on their way, whichever worker runs them."""

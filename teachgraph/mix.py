@@ -111,6 +111,10 @@ class Target:
 
     def _in_flight(self, skill: str, seed_id: str) -> Counter:
         here = {s: task for s, (name, task) in self.running.items() if name == skill}
+        # a resumed seed counted here from the start may have ended on another worker: the store says
+        for ended in set(here) - self.registry.unfinished_ids(self.run_id, list(here)):
+            del here[ended]
+            self.running.pop(ended, None)
         anywhere = {**here, **self.registry.leased_task_types(self.run_id, skill)}
         anywhere.pop(seed_id, None)          # the seed being dealt holds its own lease already
         return Counter(anywhere.values())

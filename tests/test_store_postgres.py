@@ -459,3 +459,24 @@ def test_target_counts_seeds_running_on_another_worker(tmp_path, backend, reques
     registry.finish_seed("r", seeds[0]["id"], status="rejected", reason="no", lease=1)
     third = asyncio.run(deal(1, {**seeds[2], "transformation": seeds[0]["transformation"]}))
     assert third == fitting[0]                                          # rejected: its type is open again
+
+
+def test_a_resumed_seed_that_ends_on_another_worker_stops_counting_for_target(tmp_path):
+    """Every worker of a resumed run counts the seeds with checkpoints as running; one of them ends on
+    another worker (rejected): this worker must see its type open again, not wait for it forever."""
+    from teachgraph.mix import Target
+
+    store = _store(tmp_path, "sqlite", None)
+    registry = store.registry()
+    skill = skills.load("rag")
+    registry.create_run("r", "rag", {"out": str(tmp_path / "o.jsonl")})
+    registry.add_corpus("r", collect([SAMPLE]), limit=2, assign=Dealer([skill]),
+                        passage_chars=skill.spec.context.passage_chars)
+    resumed, fresh = (registry.seed("r", s["id"]) for s in list(registry.unfinished_seeds("r")))
+    registry.deal_task_type("r", fresh["id"], resumed["task_type"])
+    target = Target(store.registry(), "r", 1, started={resumed["id"]})
+    registry.finish_seed("r", resumed["id"], status="rejected", reason="no")   # ended elsewhere
+    fresh = {**fresh, "task_type": resumed["task_type"], "transformation": resumed["transformation"]}
+    assert store.registry().claim_seed("r", fresh["id"], "me") is not None
+    dealt = asyncio.run(asyncio.wait_for(target.deal(fresh, skill), 5))
+    assert dealt == resumed["task_type"]
