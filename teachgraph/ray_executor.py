@@ -11,7 +11,10 @@ An actor pool with a dispatcher on the driver, not Ray Data (README, "Running on
   is never written twice), and the driver's progress bar counts seeds as they end.
 
 Workers (`SeedWorker`, one async actor per CPU, many seeds at once, thread id = run:seed) build
-their own model client, compiled graphs and checkpointer: none of them pickle.
+their own model client, compiled graphs and checkpointer: none of them pickle. Their model is built
+as LocalExecutor's is (make_llm: the judge too) and metered into the run's one ledger in the store
+(run_meter), so budgets hold cluster-wide; a call the budget refuses comes back as a budget reply and
+the driver stops as LocalExecutor does (no new seed; BudgetReached once those in flight stopped).
 
 The endpoint limit stays under --concurrency cluster-wide by splitting it: each of the N workers
 gets floor(C/N) requests in flight with its own AIMD limit (teachgraph/client/endpoint.py), which
