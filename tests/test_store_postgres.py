@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -480,3 +481,19 @@ def test_a_resumed_seed_that_ends_on_another_worker_stops_counting_for_target(tm
     assert store.registry().claim_seed("r", fresh["id"], "me") is not None
     dealt = asyncio.run(asyncio.wait_for(target.deal(fresh, skill), 5))
     assert dealt == resumed["task_type"]
+
+
+@pytest.mark.slow
+def test_target_on_a_postgresql_store_fills_every_task_type(tmp_path, pg_url):
+    """--target with the whole state in PostgreSQL (kept samples, leases and dealing in its registry,
+    the started seeds read from AsyncPostgresSaver's table): open_domain_qa's 12 types, 1 sample each."""
+    from tests.test_coverage import corpus_of, fake_llm, kept_by_type
+
+    corpus = corpus_of(tmp_path / "corpus", 16)
+    run = teachgraph.run("open_domain_qa", [corpus], rounds=0, target=1, concurrency=4, home=tmp_path / "home",
+                         run_id="tg", llm=fake_llm(), model="fake", store=pg_url)
+    names = {t.name for t in skills.load("open_domain_qa").taxonomy}
+    assert kept_by_type(run) == Counter({name: 1 for name in names})
+    assert run.counts["accepted"] == 12 and run.counts["pending"] == 0 and run.status == "complete"
+    assert len([r for r in run.registry.failures("tg") if r["node"] == "target"]) == 4
+    assert _no_db_files(tmp_path / "home") == []
