@@ -504,6 +504,23 @@ class Registry:
                where run_id = ? and status = 'accepted' and coalesce(skill, ?) = ? group by task_type""",
             [run_id, skill, skill])}
 
+    def unfinished_ids(self, run_id: str, seed_ids: list[str]) -> set[str]:
+        """Those of `seed_ids` with no outcome yet (pending or failed)."""
+        if not seed_ids:
+            return set()
+        marks = ", ".join("?" * len(seed_ids))
+        return {row["id"] for row in self.db.query(
+            f"select id from seeds where run_id = ? and id in ({marks}) and status not in ('accepted', 'rejected')",
+            [run_id, *seed_ids])}
+
+    def leased_task_types(self, run_id: str, skill: str) -> dict[str, str]:
+        """seed id -> task type of the seeds of `skill` running now anywhere (an unexpired lease, no
+        outcome yet): what --target counts as on their way, whichever worker runs them."""
+        return {row["id"]: row["task_type"] for row in self.db.query(
+            f"""select s.id, s.task_type from seeds s join seed_leases l on l.run_id = s.run_id and l.seed_id = s.id
+                where s.run_id = ? and l.expires > {self.db.dialect.now()} and coalesce(s.skill, ?) = ?
+                and s.status not in ('accepted', 'rejected')""", [run_id, skill, skill])}
+
     def deal_task_type(self, run_id: str, seed_id: str, task_type: str) -> None:
         """Give a seed that has not started another task type (--target deals seeds as they start)."""
         with self.db.conn:
@@ -580,9 +597,10 @@ class Registry:
         with self.db.conn:
             self.db.execute(
                 """insert into run_spend (run_id, calls, input_tokens, output_tokens, cost) values (?, ?, ?, ?, ?)
-                   on conflict(run_id) do update set calls = calls + excluded.calls,
-                   input_tokens = input_tokens + excluded.input_tokens,
-                   output_tokens = output_tokens + excluded.output_tokens, cost = cost + excluded.cost""",
+                   on conflict(run_id) do update set calls = run_spend.calls + excluded.calls,
+                   input_tokens = run_spend.input_tokens + excluded.input_tokens,
+                   output_tokens = run_spend.output_tokens + excluded.output_tokens,
+                   cost = run_spend.cost + excluded.cost""",
                 [run_id, spend.calls, spend.input_tokens, spend.output_tokens, spend.cost])
 
     def seed_ids(self, run_ids: Iterable[str]) -> set[str]:
@@ -633,7 +651,8 @@ class Registry:
         return list(self.db.query(
             """select skill, node, count(*) as runs, sum(llm_calls) as llm_calls, sum(tokens) as tokens,
                       sum(cache_hits) as cache_hits, avg(seconds) as mean_seconds,
-                      sum(outcome = 'failed') as failed, sum(outcome = 'rejected') as rejected
+                      count(case when outcome = 'failed' then 1 end) as failed,
+                      count(case when outcome = 'rejected' then 1 end) as rejected
                from steps where run_id = ? group by skill, node order by skill, node""", [run_id]))
 
     def edge_figures(self, run_id: str) -> list[dict]:

@@ -138,11 +138,20 @@ def shrink(conn: sqlite3.Connection) -> None:
         pass
 
 
-def started_seeds(saver: SqliteSaver, run_id: str) -> set[str]:
-    """The seeds of `run_id` whose graphs have a checkpoint (started, not yet forgotten)."""
+def started_seeds(saver: Any, run_id: str, registry: Any = None) -> set[str]:
+    """The seeds of `run_id` whose graphs have a checkpoint (started, not yet forgotten). SQLite: read
+    through the saver's own connection. Any other saver (langgraph's AsyncPostgresSaver, whose async
+    pool cannot be read from synchronous code on its loop) keeps its `checkpoints` table in the store's
+    database, beside the registry's tables: read through `registry.db`."""
     prefix = thread_id(run_id, "")
-    rows = saver.conn.execute("select distinct thread_id from checkpoints where substr(thread_id, 1, ?) = ?",
-                              [len(prefix), prefix]).fetchall()
+    query = "select distinct thread_id from checkpoints where substr(thread_id, 1, ?) = ?"
+    if isinstance(saver, SqliteSaver):
+        rows = saver.conn.execute(query, [len(prefix), prefix]).fetchall()
+    elif registry is not None and getattr(registry.db, "kind", "sqlite") != "sqlite":
+        rows = registry.db.execute(query, [len(prefix), prefix]).fetchall()
+    else:
+        raise TypeError(f"started_seeds: cannot read the checkpoints of a {type(saver).__name__} "
+                        "without its store's registry")
     return {row[0][len(prefix):] for row in rows}
 
 

@@ -98,12 +98,13 @@ def graph_show(skill_name: str = typer.Argument(..., metavar="SKILL", help="a sk
                format: str = typer.Option("mermaid", "--format", "-f", help="mermaid | ascii | png"),
                out: Optional[Path] = typer.Option(None, "--out", "-o", help="write here instead of stdout"),
                run_id: Optional[str] = typer.Option(None, "--run", metavar="RUN_ID",
-                                                    help="annotate nodes and edges with this run's figures")) -> None:
+                                                    help="annotate nodes and edges with this run's figures"),
+               store: Optional[str] = store_option()) -> None:
     """Draw a skill's graph, offline: nodes labelled by agent, edges by their condition."""
     skill = skills.load(skill_name)
     figures: tuple[list, list] = ([], [])
     if run_id:
-        registry = Home.from_env().registry()
+        registry = Home.from_env(store).registry()
         if registry.run(run_id) is None:
             fail(f"no run {run_id!r} (see: python cli.py runs list)")
         ran = review_data.run_skills(registry, run_id)
@@ -551,11 +552,12 @@ def report_command(run_id: str = typer.Argument(..., metavar="RUN_ID"),
                                                        "page with plots (works offline)"),
                    semantic: Optional[bool] = typer.Option(None, "--semantic/--no-semantic",
                                                            help="embedding dispersion (default: when the "
-                                                                "`semantic` extra is installed)")) -> None:
+                                                                "`semantic` extra is installed)"),
+                   store: Optional[str] = store_option()) -> None:
     """A run's quality report (Markdown): per skill and task type what was kept and dropped, taxonomy
     coverage, diversity, near-duplicates, lengths and what refinement changed."""
     from teachgraph import quality
-    made = api.report(run_id, home=Home.from_env(), semantic=semantic)
+    made = api.report(run_id, home=Home.from_env(store), semantic=semantic)
     if html is not None:
         _make_parent(html)
         try:
@@ -668,11 +670,12 @@ def export_runs(
 @app.command("review")
 def review(run_id: str = typer.Argument(..., metavar="RUN_ID"),
            port: int = typer.Option(8765, "--port", min=0, max=65535, help="0: any free port"),
-           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: loopback)")) -> None:
+           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: loopback)"),
+           store: Optional[str] = store_option()) -> None:
     """Serve a local page to review a run: its graphs with per-node figures, its samples and their lineage,
     and verdicts (stored in the run's store; export leaves rejected samples out). Works while the run goes."""
     from teachgraph.review.server import open_server
-    server = open_server(run_id, host=host, port=port)
+    server = open_server(run_id, host=host, port=port, home=Home.from_env(store))
     if host not in ("127.0.0.1", "localhost", "::1"):
         say(f"note: listening on {host}: anyone who can reach this address can read the run and record verdicts")
     print(f"review of run {run_id}: {server.url}  (Ctrl-C stops it)", flush=True)

@@ -87,7 +87,14 @@ class Target:
     running now; ties: its own type, then taxonomy order). When
     every fitting type is full the seed is left unused. When the only types still short are short
     just because seeds of theirs are running, the seed waits for one of them to end: if it is
-    rejected, the seed is still needed; counting running seeds as done would stop short."""
+    rejected, the seed is still needed; counting running seeds as done would stop short.
+
+    Running seeds are counted from the store (their leases), not only in this process, and a seed is
+    dealt and its type recorded in one write transaction (the `target` lock): so Ray workers, each
+    with its own Target, deal as one process would. A wait for a seed running elsewhere looks again
+    every POLL_S seconds (no event crosses processes)."""
+
+    POLL_S = 0.5
 
     def __init__(self, registry: Registry, run_id: str, n: int, started: set[str] = frozenset(), *,
                  focus: Iterable[str] = (), used: set[str] = frozenset()):
@@ -95,7 +102,7 @@ class Target:
         an earlier run had, left unused here (a repair run draws new seeds)."""
         self.registry, self.run_id, self.n = registry, run_id, n
         self.focus, self.used = set(focus), set(used)
-        self.running: dict[str, tuple[str, str]] = {}    # seed id -> (skill, task type)
+        self.running: dict[str, tuple[str, str]] = {}    # seed id -> (skill, task type), in this process
         self._ended: asyncio.Event | None = None
         # seeds a resumed run will continue (they have checkpoints) count as running from the start:
         # a seed before them in the corpus's order must not be dealt the type they already hold
@@ -107,11 +114,19 @@ class Target:
             if row["status"] not in ("accepted", "rejected"):
                 self.running[seed_id] = (row["skill"], row["task_type"])
 
-    def _in_flight(self, skill: str) -> Counter:
-        return Counter(task for s, task in self.running.values() if s == skill)
+    def _in_flight(self, skill: str, seed_id: str) -> Counter:
+        here = {s: task for s, (name, task) in self.running.items() if name == skill}
+        # a resumed seed counted here from the start may have ended on another worker: the store says
+        for ended in set(here) - self.registry.unfinished_ids(self.run_id, list(here)):
+            del here[ended]
+            self.running.pop(ended, None)
+        anywhere = {**here, **self.registry.leased_task_types(self.run_id, skill)}
+        anywhere.pop(seed_id, None)          # the seed being dealt holds its own lease already
+        return Counter(anywhere.values())
 
     async def deal(self, seed: dict, skill: Skill) -> str | None:
-        """The seed's task type now, or None: not needed (every type it fits has N kept samples)."""
+        """The seed's task type now, recorded in the store, or None: not needed (every type it fits
+        has N kept samples)."""
         if skill.transformations and not seed.get("transformation"):
             return seed["task_type"]     # the skill cannot use the seed: its graph rejects it, at no cost
         if seed["id"] in self.used:
@@ -121,20 +136,26 @@ class Target:
         if not fitting:
             return None
         while True:
-            kept = self.registry.kept_samples(self.run_id, skill.name)
-            running = self._in_flight(skill.name)
-            open_ = [t for t in fitting if kept.get(t, 0) + running[t] < self.n]
-            if open_:
-                # min keeps the first of equals: the seed's own type, then taxonomy order
-                task = min(sorted(open_, key=lambda t: t != seed["task_type"]),
-                           key=lambda t: kept.get(t, 0) + running[t])
-                self.running[seed["id"]] = (skill.name, task)
-                return task
+            with self.registry.db.transaction(lock=f"target:{self.run_id}"):
+                kept = self.registry.kept_samples(self.run_id, skill.name)
+                running = self._in_flight(skill.name, seed["id"])
+                open_ = [t for t in fitting if kept.get(t, 0) + running[t] < self.n]
+                if open_:
+                    # min keeps the first of equals: the seed's own type, then taxonomy order
+                    task = min(sorted(open_, key=lambda t: t != seed["task_type"]),
+                               key=lambda t: kept.get(t, 0) + running[t])
+                    if task != seed["task_type"]:   # recorded before the graph's first checkpoint holds it
+                        self.registry.deal_task_type(self.run_id, seed["id"], task)
+                    self.running[seed["id"]] = (skill.name, task)
+                    return task
             if not any(kept.get(t, 0) < self.n for t in fitting):
                 return None
             if self._ended is None:
                 self._ended = asyncio.Event()
-            await self._ended.wait()     # a running seed of a short type ends: look again
+            try:   # a running seed of a short type ends (here, or elsewhere: looked at again): look again
+                await asyncio.wait_for(self._ended.wait(), self.POLL_S)
+            except asyncio.TimeoutError:
+                pass
 
     def ended(self, seed_id: str) -> None:
         if self.running.pop(seed_id, None) is not None and self._ended is not None:

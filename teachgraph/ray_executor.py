@@ -11,7 +11,10 @@ An actor pool with a dispatcher on the driver, not Ray Data (README, "Running on
   is never written twice), and the driver's progress bar counts seeds as they end.
 
 Workers (`SeedWorker`, one async actor per CPU, many seeds at once, thread id = run:seed) build
-their own model client, compiled graphs and checkpointer: none of them pickle.
+their own model client, compiled graphs and checkpointer: none of them pickle. Their model is built
+as LocalExecutor's is (make_llm: the judge too) and metered into the run's one ledger in the store
+(run_meter), so budgets hold cluster-wide; a call the budget refuses comes back as a budget reply and
+the driver stops as LocalExecutor does (no new seed; BudgetReached once those in flight stopped).
 
 The endpoint limit stays under --concurrency cluster-wide by splitting it: each of the N workers
 gets floor(C/N) requests in flight with its own AIMD limit (teachgraph/client/endpoint.py), which
@@ -42,10 +45,11 @@ from teachgraph.checkpoints import storage
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.checkpoints.registry import Registry
 from teachgraph.checkpoints.saver import open_saver
+from teachgraph.client.budget import BudgetReached
 from teachgraph.client.llm import LLM, Usage
 from teachgraph import skills
 from teachgraph.errors import FatalRunError, UsageError
-from teachgraph.runner import Home, LocalExecutor, SeedRunner, Settings, make_llm
+from teachgraph.runner import Home, LocalExecutor, SeedRunner, Settings, make_llm, run_meter
 from teachgraph.states import SeedStatus
 
 __all__ = ["RayExecutor", "SeedWorker", "ray_executor"]
@@ -101,8 +105,12 @@ class SeedWorker:
                 registry, saver, cache = _open_stores(self.home, self.settings.cache)
                 if cache is not None:
                     self._stack.callback(cache.close)
+                # the judge too (make_llm builds it from settings.judge_model), as LocalExecutor's model
                 self._llm = make_llm(self.settings, self.settings.base_url, self.api_key, embedded=False,
                                      cache=cache)
+                # the run's budget over its one ledger in the store: every worker adds what its replies
+                # spent and reads what all of them spent before each call (client/budget.py)
+                self._llm.metered(run_meter(registry, self.run_id, self.settings))
                 saver = await self._stack.enter_async_context(saver)
                 collect = _Collect()
                 skill = None if self.settings.mix else skills.load(self.settings.skill)
@@ -131,6 +139,8 @@ class SeedWorker:
             token = _current.set(outcome)
             try:
                 ran = await runner.run(seed)
+            except BudgetReached as exc:   # not a failure: the seed stays pending, resumable
+                return {**self._reply(None, []), "budget": str(exc)}
             finally:
                 _current.reset(token)
             if ran is False or outcome.status is None:
@@ -245,12 +255,13 @@ class RayExecutor(LocalExecutor):
         running: dict[asyncio.Task, tuple[_Slot, dict]] = {}
         probes: dict[asyncio.Task, _Slot] = {}
         held: set[asyncio.Task] = set()   # seeds whose lease another worker holds, asked again later
+        budget: str | None = None         # a worker's call was refused by the budget: no seed starts now
         exhausted = waiting_said = False
         last_save = time.monotonic()
         try:
             while True:
                 for slot in slots:
-                    while slot.up and not slot.dead and slot.in_flight < slot.capacity:
+                    while budget is None and slot.up and not slot.dead and slot.in_flight < slot.capacity:
                         if again:
                             seed = again.popleft()
                         elif not exhausted:
@@ -262,6 +273,8 @@ class RayExecutor(LocalExecutor):
                             break
                         slot.in_flight += 1
                         running[asyncio.ensure_future(self._call(slot, seed))] = (slot, seed)
+                if budget is not None and not running:   # the seeds in flight have stopped: as LocalExecutor
+                    raise BudgetReached(budget)
                 if not running and exhausted and not again and not held:
                     return
                 if not running and not probes and not held:
@@ -294,6 +307,10 @@ class RayExecutor(LocalExecutor):
                             slot.up = False
                             probes[asyncio.ensure_future(self._back(slot))] = slot
                         continue
+                    if "budget" in reply:
+                        budget = budget or reply["budget"]
+                        self._count_usage(slot, reply)
+                        continue
                     if reply.get("skipped"):
                         held.add(asyncio.ensure_future(asyncio.sleep(LEASE_RETRY_S, result=seed)))
                         continue
@@ -325,13 +342,7 @@ class RayExecutor(LocalExecutor):
     def _ended(self, slot: _Slot, reply: dict) -> None:
         if "fatal" in reply:
             raise FatalRunError(f"{reply['where']}: {reply['fatal']}")
-        calls, tokens, hits = reply["usage"]
-        seen = slot.usage_seen.get(reply["incarnation"], (0, 0, 0))
-        # each reply carries its worker's totals: add what is new since that worker's last reply
-        self.llm.usage.add(Usage(max(0, calls - seen[0]), max(0, tokens - seen[1]), max(0, hits - seen[2])))
-        slot.usage_seen[reply["incarnation"]] = (max(calls, seen[0]), max(tokens, seen[1]), max(hits, seen[2]))
-        slot.endpoint_seen[reply["incarnation"]] = reply["endpoint"]
-        self._endpoint_figures()
+        self._count_usage(slot, reply)
         for sample in reply["samples"]:
             self.writer.append(sample)
         self._done_where[reply["where"]] = self._done_where.get(reply["where"], 0) + 1
@@ -339,6 +350,15 @@ class RayExecutor(LocalExecutor):
         now = time.monotonic()
         self.registry.add_wall_time(self.run_id, now - self._clock)
         self._clock = now
+
+    def _count_usage(self, slot: _Slot, reply: dict) -> None:
+        calls, tokens, hits = reply["usage"]
+        seen = slot.usage_seen.get(reply["incarnation"], (0, 0, 0))
+        # each reply carries its worker's totals: add what is new since that worker's last reply
+        self.llm.usage.add(Usage(max(0, calls - seen[0]), max(0, tokens - seen[1]), max(0, hits - seen[2])))
+        slot.usage_seen[reply["incarnation"]] = (max(calls, seen[0]), max(tokens, seen[1]), max(hits, seen[2]))
+        slot.endpoint_seen[reply["incarnation"]] = reply["endpoint"]
+        self._endpoint_figures()
 
     def _endpoint_figures(self) -> None:
         """The driver's endpoint line shows the cluster: requests and retries of every worker summed,

@@ -320,7 +320,7 @@ class SeedRunner:
         self.gates = gates
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
-        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id),
+        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id, registry),
                              focus=settings.focus or (),
                              used=registry.seed_ids(settings.fresh_after or ())) if settings.target else None
 
@@ -412,8 +412,7 @@ class SeedRunner:
                                           reason=self.target.unused_reason(ctx.skill, seed))
                 self.reporter.seed_done(SeedStatus.REJECTED, 0)
                 return
-            if task_type != seed["task_type"]:  # recorded before the graph's first checkpoint holds it
-                self.registry.deal_task_type(self.run_id, seed["id"], task_type)
+            if task_type != seed["task_type"]:  # Target.deal has recorded it in the store
                 seed = {**seed, "task_type": task_type}
         elif self.target is not None:
             self.target.running[seed["id"]] = (ctx.skill.name, seed["task_type"])   # resumed: it counts

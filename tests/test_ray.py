@@ -220,3 +220,73 @@ def test_runs_show_says_a_run_on_this_process_ran_locally(tmp_path):
     run_in_process(tmp_path, RagScript().reply, limit=1, rounds=0)
     shown = json.loads(run_cli("runs", "show", "t1", "--json", home=tmp_path / "home").stdout)
     assert shown["executor"] == "local" and shown["workers"] == {}
+
+
+@pytest.mark.slow
+def test_a_ray_run_stops_cleanly_at_its_token_budget_and_resumes_to_completion(cluster, baseline, tmp_path):
+    """--max-tokens-total on Ray: every worker's replies go into the run's one ledger and every worker
+    reads it before a call, so the run stops as a local one does ('stopped at budget', exit 3, seeds
+    pending, no call started after the budget beyond those in flight) and `graph resume` with a higher
+    budget finishes it with the same samples, none twice. The workers record node steps (the review
+    page's per-node figures) and pass the same ledger test as LocalExecutor: calls served == calls in it."""
+    base_calls, base_ids = baseline
+    workers(cluster, 2)
+    home, budget = tmp_path / "ray", 20000     # about half of what the 12 seeds take (~510 tokens a call)
+    with FakeOpenAI(responder=RagScript().http_responder, delay=0.05) as fake:
+        stopped = run_cli(*run_args(fake, "b", "--ray", cluster.address, "--max-tokens-total", str(budget),
+                                    "--price-in", "1", "--price-out", "2", "--structured", "json_schema"),
+                          home=home, timeout=240)   # json_schema: no probe, so every request is the graph's
+        assert stopped.returncode == 3, stopped.stderr
+        registry = Registry(home / "runs.db")
+        run, counts, spent = registry.run("b"), registry.counts("b"), registry.spent("b")
+        assert run["status"] == "stopped at budget" and f"--max-tokens-total {budget}" in run["stop_reason"]
+        assert counts["pending"] > 0 and counts["accepted"] >= 1, (counts, spent)
+        assert spent.calls == fake.request_count        # every worker's replies are in the ledger
+        # the call that crossed it and those in flight then (3 at most, one per seed in flight)
+        assert budget <= spent.tokens < budget + CONCURRENCY * 1500
+        assert spent.cost == pytest.approx((spent.input_tokens + 2 * spent.output_tokens) / 1e6)
+        calls_at_stop = fake.request_count
+        resumed = run_cli("graph", "resume", "b", "--ray", cluster.address, "--max-tokens-total", "10000000",
+                          home=home, timeout=240)
+        assert resumed.returncode == 0, resumed.stderr
+        calls = fake.request_count
+    check_complete(home, "b", base_ids)
+    final = registry.counts("b")
+    assert registry.run("b")["status"] == "complete" and registry.spent("b").calls == calls
+    # the node steps of every seed that ended, recorded by the workers
+    ended = [row["seed"] for row in registry.failures("b")] + [
+        s for s, in registry.db.execute("select id from seeds where run_id = 'b' and status = 'accepted'").fetchall()]
+    assert len(ended) == SEEDS and all(registry.steps("b", seed) for seed in ended)
+    figures = {row["node"]: row["runs"] for row in registry.node_figures("b")}
+    assert figures.get("answer", 0) >= 1 and sum(figures.values()) >= SEEDS * 3, figures
+    print(f"\nray budget: stopped after {calls_at_stop} calls ({spent.tokens} tokens of {budget}), "
+          f"{counts['pending']} seeds pending; resumed: {calls} calls in all, {final['llm_calls']} in the seeds' "
+          f"figures (baseline {base_calls} with its probe); steps per node {figures}")
+    # only the calls of nodes the stop cut short are made again (one node per seed in flight)
+    assert 0 <= calls - final["llm_calls"] <= CONCURRENCY
+
+
+@pytest.mark.slow
+def test_a_ray_run_in_a_postgresql_store_records_everything_there(cluster, baseline, tmp_path, pg_url):
+    """--ray with --store postgresql://: the workers open the same PostgreSQL store (registry, leases,
+    LangGraph checkpoints, spend, node steps), the driver writes the samples file; nothing goes to a
+    SQLite file, and the run is what the local one is."""
+    base_calls, base_ids = baseline
+    workers(cluster, 2)
+    home = tmp_path / "ray"
+    with FakeOpenAI(responder=RagScript().http_responder, delay=0.02) as fake:
+        ran = run_cli(*run_args(fake, "p", "--ray", cluster.address, "--store", pg_url), home=home, timeout=240)
+        calls = fake.request_count
+    assert ran.returncode == 0, ran.stderr
+    from teachgraph.checkpoints.store import open_store
+    registry = open_store(pg_url, None).registry()
+    counts = registry.counts("p")
+    assert counts["pending"] == counts["failed"] == 0 and counts["accepted"] + counts["rejected"] == SEEDS
+    ids = [json.loads(line)["id"] for line in (home / "runs" / "p" / "samples.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == counts["samples"]
+    assert sorted(i.removeprefix("p:") for i in ids) == base_ids
+    assert registry.run("p")["executor"] == "ray" and sum(json.loads(registry.run("p")["workers"]).values()) == SEEDS
+    assert calls == base_calls                                    # nothing repeated
+    assert registry.spent("p").calls == counts["llm_calls"] > 0  # the workers' spend (the probe's calls are not in it)
+    assert sum(row["runs"] for row in registry.node_figures("p")) >= SEEDS * 5
+    assert [p for p in home.rglob("*.db")] == []

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,203 @@ def test_a_postgresql_store_without_the_postgres_extra_is_one_line(tmp_path, mon
     with pytest.raises(UsageError, match=r"pip install 'teachgraph\[postgres\]'") as caught:
         teachgraph.open_run("r", home=tmp_path, store="postgresql://u@127.0.0.1:1/db")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_review_budget_and_report_queries_give_the_same_figures_on_both_backends(tmp_path, backend, request):
+    """The registry methods the review, budgets and report branches added, on one small run: node steps
+    and their figures, verdicts (set twice: the second stands), the spend ledger (added to twice), the
+    report's counts by task type, --target's kept samples and dealing, and the started seeds --target
+    reads from the checkpointer."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from teachgraph.checkpoints.saver import started_seeds
+    from teachgraph.client.budget import Spend
+
+    store = _store(tmp_path, backend, request)
+    registry = store.registry()
+    skill = skills.load("rag")
+    registry.create_run("r", "rag", {"out": str(tmp_path / "o.jsonl")})
+    registry.add_corpus("r", collect([SAMPLE]), limit=3, assign=Dealer([skill]),
+                        passage_chars=skill.spec.context.passage_chars)
+    s1, s2, s3 = (s["id"] for s in registry.unfinished_seeds("r"))
+    for seed, node, outcome, nxt, calls in ((s1, "generate", "ok", "answer", 2), (s1, "answer", "ok", None, 1),
+                                            (s2, "generate", "failed", None, 1), (s3, "generate", "rejected", None, 3)):
+        registry.record_step({"run_id": "r", "seed_id": seed, "skill": "rag", "node": node, "outcome": outcome,
+                              "next": nxt, "llm_calls": calls, "tokens": 10 * calls, "cache_hits": 0,
+                              "seconds": 0.5, "detail": json.dumps({"node": node}), "at": time.time()})
+    assert [(s["node"], s["detail"]) for s in registry.steps("r", s1)] == [("generate", {"node": "generate"}),
+                                                                         ("answer", {"node": "answer"})]
+    figures = {row["node"]: row for row in registry.node_figures("r")}
+    assert {k: figures["generate"][k] for k in ("runs", "llm_calls", "tokens", "failed", "rejected")} == \
+        {"runs": 3, "llm_calls": 6, "tokens": 60, "failed": 1, "rejected": 1}
+    assert figures["generate"]["mean_seconds"] == pytest.approx(0.5)
+    assert registry.edge_figures("r") == [{"skill": "rag", "node": "generate", "next": "answer", "taken": 1}]
+
+    task_type = registry.seed("r", s1)["task_type"]
+    registry.finish_seed("r", s1, status="accepted", samples=[{"id": "r:a"}, {"id": "r:b"}], llm_calls=3,
+                         tokens=30, input_tokens=20, output_tokens=10)
+    registry.finish_seed("r", s2, status="failed", node="generate", error="boom")
+    registry.finish_seed("r", s3, status="rejected", node="generate", reason="no fit")
+    registry.set_review("r", "r:a", "accepted", "")
+    registry.set_review("r", "r:a", "rejected", "wrong answer")      # the later verdict stands
+    assert registry.reviews("r")["r:a"]["note"] == "wrong answer"
+    assert registry.review_counts("r") == {"accepted": 0, "rejected": 1}
+
+    ledger = registry.ledger("r")
+    ledger.add(Spend(1, 100, 20, 0.5))
+    ledger.add(Spend(2, 50, 5, 0.25))
+    assert ledger.spent() == Spend(3, 150, 25, 0.75)
+    counts = registry.counts("r")
+    assert (counts["input_tokens"], counts["output_tokens"], counts["tokens"]) == (20, 10, 30)
+    assert [row["source"] for row in registry.seeds_to_estimate("r")] == \
+        [registry.seed("r", s)["source"] for s in (s1, s2, s3)]
+
+    rows = {(row["status"], row["node"]): (row["seeds"], row["samples"]) for row in registry.outcomes_by_task_type("r")}
+    assert rows == {("accepted", ""): (1, 2), ("failed", "generate"): (1, 0), ("rejected", "generate"): (1, 0)}
+    assert registry.kept_samples("r", "rag") == {task_type: 2}
+    registry.deal_task_type("r", s2, "other_type")
+    assert registry.seed("r", s2)["task_type"] == "other_type"
+
+    async def started() -> set[str]:
+        async with store.saver() as saver:
+            await saver.aput({"configurable": {"thread_id": f"r:{s2}", "checkpoint_ns": ""}}, empty_checkpoint(),
+                             {}, {})
+            return started_seeds(saver, "r", registry)
+    assert asyncio.run(started()) == {s2}
+
+
+@pytest.mark.slow
+def test_every_command_works_on_a_priced_and_reviewed_run_in_postgresql(tmp_path, pg_url):
+    """Issue 17: `review`, `report`, `export`, `runs show/failures`, `graph show --run` on a run whose
+    whole state is in PostgreSQL (a run on the fake endpoint with prices, so spend is recorded, and a
+    verdict set through the review server's API), each with --store: real figures, and no SQLite file."""
+    import urllib.request
+
+    home, store = tmp_path / "home", ["--store", pg_url]
+    with FakeOpenAI(responder=RagScript().http_responder) as fake:
+        ran = run_cli("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "4", "--rounds", "1",
+                      "--concurrency", "2", "--run-id", "p1", "--base-url", fake.base_url, "--model", "fake-model",
+                      "--structured", "json_schema", "--max-cost", "5", "--price-in", "1", "--price-out", "2",
+                      *store, home=home, timeout=180)
+        assert ran.returncode == 0, ran.stderr
+        calls = fake.request_count
+    registry = open_store(pg_url, None).registry()
+    counts, spent = registry.counts("p1"), registry.spent("p1")
+    assert counts["accepted"] >= 1 and counts["samples"] >= 2 and spent.calls == calls == counts["llm_calls"]
+    assert spent.cost == pytest.approx((spent.input_tokens + 2 * spent.output_tokens) / 1e6) and spent.cost > 0
+    rejected_id = next(sid for sid, _ in registry.samples("p1"))
+
+    review = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "review", "p1", "--port", "0", *store],
+                              cwd=ROOT, env={**os.environ, "TEACHGRAPH_HOME": str(home)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        url = review.stdout.readline().split(": ", 1)[1].split()[0].rstrip("/")
+        with urllib.request.urlopen(url + "/api/run", timeout=10) as response:
+            overview = json.loads(response.read())
+        verdict = urllib.request.Request(f"{url}/api/samples/{rejected_id}/verdict", method="POST",
+                                         data=json.dumps({"verdict": "rejected", "note": "wrong"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(verdict, timeout=10) as response:
+            assert response.status == 200
+    finally:
+        review.kill()
+        review.wait(10)
+    nodes = {row["node"]: row for row in overview["nodes"]}
+    assert nodes["transform"]["runs"] == counts["total"] and sum(n["llm_calls"] for n in nodes.values()) == calls
+    assert overview["counts"] == counts and overview["cost"] == pytest.approx(spent.cost)
+
+    shown = run_cli("runs", "show", "p1", "--json", *store, home=home)
+    assert shown.returncode == 0, shown.stderr
+    shown = json.loads(shown.stdout)
+    assert shown["reviews"] == {"accepted": 0, "rejected": 1} and shown["spent"]["calls"] == calls
+    assert shown["run"]["estimate"]["seeds"] == counts["total"]          # the estimate made at collection
+    text = run_cli("runs", "show", "p1", *store, home=home)
+    assert text.returncode == 0 and "reviewed 0 accepted, 1 rejected" in text.stdout, text.stderr
+    failures = run_cli("runs", "failures", "p1", *store, home=home)
+    assert failures.returncode == 0 and f"{counts['rejected']} rejected ({counts['total']} seeds)" in failures.stderr
+    report = run_cli("report", "p1", "--no-semantic", *store, home=home)
+    assert report.returncode == 0, report.stderr
+    assert (f"seeds {counts['total']}: {counts['accepted']} accepted, {counts['rejected']} rejected, 0 failed, "
+            f"0 pending; {counts['samples']} samples") in report.stdout
+    drawn = run_cli("graph", "show", "rag", "--run", "p1", "--format", "ascii", *store, home=home)
+    assert drawn.returncode == 0, drawn.stderr
+    assert f"[{counts['total']} runs · {nodes['transform']['llm_calls']} calls" in drawn.stdout
+    exported = run_cli("export", "p1", "--out", str(tmp_path / "ds"), "--format", "jsonl", *store, home=home)
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for f in sorted((tmp_path / "ds").rglob("*.jsonl")) for line in f.read_text().splitlines()]
+    assert len(rows) == counts["samples"] - 1 and rejected_id not in {r.get("id") for r in rows}
+    assert "left out as rejected: 1" in exported.stderr
+    assert _no_db_files(home) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_target_counts_seeds_running_on_another_worker(tmp_path, backend, request):
+    """--target on several workers (Ray): each has its own Target, and a seed one of them runs counts
+    for the others (through its lease in the store), so two workers do not both deal the last open
+    slot of a type. A seed that ends without a sample frees its type again."""
+    from teachgraph.mix import Target
+
+    store = _store(tmp_path, backend, request)
+    registry = store.registry()
+    skill = skills.load("rag")
+    registry.create_run("r", "rag", {"out": str(tmp_path / "o.jsonl")})
+    registry.add_corpus("r", collect([SAMPLE]), limit=3, assign=Dealer([skill]),
+                        passage_chars=skill.spec.context.passage_chars)
+    seeds = list(registry.unfinished_seeds("r"))
+    fitting = [t.name for t in skill.types_for(seeds[0]["transformation"])]
+    assert len(fitting) >= 2
+    for seed in seeds:                                   # all of one type: the one each would keep alone
+        registry.deal_task_type("r", seed["id"], fitting[0])
+    seeds = [{**registry.seed("r", s["id"]), "passages": None} for s in seeds]
+    workers = [(store.registry(), f"worker-{n}") for n in range(2)]
+    targets = [Target(mine, "r", 1) for mine, _ in workers]
+
+    async def deal(n: int, seed: dict) -> str:
+        mine, owner = workers[n]
+        assert mine.claim_seed("r", seed["id"], owner) is not None
+        return await targets[n].deal(seed, skill)
+    first = asyncio.run(deal(0, seeds[0]))
+    second = asyncio.run(deal(1, {**seeds[1], "transformation": seeds[0]["transformation"]}))
+    assert first == fitting[0] and second != fitting[0]               # the other worker's seed counted
+    assert registry.seed("r", seeds[1]["id"])["task_type"] == second  # dealt and recorded together
+    registry.finish_seed("r", seeds[0]["id"], status="rejected", reason="no", lease=1)
+    third = asyncio.run(deal(1, {**seeds[2], "transformation": seeds[0]["transformation"]}))
+    assert third == fitting[0]                                          # rejected: its type is open again
+
+
+def test_a_resumed_seed_that_ends_on_another_worker_stops_counting_for_target(tmp_path):
+    """Every worker of a resumed run counts the seeds with checkpoints as running; one of them ends on
+    another worker (rejected): this worker must see its type open again, not wait for it forever."""
+    from teachgraph.mix import Target
+
+    store = _store(tmp_path, "sqlite", None)
+    registry = store.registry()
+    skill = skills.load("rag")
+    registry.create_run("r", "rag", {"out": str(tmp_path / "o.jsonl")})
+    registry.add_corpus("r", collect([SAMPLE]), limit=2, assign=Dealer([skill]),
+                        passage_chars=skill.spec.context.passage_chars)
+    resumed, fresh = (registry.seed("r", s["id"]) for s in list(registry.unfinished_seeds("r")))
+    registry.deal_task_type("r", fresh["id"], resumed["task_type"])
+    target = Target(store.registry(), "r", 1, started={resumed["id"]})
+    registry.finish_seed("r", resumed["id"], status="rejected", reason="no")   # ended elsewhere
+    fresh = {**fresh, "task_type": resumed["task_type"], "transformation": resumed["transformation"]}
+    assert store.registry().claim_seed("r", fresh["id"], "me") is not None
+    dealt = asyncio.run(asyncio.wait_for(target.deal(fresh, skill), 5))
+    assert dealt == resumed["task_type"]
+
+
+@pytest.mark.slow
+def test_target_on_a_postgresql_store_fills_every_task_type(tmp_path, pg_url):
+    """--target with the whole state in PostgreSQL (kept samples, leases and dealing in its registry,
+    the started seeds read from AsyncPostgresSaver's table): open_domain_qa's 12 types, 1 sample each."""
+    from tests.test_coverage import corpus_of, fake_llm, kept_by_type
+
+    corpus = corpus_of(tmp_path / "corpus", 16)
+    run = teachgraph.run("open_domain_qa", [corpus], rounds=0, target=1, concurrency=4, home=tmp_path / "home",
+                         run_id="tg", llm=fake_llm(), model="fake", store=pg_url)
+    names = {t.name for t in skills.load("open_domain_qa").taxonomy}
+    assert kept_by_type(run) == Counter({name: 1 for name in names})
+    assert run.counts["accepted"] == 12 and run.counts["pending"] == 0 and run.status == "complete"
+    assert len([r for r in run.registry.failures("tg") if r["node"] == "target"]) == 4
+    assert _no_db_files(tmp_path / "home") == []
