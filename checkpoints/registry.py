@@ -568,7 +568,7 @@ class Registry:
         gate, reason, duplicate_of (the kept sample it repeats, this run's or an earlier one's; an
         evaluation item `FILE:id` for decontaminate; else None), body (the sample's JSON)}."""
         query = ("select sample_id, seed_id, gate, reason, duplicate_of, body from sample_rejections "
-                 "where run_id = ?" + (" and gate = ?" if gate else "") + " order by created, rowid")
+                 "where run_id = ?" + (" and gate = ?" if gate else "") + " order by created, sample_id")
         yield from self.db.query(query, [run_id, gate] if gate else [run_id])
 
     def gate_counts(self, run_id: str) -> dict[str, int]:

@@ -31,6 +31,7 @@ from teachgraph.nodes.agent import NodeFailed
 from teachgraph.client.chat_call import Wire
 from teachgraph.checkpoints.cache import ResponseCache
 from teachgraph.gates.run import RunFlags, RunGates
+from teachgraph.gates.store import GateStore
 from teachgraph.nodes.context import RunContext
 from teachgraph.client.budget import BudgetReached, Meter, Prices
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
@@ -161,10 +162,16 @@ class RunLock:
             holder = self._fh.read().strip() or "another process"
             self._fh.close()
             raise FatalRunError(f"run {self.path.parent.name} is already being run by pid {holder}") from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
+        try:   # who holds it, for the message a second process gives
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.write(str(os.getpid()))
+            self._fh.flush()
+        except OSError as exc:   # a full disk: one line naming the file, not a traceback
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+            raise storage.describe_os(self.path, exc) from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -494,7 +501,7 @@ def open_gates(home: Home, run_id: str, settings: Settings) -> Iterator[RunGates
     if not settings.gates:
         yield None
         return
-    gates = RunGates.open(home.gates_path(run_id), settings.gate_flags())
+    gates = RunGates.open(GateStore.for_run(home.store, home.gates_path(run_id), run_id), settings.gate_flags())
     try:
         yield gates
     finally:

@@ -127,7 +127,8 @@ def test_a_server_that_crashes_mid_run_is_restarted_and_the_run_completes(tmp_pa
     c = counts(home, "mid")
     assert c["total"] == 3 and c["pending"] == 0 and c["failed"] == 0
     ids = sample_ids(home, "mid")
-    assert len(ids) == len(set(ids)) == c["samples"] >= 3
+    # the fake server's replies repeat, so the dedup gates drop some: kept or dropped, each is accounted for
+    assert len(ids) == len(set(ids)) == c["samples"] and c["samples"] + c["dropped_samples"] >= 3
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from teachgraph.checkpoints.registry import Registry
 from teachgraph.cli import app
 from teachgraph.gates import filter_file
 from teachgraph.gates.run import RunFlags, chosen
+from teachgraph.gates.store import GateStore
 from teachgraph.skills import SkillError
 from teachgraph.testing.fake_openai import FakeOpenAI
 from tests.conftest import ROOT, SAMPLE, run_cli, run_in_process
@@ -216,7 +217,7 @@ def test_the_planted_file_through_a_runs_gates_in_seed_batches(tmp_path):
     rows, evals = planted()
     eval_file = tmp_path / "evals.jsonl"
     eval_file.write_text("".join(json.dumps(e) + "\n" for e in evals))
-    gates = RunGates.open(tmp_path / "gates.db", RunFlags(decontaminate=(str(eval_file),)))
+    gates = RunGates.open(GateStore(tmp_path / "gates.db"), RunFlags(decontaminate=(str(eval_file),)))
     pipeline = gates.pipeline("any", {})
     started = time.perf_counter()
     verdicts = []
@@ -246,13 +247,13 @@ def test_a_seed_judged_again_after_a_kill_is_not_its_own_duplicate(tmp_path):
     reruns the node on resume, which must keep the same samples, not drop them as copies of themselves."""
     from teachgraph.gates.run import RunGates
     from tests.planted import chat
-    gates = RunGates.open(tmp_path / "gates.db", RunFlags())
+    gates = RunGates.open(GateStore(tmp_path / "gates.db"), RunFlags())
     pipeline = gates.pipeline("rag", {})
     one = chat("r:s1:r0", "What does the harbor lantern signal to ships?", "It warns them of the rocks nearby.")
     two = chat("r:s1:r1", "Why is the orchard compass kept in velvet?", "Velvet keeps the brass from scratches.")
     assert [v.keep for v in gates.judge_seed(pipeline, [one, two])] == [True, True]
     gates.close()
-    gates = RunGates.open(tmp_path / "gates.db", RunFlags())        # the resumed process
+    gates = RunGates.open(GateStore(tmp_path / "gates.db"), RunFlags())        # the resumed process
     pipeline = gates.pipeline("rag", {})
     assert [v.keep for v in gates.judge_seed(pipeline, [one, two])] == [True, True]
     copy = {**one, "id": "r:s2:r0"}

@@ -221,7 +221,7 @@ def test_two_runs_started_together_with_the_same_out_do_not_share_it(tmp_path):
 # ---------------------------------------------------------------- item 11: TEACHGRAPH_HOME faults
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["320k", "1500k"])   # fills while collecting seeds / while running them
+@pytest.mark.parametrize("size", ["480k", "1500k"])   # fills while collecting seeds / while running them
 def test_a_full_home_stops_the_run_with_one_line_and_resume_loses_nothing(tmp_path, size):
     with small_tmpfs(tmp_path / "home", size) as home, \
             FakeOpenAI(responder=RagScript().http_responder) as fake:

@@ -280,11 +280,11 @@ def test_gate_indexes_in_postgresql_survive_reopening(pg_url):
 
     rows, _ = planted()
     clean = [r for r in rows if r.expect is None][:40]
-    store = GateStore.of(open_store(pg_url, None))
+    store = GateStore.for_run(pg_url, Path("unused.db"), "r1")
     first = Pipeline.build(store)
     assert all(first.judge(ChatSample.from_row(r.sample, "x")).keep for r in clean)
     store.close()
-    again = Pipeline.build(GateStore(postgres=pg_url))
+    again = Pipeline.build(GateStore.for_run(pg_url, Path("unused.db"), "r1"))
     p, original = Planter(99), clean[5].sample
     exact = again.judge(ChatSample.from_row(p.exact_copy(original), "x"))
     near = again.judge(ChatSample.from_row(p.near_copy(original), "x"))

@@ -89,12 +89,10 @@ class RunGates:
     _gates: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: Path, flags: RunFlags) -> "RunGates":
-        store = GateStore(path)
-        admitted = store.table("run", "admitted")
-        admitted.create({"id": str}, pk="id", if_not_exists=True)
-        store.table("run", "sources").create({"run_id": str}, pk="run_id", if_not_exists=True)
-        store.db.conn.commit()
+    def open(cls, store: GateStore, flags: RunFlags) -> "RunGates":
+        with store.transaction():
+            store.table("run", "admitted").create({"id": str}, pk="id", if_not_exists=True)
+            store.table("run", "sources").create({"run_id": str}, pk="run_id", if_not_exists=True)
         return cls(store, flags)
 
     def pipeline(self, skill: str, table: Mapping[str, Any]) -> Pipeline:
@@ -113,11 +111,9 @@ class RunGates:
     def judge_seed(self, pipeline: Pipeline, samples: list[dict]) -> list[Verdict]:
         """A verdict for each of a seed's samples, in order; the kept ones are admitted, all in one commit."""
         verdicts = []
-        with self.store.transaction():
-            # the write lock from the first check to the commit: a process sharing the file (an executor
-            # on several processes) cannot admit a copy between this seed's check and its admit
-            if not self.store.db.conn.in_transaction:
-                self.store.db.execute("BEGIN IMMEDIATE")
+        # the write lock from the first check to the commit: a process sharing the store (an executor
+        # on several processes) cannot admit a copy between this seed's check and its admit
+        with self.store.exclusive():
             for body in samples:
                 if self._admitted(body["id"]):
                     verdicts.append(KEEP)
@@ -135,7 +131,7 @@ class RunGates:
         """--dedup-against: admit an earlier run's kept samples to the dedup gates, once per run (a
         resume does not add them again). Returns how many were added now."""
         sources = self.store.table("run", "sources")
-        if self.store.db.execute(f"SELECT 1 FROM [{sources.name}] WHERE run_id = ?", [run_id]).fetchone():
+        if list(self.store.db.query(f'SELECT 1 FROM "{sources.name}" WHERE run_id = ?', [run_id])):
             return 0
         dedup = [g for g in pipeline.gates if g.name in DEDUP_GATES]
         added = 0
@@ -151,15 +147,16 @@ class RunGates:
                     gate.admit(sample)
                 self._admit_id(sample_id)
                 added += 1
-            self.store.db.execute(f"INSERT INTO [{sources.name}] (run_id) VALUES (?)", [run_id])
+            self.store.db.execute(f'INSERT INTO "{sources.name}" (run_id) VALUES (?)', [run_id])
         return added
 
     def _admitted(self, sample_id: str) -> bool:
-        row = self.store.db.execute("SELECT 1 FROM [gate_run_admitted] WHERE id = ?", [sample_id]).fetchone()
-        return row is not None
+        admitted = self.store.table("run", "admitted").name
+        return bool(list(self.store.db.query(f'SELECT 1 FROM "{admitted}" WHERE id = ?', [sample_id])))
 
     def _admit_id(self, sample_id: str) -> None:
-        self.store.db.execute("INSERT OR IGNORE INTO [gate_run_admitted] (id) VALUES (?)", [sample_id])
+        admitted = self.store.table("run", "admitted").name
+        self.store.db.execute(f'INSERT INTO "{admitted}" (id) VALUES (?) ON CONFLICT DO NOTHING', [sample_id])
 
     def close(self) -> None:
         self.store.close()

@@ -5,6 +5,7 @@ before. Each gate owns tables named after it; their SQL is portable (checkpoints
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -15,9 +16,12 @@ from teachgraph.checkpoints import sql
 
 
 class GateStore:
-    def __init__(self, path: Optional[Path] = None, *, postgres: Optional[str] = None):
-        """`path`: a SQLite file (None: in memory); or `postgres`: a PostgreSQL store's URL."""
+    def __init__(self, path: Optional[Path] = None, *, postgres: Optional[str] = None,
+                 namespace: Optional[str] = None):
+        """`path`: a SQLite file (None: in memory); or `postgres`: a PostgreSQL store's URL, where
+        `namespace` keeps one run's tables apart from another's (a run's SQLite file is its own)."""
         self.path = path
+        self.prefix = f"gate_{namespace}_" if namespace else "gate_"
         if postgres is not None:
             self.db = sql.PostgresDatabase(postgres)
         elif path is None:
@@ -29,15 +33,28 @@ class GateStore:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
     @classmethod
-    def of(cls, store) -> "GateStore":
-        """The gate indexes of a run's store (checkpoints/store.py): gates.db beside runs.db, or the
-        same PostgreSQL database."""
-        if store.kind == "postgresql":
-            return cls(postgres=store.url)
-        return cls(store.home / "gates.db")
+    def for_run(cls, store_url: Optional[str], sqlite_path: Path, run_id: str) -> "GateStore":
+        """A run's gate state: `sqlite_path` (runs/RUN_ID/gates.db) with the default store, or tables of
+        the run's own in the PostgreSQL store (nothing written to a local file)."""
+        if sql.is_postgres(store_url):
+            return cls(postgres=store_url, namespace=hashlib.sha256(run_id.encode()).hexdigest()[:12])
+        return cls(sqlite_path)
 
     def table(self, gate: str, name: str) -> sqlite_utils.db.Table:
-        return self.db.table(f"gate_{gate}_{name}")
+        return self.db.table(f"{self.prefix}{gate}_{name}")
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One transaction that holds the store's write lock from its first read to its commit, so two
+        processes sharing the store cannot both admit a copy of one sample."""
+        if isinstance(self.db, sql.PostgresDatabase):
+            with self.db.transaction(lock=f"gates:{self.prefix}"):
+                yield
+            return
+        with self.db.conn:
+            if not self.db.conn.in_transaction:
+                self.db.execute("BEGIN IMMEDIATE")
+            yield
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
