@@ -123,7 +123,10 @@ def run_arm(arm: str, limit: int | None, work: Path, source: Path) -> dict:
     return {"arm": arm, "wall": wall, "server_cpu": figures.get("server_cpu", float("nan")), **log,
             "calls": counts["llm_calls"], "sent": counts["tokens"] - log["generated"],
             "accepted": counts["accepted"], "rejected": counts["rejected"], "failed": counts["failed"],
-            "samples": counts["samples"], "seeds": counts["total"], "load": os.getloadavg()[0]}
+            # samples the graph made: the ones kept and, since the quality gates, the ones they dropped
+            # (the before arm predates them): the speed work is compared on what the model produced
+            "samples": counts["samples"] + counts.get("dropped_samples", 0),
+            "dropped": counts.get("dropped_samples", 0), "seeds": counts["total"], "load": os.getloadavg()[0]}
 
 
 def show(r: dict) -> None:
@@ -135,7 +138,7 @@ def show(r: dict) -> None:
         f"per call: {r['sent'] / max(1, r['calls']):5.0f} sent, {r['evaluated'] / max(1, r['calls']):5.0f} "
         f"evaluated ({r['cache_hits']} prompt-cache restores) | "
         f"{r['accepted']}/{r['seeds']} seeds accepted ({r['rejected']} rejected, {r['failed']} failed), "
-        f"{r['samples']} samples | {load()}")
+        f"{r['samples']} samples made ({r['dropped']} of them dropped by the gates) | {load()}")
 
 
 def main() -> None:
