@@ -500,7 +500,6 @@ def teach(registry: Registry, run_ids: list[str], out: Path, settings: TeachSett
     if settings.steps < 1:
         raise TeachError(f"--steps must be at least 1 (got {settings.steps})")
     examples = load_examples(registry, run_ids)
-    check_student(settings.student)
     clock = time.monotonic()
     model, tokenizer = load_student(settings.student)
     template = training_template(tokenizer)
