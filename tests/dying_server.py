@@ -11,6 +11,7 @@ without it each process counts its own."""
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import sys
@@ -32,8 +33,14 @@ class DyingServer(FakeOpenAI):
             if self.count_file is None:
                 self._posts += 1
                 return self._posts
-            n = int(self.count_file.read_text() or 0) + 1 if self.count_file.exists() else 1
-            self.count_file.write_text(str(n))
+            # locked: a run may start several of these servers, all counting in the same file
+            with self.count_file.open("a+") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                fh.seek(0)
+                n = int(fh.read() or 0) + 1
+                fh.seek(0)
+                fh.truncate()
+                fh.write(str(n))
             return n
 
     def _handle_chat(self, h, body: dict) -> None:

@@ -132,6 +132,29 @@ def test_a_server_that_crashes_mid_run_is_restarted_and_the_run_completes(tmp_pa
 
 
 @pytest.mark.slow
+def test_one_of_two_servers_crashing_mid_run_is_restarted_and_the_run_completes(tmp_path):
+    """Two servers (as on 2 idle cores): POSTs 1 and 2 are their checks; POST 5 kills whichever server got
+    it. That one is restarted, its seed's cut-off call sent again; the other server's seeds go on."""
+    home = tmp_path / "home"
+    home.mkdir()
+    code, stderr, _ = run_timed("graph", "run", "rag", "--seeds", str(SAMPLE), "--limit", "4", "--rounds", "1",
+                                "--run-id", "pool", home=home,
+                                env={**dying("--die-on", "5", "--count-file", str(home / "posts")),
+                                     embedded.SERVERS_ENV: "2"})
+    assert code == 0, stderr
+    assert "2 servers" in stderr and "over 2 servers" in stderr, stderr
+    exits = [line for line in stderr.splitlines() if line.startswith("the embedded model server exited")]
+    assert len(exits) == 1 and "killed by SIGSEGV" in exits[0] and "restarting it on port" in exits[0], stderr
+    assert "0 retried, 1 repeated after the server restarted" in stderr
+    assert (home / "embedded-server.log").exists() and (home / "embedded-server-2.log").exists()
+    c = counts(home, "pool")
+    assert c["total"] == 4 and c["pending"] == 0 and c["failed"] == 0
+    ids = sample_ids(home, "pool")
+    assert len(ids) == len(set(ids)) == c["samples"]
+    assert not list(home.glob("server*.json"))
+
+
+@pytest.mark.slow
 def test_a_server_that_starts_crashing_mid_run_stops_it_with_seeds_pending(tmp_path):
     """The check and one seed call are answered, then every request kills the server: the run stops
     at the third crash in a row (the FatalRunError path), the seed in flight pending, not failed."""
@@ -246,6 +269,7 @@ def test_the_real_server_killed_by_sigsegv_mid_run_is_restarted_and_the_run_comp
     env = {**os.environ, "TEACHGRAPH_HOME": str(home), "COLUMNS": "200"}
     env.pop("OPENAI_BASE_URL", None)
     env.pop(embedded.SERVER_ENV, None)
+    env[embedded.SERVERS_ENV] = "2"     # as on 2 idle cores, whatever else the machine runs: one seed on each
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "graph", "run", "rag", "--seeds", str(SAMPLE),
                              "--limit", "2", "--rounds", "0", "--temperature", "0", "--run-id", "segv"],
                             cwd=ROOT, env=env, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -259,8 +283,9 @@ def test_the_real_server_killed_by_sigsegv_mid_run_is_restarted_and_the_run_comp
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1]
-        server_pid = json.loads(next(home.glob("server-*.json")).read_text())["pid"]
-        os.kill(server_pid, signal.SIGSEGV)
+        # the first server's (its log is the one watched): server-<cli pid>.json; the second's ends -2.json
+        first = next(r for r in home.glob("server-*.json") if r.stem.count("-") == 1)
+        os.kill(json.loads(first.read_text())["pid"], signal.SIGSEGV)
         _, stderr = proc.communicate(timeout=1800)   # minutes when the machine is idle; a loaded one is slow
     finally:
         if proc.poll() is None:

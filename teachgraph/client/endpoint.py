@@ -355,13 +355,25 @@ class Endpoint:
 
     def summary(self) -> str:
         """One line of figures for the end of a run."""
-        retried = {k.removeprefix("retried "): v for k, v in sorted(self.stats.items()) if k.startswith("retried ")}
-        parts = [f"{self.stats['requests']} requests", f"{sum(retried.values())} retried"]
-        if retried:
-            parts[-1] += " (" + ", ".join(f"{k}: {v}" for k, v in retried.items()) + ")"
-        if self.stats["repeated"]:
-            parts.append(f"{self.stats['repeated']} repeated after the server restarted")
-        if self.stats["gave up"]:
-            parts.append(f"{self.stats['gave up']} gave up")
-        parts.append(f"in-flight limit {self.limit.limit}/{self.limit.maximum} (lowest {self.limit.lowest})")
-        return ", ".join(parts)
+        return summary([self])
+
+
+def summary(endpoints: list[Endpoint]) -> str:
+    """One line of figures for the end of a run, over every server of its model (LLM.lanes)."""
+    stats: Counter = Counter()
+    for endpoint in endpoints:
+        stats.update(endpoint.stats)
+    retried = {k.removeprefix("retried "): v for k, v in sorted(stats.items()) if k.startswith("retried ")}
+    parts = [f"{stats['requests']} requests", f"{sum(retried.values())} retried"]
+    if retried:
+        parts[-1] += " (" + ", ".join(f"{k}: {v}" for k, v in retried.items()) + ")"
+    if stats["repeated"]:
+        parts.append(f"{stats['repeated']} repeated after the server restarted")
+    if stats["gave up"]:
+        parts.append(f"{stats['gave up']} gave up")
+    limits = [endpoint.limit for endpoint in endpoints]
+    parts.append(f"in-flight limit {sum(x.limit for x in limits)}/{sum(x.maximum for x in limits)} "
+                 f"(lowest {sum(x.lowest for x in limits)})")
+    if len(endpoints) > 1:
+        parts.append(f"over {len(endpoints)} servers")
+    return ", ".join(parts)

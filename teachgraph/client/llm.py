@@ -1,11 +1,13 @@
 """Every model call goes through here: one OpenAI-compatible endpoint (retries, deadlines and
-the in-flight limit are client/endpoint.py's), usage counters, and structured output validated
-with pydantic (with correction rounds)."""
+the in-flight limit are client/endpoint.py's), or several servers of one model as lanes (the embedded
+model runs one per idle core), usage counters, and structured output validated with pydantic (with
+correction rounds)."""
 
 from __future__ import annotations
 
 import functools
 import json
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
@@ -26,6 +28,10 @@ from teachgraph.options import DEFAULTS
 # which of these an endpoint honours (teachgraph/probe.py). Each mode is registered below by name,
 # as a plugin's would be (teachgraph/extensions.py; entry-point group teachgraph.response_modes).
 StructuredMode = str
+
+# Which lane a task's calls take when an LLM has several (LLM.lanes): the runner sets it per seed, so
+# all of a seed's calls reach the same server and find its passages in that server's prompt cache.
+LANE: ContextVar[int] = ContextVar("teachgraph_lane", default=0)
 
 
 @dataclass(frozen=True)
@@ -147,8 +153,20 @@ def _finish_reason(message: AIMessage) -> str | None:
 
 
 @dataclass
+class Lane:
+    """One server of the model: the chat model and Wire that reach it, and its Endpoint (its own in-flight
+    limit, retries and, for the embedded model, the supervisor that restarts it)."""
+
+    chat: BaseChatModel
+    wire: Wire | None
+    endpoint: Endpoint
+
+
+@dataclass
 class LLM:
-    """A chat model plus the policies teachgraph applies to every call."""
+    """A chat model plus the policies teachgraph applies to every call. `chat`, `wire` and `endpoint`
+    are its first lane; `lanes` lists every server of the same model (one unless given), and a call
+    takes lane LANE % len(lanes)."""
 
     chat: BaseChatModel
     model_name: str
@@ -163,25 +181,34 @@ class LLM:
     wire: Wire | None = None                     # the shortest path for a plain ChatOpenAI (nodes/chat_call.py)
     meter: Meter | None = None                   # the run's spend and budget (client/budget.py)
     judge: "LLM | None" = None                   # the model checks ask (`--judge-model`); None: this one
+    lanes: list[Lane] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
             self.endpoint = Endpoint(self.model_name, self.max_concurrency)
+        if not self.lanes:
+            self.lanes = [Lane(self.chat, self.wire, self.endpoint)]
         self.metered(self.meter)
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return [lane.endpoint for lane in self.lanes]
 
     def metered(self, meter: Meter | None) -> None:
         """Record every reply's spend in `meter` and let it refuse calls once the budget is spent (the
         check is the endpoint's, where each request starts)."""
         self.meter = meter
-        self.endpoint.gate = meter
+        for endpoint in self.endpoints:
+            endpoint.gate = meter
 
     async def aclose(self) -> None:
         """Close the HTTP clients inside the loop that used them (aiohttp warns otherwise)."""
-        if self.wire is not None:
-            await self.wire.aclose()
-        client = getattr(self.chat, "http_async_client", None)
-        if client is not None:
-            await client.aclose()
+        for lane in self.lanes:
+            if lane.wire is not None:
+                await lane.wire.aclose()
+            client = getattr(lane.chat, "http_async_client", None)
+            if client is not None:
+                await client.aclose()
         if self.judge is not None and self.judge is not self:
             await self.judge.aclose()
 
@@ -209,14 +236,17 @@ class LLM:
             # raised as an exception instead of returned.
             kwargs["extra_body"]["response_format"] = kwargs.pop("response_format")
 
-        request = ChatRequest(self.chat, messages, kwargs, self.wire)
-        key = request_key(request.rendered()) if self.cache is not None else None
+        lane = self.lanes[LANE.get() % len(self.lanes)]
+        request = ChatRequest(lane.chat, messages, kwargs, lane.wire)
+        # keyed as if sent to the first lane: which server answers does not change the reply
+        keyed = request if lane is self.lanes[0] else ChatRequest(self.chat, messages, kwargs)
+        key = request_key(keyed.rendered()) if self.cache is not None else None
         reply = self.cache.get(key) if key and read_cache else None
         if reply is not None:
             self._count(Usage(cache_hits=1), used)
         else:
             # a 200 with no usable completion is still a call the endpoint answered
-            reply = await self.endpoint.request(request.send,
+            reply = await lane.endpoint.request(request.send,
                                                 on_broken_reply=lambda: self._count(Usage(calls=1), used))
             input_tokens, output_tokens = reply_usage(reply)
             self._count(Usage(1, reply_tokens(reply), 0, input_tokens, output_tokens), used)
