@@ -263,16 +263,19 @@ def idle_cores() -> int:
         return max(1, cores - int(os.getloadavg()[0]))
 
 
-def server_plan(at_most: int | None = None, idle: int | None = None) -> tuple[int, int | None]:
-    """(servers, threads each) for a run: one single-threaded server per idle core, up to MAX_SERVERS
-    (more cores: more threads each). llama-cpp-python's server answers one request at a time, and its
-    generation barely gains from a second thread (measured on 2 idle cores, SmolLM2-135M: 10.4 ms per
-    token with 1 thread, 9.8 with 2), while two 1-thread servers side by side each keep their speed (205
-    prompt tokens/s and 10.5 ms per token each; one 2-thread server: 400 and 9.3). So two servers
-    generate about twice what one does, evaluate prompts as fast, and a busy client process slows one
-    thread instead of stalling the other at every barrier. SERVERS_ENV sets the count; a custom server
-    command (SERVER_ENV) and TEACHGRAPH_EMBEDDED_TUNING=off get one server, as before. `at_most`: a cap
-    (a run needs no more servers than seeds in flight); the idle cores are then shared among fewer."""
+def server_plan(at_most: int | None = None, idle: int | None = None,
+                cores: int | None = None) -> tuple[int, int | None]:
+    """(servers, threads each) for a run: one server per core, up to MAX_SERVERS, each with the idle
+    cores it can have (at least 1 thread). llama-cpp-python's server answers one request at a time, and
+    its generation barely gains from a second thread (measured on 2 idle cores, SmolLM2-135M: 10.4 ms
+    per token with 1 thread, 9.8 with 2), while two 1-thread servers side by side each keep their speed
+    (205 prompt tokens/s and 10.5 ms per token each; one 2-thread server: 400 and 9.3). So two servers
+    generate about twice what one does and evaluate prompts as fast. The count follows the cores, not
+    the load: a single-threaded server on a busy machine only gets a smaller share of a core, while
+    several threads of one server stall at every barrier when one of them is descheduled (idle_cores).
+    SERVERS_ENV sets the count; a custom server command (SERVER_ENV) and TEACHGRAPH_EMBEDDED_TUNING=off
+    get one server, as before. `at_most` caps the count (a run needs no more servers than seeds in
+    flight); the idle cores are then shared among fewer servers."""
     chosen = os.environ.get(SERVERS_ENV, "").strip()
     if chosen:
         try:
@@ -284,9 +287,10 @@ def server_plan(at_most: int | None = None, idle: int | None = None) -> tuple[in
     elif os.environ.get(TUNING_SWITCH, "on") == "off" or os.environ.get(SERVER_ENV, "").strip():
         return 1, None
     else:
-        count = None
+        cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        count = max(1, min(MAX_SERVERS, cores))
+    count = min(count, at_most or count)
     idle = idle or idle_cores()
-    count = min(count or max(1, min(MAX_SERVERS, idle)), at_most or 64)
     return count, max(1, idle // count)
 
 

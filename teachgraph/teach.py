@@ -12,6 +12,7 @@ and importing them costs seconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -418,7 +419,12 @@ def train(model, tokenizer, template: str, examples: list[Example], settings: Te
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     tokenizer.chat_template = template  # SFTTrainer masks with the template's generation markers
-    config = SFTConfig(
+    # TRL turns activation (gradient) checkpointing on by default: it saves memory a 135M student does not
+    # need and recomputes every forward pass during backward. transformers 5 renamed the option.
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    no_checkpointing = ({"activation_checkpointing": False} if "activation_checkpointing" in names
+                        else {"gradient_checkpointing": False})
+    config = SFTConfig(**no_checkpointing,
         output_dir=str(work_dir), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
         learning_rate=settings.learning_rate or (2e-4 if settings.lora else 2e-5), lr_scheduler_type="constant",
         warmup_steps=0, max_length=settings.max_length, assistant_only_loss=True, packing=False,

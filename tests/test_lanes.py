@@ -88,21 +88,23 @@ def test_a_reply_cached_from_one_server_is_served_to_a_call_on_the_other(tmp_pat
     assert llm.usage.cache_hits == 2 and [e.stats["requests"] for e in llm.endpoints] == [0, 1]
 
 
-def test_the_server_plan_is_one_single_threaded_server_per_idle_core(monkeypatch):
+def test_the_server_plan_is_one_server_per_core_each_with_the_idle_cores_it_can_have(monkeypatch):
     for name in (embedded.SERVERS_ENV, embedded.SERVER_ENV, embedded.TUNING_SWITCH):
         monkeypatch.delenv(name, raising=False)
-    assert embedded.server_plan(idle=2) == (2, 1)
-    assert embedded.server_plan(idle=1) == (1, 1)
-    assert embedded.server_plan(idle=8) == (embedded.MAX_SERVERS, 8 // embedded.MAX_SERVERS)
-    assert embedded.server_plan(at_most=1, idle=2) == (1, 2)     # one seed in flight: one server, both cores
+    assert embedded.server_plan(cores=2, idle=2) == (2, 1)
+    assert embedded.server_plan(cores=2, idle=1) == (2, 1)       # a busy machine: still one thread each
+    assert embedded.server_plan(cores=1, idle=1) == (1, 1)
+    assert embedded.server_plan(cores=8, idle=8) == (embedded.MAX_SERVERS, 8 // embedded.MAX_SERVERS)
+    assert embedded.server_plan(cores=8, idle=4) == (embedded.MAX_SERVERS, 1)
+    assert embedded.server_plan(at_most=1, cores=2, idle=2) == (1, 2)   # one seed in flight: one server, both cores
     monkeypatch.setenv(embedded.SERVERS_ENV, "3")
-    assert embedded.server_plan(idle=2) == (3, 1)
+    assert embedded.server_plan(cores=2, idle=2) == (3, 1)
     monkeypatch.setenv(embedded.SERVERS_ENV, "lots")
     with pytest.raises(embedded.EmbeddedError, match="whole number"):
-        embedded.server_plan(idle=2)
+        embedded.server_plan(cores=2, idle=2)
     monkeypatch.delenv(embedded.SERVERS_ENV)
     monkeypatch.setenv(embedded.TUNING_SWITCH, "off")             # the server as it ran before: one
-    assert embedded.server_plan(idle=2) == (1, None)
+    assert embedded.server_plan(cores=2, idle=2) == (1, None)
     monkeypatch.delenv(embedded.TUNING_SWITCH)
     monkeypatch.setenv(embedded.SERVER_ENV, "my-server --port {port}")   # a custom command: one, unless asked
-    assert embedded.server_plan(idle=4) == (1, None)
+    assert embedded.server_plan(cores=4, idle=4) == (1, None)
