@@ -6,6 +6,7 @@ times) say how much a 135M student gains from its own synthetic data on a 2-core
                                                    # then teach --steps 300 (about an hour on 2 quiet cores)
     python bench/teach.py --skills rag --limit 6 --steps 50
     python bench/teach.py --home DIR --runs ID,ID  # teach on runs already made under DIR
+    python bench/teach.py --skills mcq --repair    # one skill, then a --repair round against its random control
 
 Each run is `python cli.py graph run SKILL` against the embedded model (the CLI starts and stops its server),
 then one `python cli.py teach` on all of them, so the bench measures what a user gets. The machine's load is
@@ -43,6 +44,11 @@ def main() -> None:
     parser.add_argument("--no-lora", action="store_true")
     parser.add_argument("--home", type=Path, help="TEACHGRAPH_HOME to use (default: a new temporary folder)")
     parser.add_argument("--runs", default="", help="comma-separated run ids already under --home: skip generation")
+    parser.add_argument("--repair", action="store_true",
+                        help="teach --repair: one round aimed at the weakest task types, against a random control "
+                             "(runs of one skill)")
+    parser.add_argument("--repair-types", type=int, default=3)
+    parser.add_argument("--repair-target", type=int, default=4)
     opts = parser.parse_args()
 
     home = opts.home or Path(tempfile.mkdtemp(prefix="teachgraph-bench-teach-"))
@@ -60,18 +66,30 @@ def main() -> None:
     out = home / "taught"
     started = time.monotonic()
     proc = cli("teach", *run_ids, "--out", str(out), "--steps", str(opts.steps), "--max-length", str(opts.max_length),
-               *(["--no-lora"] if opts.no_lora else []), home=home)
+               *(["--no-lora"] if opts.no_lora else []),
+               *(["--repair", "--repair-types", str(opts.repair_types), "--repair-target", str(opts.repair_target)]
+                 if opts.repair else []), home=home)
     wall = time.monotonic() - started
     print(proc.stdout)
     if proc.returncode != 0:
         sys.exit(f"teach failed with exit {proc.returncode}")
-    report = json.loads((out / "report.json").read_text())
+    # with --repair, round 0 is the plain teach on the generated runs
+    report = json.loads((out / ("round-0" if opts.repair else "") / "report.json").read_text())
     print(f"teach wall time {wall:.0f} s (load {report['seconds'].get('load')} s, evaluate before "
           f"{report['seconds'].get('evaluate_before')} s, train {report['seconds'].get('train')} s, evaluate after "
           f"{report['seconds'].get('evaluate_after')} s); {report['train_samples']} train / "
           f"{report['heldout_samples']} held-out samples, {report['dropped_too_long']} too long")
     print(f"overall before {report['before']}  after {report['after']}")
     print(f"training loss first {report['train_loss']['first']} last {report['train_loss']['last']}")
+    if opts.repair:
+        for done in json.loads((out / "repair.json").read_text())["rounds"]:
+            print(f"repair round {done['round']}: aimed {done['aimed']}, control {done['control_types']}, new samples "
+                  f"{done['new_samples']}; mean held-out loss drop on the aimed types {done['mean_loss_drop_on_aimed']}"
+                  f" -> repair helped more: {done['repair_helped_more']}")
+            for row in done["aimed_types"]:
+                print(f"  {row['task_type']}: before {row['before']}  after repair {row['after_repair']}  "
+                      f"after control {row['after_control']}")
+            print(f"  overall after: {done['overall_after']}")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
