@@ -59,9 +59,10 @@ def cpu_seconds(pid: int) -> float | None:
 def watch_server(home: Path, done: threading.Event, out: dict) -> None:
     """The servers' CPU time (a run may start several), read from /proc until the run ends (they die
     with it): the last figure seen per process, summed."""
-    seen: dict[int, float] = {}
+    seen: dict[int, float] = {}   # by pid: a restarted server's first process still counts its CPU
     while not done.is_set():
-        for record in home.glob("server-*.json"):
+        records = list(home.glob("server-*.json"))
+        for record in records:
             try:
                 pid = json.loads(record.read_text())["pid"]
             except (OSError, ValueError, KeyError):
@@ -70,7 +71,7 @@ def watch_server(home: Path, done: threading.Event, out: dict) -> None:
                 seen[pid] = seconds
         if seen:
             out["server_cpu"] = sum(seen.values())
-            out["servers"] = len(seen)
+            out["servers"] = max(out.get("servers", 0), len(records))   # servers up at once
         done.wait(0.5)
 
 

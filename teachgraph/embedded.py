@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -168,12 +168,25 @@ def check_available(home: Path) -> None:
     if _recorded(home / "server.json") is None:
         _check_server_installed()
         model_path()
+        _servers_asked()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are chosen, so none is drawn twice."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def healthy(base_url: str, timeout: float = 2.0) -> bool:
@@ -276,22 +289,29 @@ def server_plan(at_most: int | None = None, idle: int | None = None,
     SERVERS_ENV sets the count; a custom server command (SERVER_ENV) and TEACHGRAPH_EMBEDDED_TUNING=off
     get one server, as before. `at_most` caps the count (a run needs no more servers than seeds in
     flight); the idle cores are then shared among fewer servers."""
-    chosen = os.environ.get(SERVERS_ENV, "").strip()
-    if chosen:
-        try:
-            count = int(chosen)
-        except ValueError:
-            raise EmbeddedError(f"{SERVERS_ENV}={chosen!r}: give a whole number of servers") from None
-        if not 1 <= count <= 64:
-            raise EmbeddedError(f"{SERVERS_ENV}={chosen!r}: give between 1 and 64 servers")
-    elif os.environ.get(TUNING_SWITCH, "on") == "off" or os.environ.get(SERVER_ENV, "").strip():
-        return 1, None
-    else:
+    count = _servers_asked()
+    if count is None:
+        if os.environ.get(TUNING_SWITCH, "on") == "off" or os.environ.get(SERVER_ENV, "").strip():
+            return 1, None
         cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         count = max(1, min(MAX_SERVERS, cores))
     count = min(count, at_most or count)
     idle = idle or idle_cores()
     return count, max(1, idle // count)
+
+
+def _servers_asked() -> int | None:
+    """The count SERVERS_ENV asks for, if any (checked before a run starts: check_available)."""
+    chosen = os.environ.get(SERVERS_ENV, "").strip()
+    if not chosen:
+        return None
+    try:
+        count = int(chosen)
+    except ValueError:
+        raise EmbeddedError(f"{SERVERS_ENV}={chosen!r}: give a whole number of servers") from None
+    if not 1 <= count <= 64:
+        raise EmbeddedError(f"{SERVERS_ENV}={chosen!r}: give between 1 and 64 servers")
+    return count
 
 
 def _cpu_times() -> list[int]:
@@ -347,7 +367,7 @@ def wait_healthy(proc: subprocess.Popen, base_url: str, home: Path, index: int =
         if proc.poll() is not None:
             raise EmbeddedError(f"the embedded server exited as it started ({exit_description(proc.returncode)}); "
                                 f"see {log_path(home, index)}")
-        if healthy(base_url, timeout=1.0):
+        if healthy(base_url, timeout=1.0) and proc.poll() is None:
             _own_record(home, index).write_text(json.dumps({"pid": proc.pid, "base_url": base_url,
                                                             "owner": os.getpid()}))
             return
@@ -444,10 +464,10 @@ class EmbeddedServer:
     (`answered`), it stays down and `ready` raises EndpointFatal naming the likely cause and the fix."""
 
     def __init__(self, home: Path, threads: int | None = None, log: Callable[[str], None] = print,
-                 max_crashes: int = MAX_CRASHES, index: int = 0):
+                 max_crashes: int = MAX_CRASHES, index: int = 0, port: int | None = None):
         self.home, self.threads, self.log, self.max_crashes = home, threads, log, max_crashes
         self.index = index        # which of the run's servers (its log and record file)
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.incarnation = 0      # +1 per start
         self.crashes = 0          # in a row, without a successful reply
@@ -489,11 +509,12 @@ class EmbeddedServer:
                 self._up = False
                 self.crashes += 1
             why = last_meaningful_line(_log_since(log_path(self.home, self.index), self._log_offset))
-            said = f"the embedded model server exited ({exit_description(code)}); last in its log: {why}"
+            log_name = log_path(self.home, self.index).name
+            said = f"the embedded model server exited ({exit_description(code)}); last in {log_name}: {why}"
             if self.crashes >= self.max_crashes:
                 self.log(f"{said}; not restarting it ({self.crashes} crashes in a row)")
                 self._give_up(f"the embedded model server crashed {self.crashes} times in a row without a reply "
-                              f"(last {exit_description(code)}; its log: {why}); {likely_cause(code)}")
+                              f"(last {exit_description(code)}; {log_name}: {why}); {likely_cause(code)}")
                 return
             self.log(f"{said}; restarting it on port {self.port} (crash {self.crashes} of {self.max_crashes} "
                      f"allowed in a row)")
@@ -501,7 +522,7 @@ class EmbeddedServer:
                 self._launch()
             except EmbeddedError as exc:
                 if not self._stopping:
-                    self._give_up(f"the embedded model server exited ({exit_description(code)}; its log: {why}) "
+                    self._give_up(f"the embedded model server exited ({exit_description(code)}; {log_name}: {why}) "
                                   f"and did not start again: {exc}")
                 return
 
@@ -509,6 +530,17 @@ class EmbeddedServer:
         with self._lock:
             self.fatal = message
         _own_record(self.home, self.index).unlink(missing_ok=True)
+
+    def terminate(self) -> None:
+        """Ask the server to exit without waiting (stop() waits): a run stops all its servers at once."""
+        with self._lock:
+            self._stopping = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         with self._lock:
@@ -577,7 +609,8 @@ def embedded_servers(home: Path, log=print, at_most: int | None = None) -> Itera
         yield [(reused, None)]
         return
     count, threads = server_plan(at_most)
-    servers = [EmbeddedServer(home, threads=threads, log=log, index=i) for i in range(count)]
+    servers = [EmbeddedServer(home, threads=threads, log=log, index=i, port=port)
+               for i, port in enumerate(free_ports(count))]
     log(f"starting the embedded model ({MODEL_NAME}, llama.cpp)"
         + (f": {count} servers, {threads} thread{'s' if threads != 1 else ''} each" if count > 1 else "") + " ...")
     try:
@@ -589,8 +622,10 @@ def embedded_servers(home: Path, log=print, at_most: int | None = None) -> Itera
         asyncio.run(check_all())
         yield [(server.base_url, server) for server in servers]
     finally:
-        for server in servers:
-            server.stop()
+        with ExitStack() as stopping:    # each one stopped, whatever another's stop raises
+            for server in servers:
+                server.terminate()
+                stopping.callback(server.stop)
 
 
 @contextmanager

@@ -577,9 +577,9 @@ class LocalExecutor:
 
     async def _run_seeds(self, runner: SeedRunner) -> None:
         slots = asyncio.Semaphore(self.settings.concurrency)
-        # each seed in flight holds a slot number, its LANE: with several servers (the embedded model's),
-        # a seed's calls all go to one, and the seeds in flight spread evenly over them
-        free_lanes = list(range(self.settings.concurrency))
+        # each seed in flight takes the LANE with the fewest seeds on it: with several servers (the embedded
+        # model's) a seed's calls all go to one, and the seeds in flight spread evenly over them
+        on_lane = [0] * len(runner.llm.lanes)
         running: set[asyncio.Task] = set()
         fatal: list[BaseException] = []
         budget: list[BudgetReached] = []   # no new seed starts; those in flight stop at their next call
@@ -602,7 +602,7 @@ class LocalExecutor:
             except Exception as exc:  # FatalRunError or a storage fault: the whole run stops
                 stop(storage.fault(exc) or exc)
             finally:
-                free_lanes.append(lane)
+                on_lane[lane] -= 1
                 slots.release()
 
         try:
@@ -611,8 +611,9 @@ class LocalExecutor:
                 if fatal or budget:
                     slots.release()
                     break
-                free_lanes.sort()
-                task = asyncio.create_task(one(seed, free_lanes.pop(0)))
+                lane = on_lane.index(min(on_lane))
+                on_lane[lane] += 1
+                task = asyncio.create_task(one(seed, lane))
                 running.add(task)
                 task.add_done_callback(running.discard)
         except Exception as exc:  # reading the next seeds failed (runs.db): stop the seeds in flight too

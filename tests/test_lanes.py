@@ -108,3 +108,16 @@ def test_the_server_plan_is_one_server_per_core_each_with_the_idle_cores_it_can_
     monkeypatch.delenv(embedded.TUNING_SWITCH)
     monkeypatch.setenv(embedded.SERVER_ENV, "my-server --port {port}")   # a custom command: one, unless asked
     assert embedded.server_plan(cores=4, idle=4) == (1, None)
+
+
+def test_the_servers_get_distinct_ports():
+    assert len(set(embedded.free_ports(8))) == 8
+
+
+def test_a_bad_server_count_is_refused_before_the_run_exists(tmp_path):
+    from tests.conftest import run_cli
+    home = tmp_path / "home"
+    done = run_cli("graph", "run", "rag", "--limit", "1", "--run-id", "never", home=home,
+                   env={embedded.SERVERS_ENV: "two"})
+    assert done.returncode == 2 and f"{embedded.SERVERS_ENV}='two': give a whole number of servers" in done.stderr
+    assert "never" not in run_cli("runs", "list", home=home).stdout

@@ -239,7 +239,7 @@ class LLM:
         lane = self.lanes[LANE.get() % len(self.lanes)]
         request = ChatRequest(lane.chat, messages, kwargs, lane.wire)
         # keyed as if sent to the first lane: which server answers does not change the reply
-        keyed = request if lane is self.lanes[0] else ChatRequest(self.chat, messages, kwargs)
+        keyed = request if lane is self.lanes[0] else ChatRequest(self.lanes[0].chat, messages, kwargs)
         key = request_key(keyed.rendered()) if self.cache is not None else None
         reply = self.cache.get(key) if key and read_cache else None
         if reply is not None:
