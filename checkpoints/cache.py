@@ -3,7 +3,8 @@
 A reply is its text, or the tool calls it made (the tools strategy), and its finish reason.
 The key is a SHA-256 of the request exactly as it goes on the wire (model, messages, sampling
 parameters such as temperature and max_tokens, response_format with its JSON schema, anything
-else in the body) plus the endpoint's base URL. Never the API key: it travels in a header, which
+else in the body) plus the endpoint's base URL (for the embedded model, whose ports change every run,
+`embedded:MODEL`: client/llm.py's cache_endpoint). Never the API key: it travels in a header, which
 is not part of the key. Nothing random goes into the key either, so the same request always gets
 the same reply, whatever the run and whatever the temperature: re-running a step with identical
 inputs (a resumed node, a re-run over the same seeds, another run id over the same corpus with

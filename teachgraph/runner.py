@@ -235,7 +235,7 @@ def make_llm(settings: Settings, servers: str | Servers, api_key: str, embedded:
     first = lanes[0]
     llm = LLM(chat=first.chat, model_name=settings.model, structured_mode=structured,
               max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=first.endpoint, cache=cache,
-              wire=first.wire, lanes=lanes)
+              wire=first.wire, lanes=lanes, cache_endpoint=f"embedded:{settings.model}" if embedded else None)
     if settings.judge_model:
         llm.judge = make_judge(settings, llm, api_key, cache)
     return llm
@@ -265,7 +265,8 @@ def make_judge(settings: Settings, generator: LLM, api_key: str, cache: Response
                structured_mode=settings.judge_structured or generator.structured_mode,
                max_concurrency=settings.concurrency if own else generator.max_concurrency,
                max_tokens=settings.max_tokens, endpoint=lanes[0].endpoint, cache=cache, usage=generator.usage,
-               wire=lanes[0].wire, lanes=lanes)
+               wire=lanes[0].wire, lanes=lanes,
+               cache_endpoint=f"embedded:{settings.judge_model}" if generator.cache_endpoint and not own else None)
 
 
 def run_meter(registry: Registry, run_id: str, settings: Settings) -> Meter:

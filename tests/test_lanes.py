@@ -73,7 +73,7 @@ def test_a_reply_cached_from_one_server_is_served_to_a_call_on_the_other(tmp_pat
         cache = ResponseCache(tmp_path / "cache.db")
 
         async def ask(lanes: list[int]) -> LLM:
-            llm = make_llm(settings, [(first.base_url, None), (second.base_url, None)], "k", embedded=True,
+            llm = make_llm(settings, [(first.base_url, None), (second.base_url, None)], "k", embedded=False,
                            cache=cache)
             try:
                 for lane in lanes:
@@ -86,6 +86,40 @@ def test_a_reply_cached_from_one_server_is_served_to_a_call_on_the_other(tmp_pat
         llm = asyncio.run(ask([1, 0, 1]))
     assert asked == [1]                    # asked once, on the second server; the other two calls hit the cache
     assert llm.usage.cache_hits == 2 and [e.stats["requests"] for e in llm.endpoints] == [0, 1]
+
+
+def test_the_embedded_models_replies_are_cached_across_runs_whose_servers_have_new_ports(tmp_path):
+    """Each run starts the embedded servers on free ports; the cache key names the model, not the URL."""
+    from pydantic import BaseModel
+
+    from checkpoints.cache import ResponseCache
+    from teachgraph.runner import Settings, make_llm
+    from teachgraph.testing.fake_openai import FakeOpenAI
+
+    class Title(BaseModel):
+        title: str
+
+    asked: list[str] = []
+    settings = Settings(skill="rag", seeds=[], out="unused", model="m", structured="json_object", timeout=5)
+    cache = ResponseCache(tmp_path / "cache.db")
+
+    async def one_run(server: FakeOpenAI, embedded: bool) -> LLM:
+        llm = make_llm(settings, [(server.base_url, None)], "k", embedded=embedded, cache=cache)
+        try:
+            await llm.structured("system", "name it", Title)
+        finally:
+            await llm.aclose()
+        return llm
+
+    for embedded_model in (True, False):
+        asked.clear()
+        for run in range(2):
+            with FakeOpenAI(lambda body: asked.append("x") or '{"title": "t"}') as server:   # a new port each time
+                llm = asyncio.run(one_run(server, embedded_model))
+        # the embedded model: asked by the first run only; an endpoint of the user's: its URL is part of the key,
+        # and the second fake server is another URL
+        assert len(asked) == (1 if embedded_model else 2), (embedded_model, asked)
+        assert llm.usage.cache_hits == (1 if embedded_model else 0)
 
 
 def test_the_server_plan_is_one_server_per_core_each_with_the_idle_cores_it_can_have(monkeypatch):

@@ -182,6 +182,9 @@ class LLM:
     meter: Meter | None = None                   # the run's spend and budget (client/budget.py)
     judge: "LLM | None" = None                   # the model checks ask (`--judge-model`); None: this one
     lanes: list[Lane] = field(default_factory=list)
+    # what the response cache's key calls the endpoint instead of its URL: the embedded model's servers
+    # get a new port every run, and a reply cached by one run must serve the next
+    cache_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
@@ -238,9 +241,15 @@ class LLM:
 
         lane = self.lanes[LANE.get() % len(self.lanes)]
         request = ChatRequest(lane.chat, messages, kwargs, lane.wire)
-        # keyed as if sent to the first lane: which server answers does not change the reply
-        keyed = request if lane is self.lanes[0] else ChatRequest(self.lanes[0].chat, messages, kwargs)
-        key = request_key(keyed.rendered()) if self.cache is not None else None
+        key = None
+        if self.cache is not None:
+            rendered = request.rendered()
+            # which of the model's servers answers does not change the reply: keyed by one name for all
+            if self.cache_endpoint:
+                rendered["endpoint"] = self.cache_endpoint
+            elif lane is not self.lanes[0]:
+                rendered = ChatRequest(self.lanes[0].chat, messages, kwargs).rendered()
+            key = request_key(rendered)
         reply = self.cache.get(key) if key and read_cache else None
         if reply is not None:
             self._count(Usage(cache_hits=1), used)
