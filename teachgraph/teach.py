@@ -430,7 +430,7 @@ def train(model, tokenizer, template: str, examples: list[Example], settings: Te
         warmup_steps=0, max_length=settings.max_length, assistant_only_loss=True, packing=False,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=settings.seed,
         dataloader_num_workers=0, bf16=False, fp16=False, disable_tqdm=False, eos_token=tokenizer.eos_token,
-        pad_token=tokenizer.pad_token, dataset_num_proc=None)
+        dataset_num_proc=None)  # the pad token is the tokenizer's (_prepare_tokenizer sets it)
     dataset = Dataset.from_list([{"messages": e.messages} for e in examples])
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=list(callbacks))
