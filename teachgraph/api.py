@@ -564,11 +564,11 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
              max_cost: float | None = None, price_in: float | None = None, price_out: float | None = None,
              judge_model: str | None = None, judge_base_url: str | None = None,
              target: int | None = None, focus: Sequence[str] = (), fresh_after: Sequence[str] = (),
-             gate_flags: dict[str, Any] | None = None) -> str:
+             avoid_seeds: Sequence[str] = (), gate_flags: dict[str, Any] | None = None) -> str:
     """Check everything, make the run, collect its seeds and run them; returns the run id."""
     if target is not None and target < 1:
         raise UsageError(f"--target must be at least 1, not {target}")
-    if (focus or fresh_after) and target is None:
+    if (focus or fresh_after or avoid_seeds) and target is None:
         raise UsageError("task types to focus on and runs whose seeds to skip go with a target")
     if skill == "all":
         weights = load_mix(mix or "orca")
@@ -603,7 +603,8 @@ def _new_run(skill: str, seeds: Sequence[str | Path], *, mix: str | None, limit:
         concurrency=concurrency, base_url=checked_base_url(base_url), model=model or embedded.MODEL_NAME,
         structured=structured, max_tokens=max_tokens, temperature=temperature, timeout=timeout, retries=retries,
         mix=weights, cache=cache, judge_model=judge_model, judge_base_url=checked_base_url(judge_base_url),
-        target=target, focus=list(focus) or None, fresh_after=list(fresh_after) or None, **(gate_flags or {}))
+        target=target, focus=list(focus) or None, fresh_after=list(fresh_after) or None,
+        avoid_seeds=list(avoid_seeds) or None, **(gate_flags or {}))
     if judge_base_url and not judge_model:
         raise UsageError("--judge-base-url goes with --judge-model")
     if base_url and not model:
@@ -698,7 +699,7 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
         judge_model: str | None = None, judge_base_url: str | None = None,
         max_tokens_total: int | None = None, max_cost: float | None = None, price_in: float | None = None,
         price_out: float | None = None, target: int | None = None, focus: Sequence[str] = (),
-        fresh_after: Sequence[str] = (),
+        fresh_after: Sequence[str] = (), avoid_seeds: Sequence[str] = (),
         gates: bool = DEFAULTS.gates, decontaminate: Sequence[str | Path] = (), semantic: bool = False,
         dedup_against: Sequence[str] = (), store: str | None = None, _stopper: _Stopper | None = None) -> Run:
     """Make a run of `skill` (or "all" with `mix`: orca, uniform or a file of weights) over `seeds`
@@ -713,7 +714,8 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
     `judge_model`: the LLM judge, a check on every answer (on `judge_base_url`, or the generator's
     endpoint). `target` N: run the seeds (all of them unless `limit`) until every task type has N
     kept samples; the rest stay unused; with `focus`, only those task types (seeds that fit none stay
-    unused), and seeds the `fresh_after` runs had stay unused (teach's repair rounds draw new seeds).
+    unused), and seeds the `fresh_after` runs had stay unused (teach's repair rounds draw new seeds;
+    when every seed is one of theirs, they are used again), and `avoid_seeds` (ids) are never used.
     `store`: a postgresql:// URL to keep the run's state in (default TEACHGRAPH_STORE; none: SQLite
     files in `home`).
     Quality gates (README, "Quality gates"): `gates` False runs none; `decontaminate` evaluation files;
@@ -726,7 +728,7 @@ def run(skill: str, seeds: Sequence[str | Path] = (), *, mix: str | None = None,
                     reporter=reporter, executor=executor, stopper=_stopper, llm=llm,
                     max_tokens_total=max_tokens_total, max_cost=max_cost, price_in=price_in, price_out=price_out,
                     judge_model=judge_model, judge_base_url=judge_base_url, target=target,
-                    gate_flags=flags, focus=focus, fresh_after=fresh_after)
+                    gate_flags=flags, focus=focus, fresh_after=fresh_after, avoid_seeds=avoid_seeds)
     return Run(made, home)
 
 

@@ -97,11 +97,12 @@ class Target:
     POLL_S = 0.5
 
     def __init__(self, registry: Registry, run_id: str, n: int, started: set[str] = frozenset(), *,
-                 focus: Iterable[str] = (), used: set[str] = frozenset()):
+                 focus: Iterable[str] = (), used: set[str] = frozenset(), avoid: set[str] = frozenset()):
         """`focus`: only these task types are wanted (a repair run: the student's weakest); `used`: seed ids
-        an earlier run had, left unused here (a repair run draws new seeds)."""
+        an earlier run had, left unused here (a repair run draws new seeds); `avoid`: seed ids never dealt
+        (a student's held-out seeds: their documents must not reach its training data)."""
         self.registry, self.run_id, self.n = registry, run_id, n
-        self.focus, self.used = set(focus), set(used)
+        self.focus, self.used, self.avoid = set(focus), set(used), set(avoid)
         self.running: dict[str, tuple[str, str]] = {}    # seed id -> (skill, task type), in this process
         self._ended: asyncio.Event | None = None
         # seeds a resumed run will continue (they have checkpoints) count as running from the start:
@@ -129,7 +130,7 @@ class Target:
         has N kept samples)."""
         if skill.transformations and not seed.get("transformation"):
             return seed["task_type"]     # the skill cannot use the seed: its graph rejects it, at no cost
-        if seed["id"] in self.used:
+        if seed["id"] in self.used or seed["id"] in self.avoid:
             return None
         fitting = [t.name for t in skill.types_for(seed.get("transformation"))
                    if not self.focus or t.name in self.focus]
@@ -163,6 +164,8 @@ class Target:
             self._ended = None
 
     def unused_reason(self, skill: Skill, seed: dict) -> str:
+        if seed["id"] in self.avoid:
+            return "not used: the student is evaluated on this seed (teach's held-out part)"
         if seed["id"] in self.used:
             return "not needed: an earlier run used this seed (a repair run draws new seeds)"
         if self.focus and not any(t.name in self.focus for t in skill.types_for(seed.get("transformation"))):

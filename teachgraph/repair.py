@@ -76,7 +76,9 @@ def repair(run_ids: list[str], out: Path, settings: TeachSettings, repairing: Re
         made = {}
         for arm, types in (("repair", aimed), ("control", drawn)):
             try:
+                # new seeds first; a corpus with none left is used again, its held-out seeds never
                 generated = run(skill.name, source.seeds, target=repairing.per_type, focus=types, fresh_after=used,
+                                avoid_seeds=current.split.heldout_seeds,
                                 rounds=source.rounds, base_url=base_url, model=model, home=home,
                                 run_id=f"{run_ids[0]}-{arm}{number}-{secrets.token_hex(2)}", **run_options)
             except UsageError as exc:

@@ -79,6 +79,7 @@ class Settings:
     target: int | None = None            # --target N: run seeds until every task type has N kept samples
     focus: list[str] | None = None       # with target: only these task types (teach --repair's weakest)
     fresh_after: list[str] | None = None  # with target: leave unused the seeds these runs had
+    avoid_seeds: list[str] | None = None  # with target: never deal these seed ids (a student's held-out ones)
     # the quality gates (teachgraph/gates/run.py). False by default only for runs made before gates
     # existed, so that they resume as they began; a new run takes DEFAULTS.gates.
     gates: bool = False
@@ -346,9 +347,15 @@ class SeedRunner:
         self.gates = gates
         self._corpus = RunCorpus(registry, run_id)
         self._graphs: dict[str, tuple[Any, RunContext]] = {}
-        self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id, registry),
-                             focus=settings.focus or (),
-                             used=registry.seed_ids(settings.fresh_after or ())) if settings.target else None
+        self.target = None
+        if settings.target:
+            used = registry.seed_ids(settings.fresh_after or ())
+            avoid = set(settings.avoid_seeds or ())
+            if used and not registry.seed_ids([run_id]) - used - avoid:
+                # every seed of the corpus was an earlier run's: new task types on them beat no data at all
+                used = set()
+            self.target = Target(registry, run_id, settings.target, started_seeds(saver, run_id, registry),
+                                 focus=settings.focus or (), used=used, avoid=avoid)
 
     def _graph_for(self, name: str | None) -> tuple[Any, RunContext]:
         """The compiled graph and context of a seed's skill, built on first use."""

@@ -198,3 +198,28 @@ def test_target_counts_the_seeds_a_resumed_run_will_continue(tmp_path):
     assert asyncio.run(Target(registry, "r", 1).deal(seed1, skill)) == t[0]       # unaware of s2: its own t0
     resumed = Target(registry, "r", 1, started={"s2", "gone"})                     # s2 holds t0, mid-graph
     assert asyncio.run(resumed.deal(seed1, skill)) == t[1]
+
+
+def test_a_repair_run_draws_new_seeds_reuses_a_spent_corpus_and_never_touches_held_out_seeds(tmp_path):
+    """teach --repair's runs: `fresh_after` leaves the earlier runs' seeds unused while the corpus has others;
+    when it has none, they are used again (for the aimed task types); `avoid_seeds` are never used."""
+    home = tmp_path / "home"
+    small, big = corpus_of(tmp_path / "small", 6), corpus_of(tmp_path / "big", 12)
+    first = teachgraph.run("open_domain_qa", [small], rounds=0, home=home, run_id="first", llm=fake_llm(),
+                           model="fake", gates=False)
+    first_ids = first.registry.seed_ids(["first"])
+    held = sorted(first_ids)[:2]
+
+    def used(run) -> set[str]:
+        return {s["metadata"]["seed_id"] for s in run.samples()}
+
+    # a corpus with more: only its new seeds
+    fresh = teachgraph.run("open_domain_qa", [big], rounds=0, target=1, fresh_after=["first"], avoid_seeds=held,
+                           home=home, run_id="fresh", llm=fake_llm(), model="fake", gates=False)
+    assert used(fresh) and not used(fresh) & first_ids
+    # the same spent corpus again: its seeds are used again, but never the held-out ones
+    again = teachgraph.run("open_domain_qa", [small], rounds=0, target=1, fresh_after=["first"], avoid_seeds=held,
+                           home=home, run_id="again", llm=fake_llm(), model="fake", gates=False)
+    assert used(again) == first_ids - set(held)
+    reasons = {r["seed"]: r["why"] for r in again.registry.failures("again") if r["node"] == "target"}
+    assert set(reasons) == set(held) and all("held-out" in why for why in reasons.values())
