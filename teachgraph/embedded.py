@@ -594,11 +594,9 @@ class EmbeddedServer:
                 from None
 
 
-Lane = tuple[str, "EmbeddedServer | None"]   # a server's base URL and its supervisor (None: shared, not ours)
-
-
 @contextmanager
-def embedded_servers(home: Path, log=print, at_most: int | None = None) -> Iterator[list[Lane]]:
+def embedded_servers(home: Path, log=print,
+                     at_most: int | None = None) -> Iterator[list[tuple[str, EmbeddedServer | None]]]:
     """Yield the run's servers, each healthy and checked to generate: [(base URL, its EmbeddedServer)],
     as many as server_plan says (`at_most` caps them), or [(URL, None)] for a shared server this process
     did not start."""

@@ -233,10 +233,12 @@ def make_llm(settings: Settings, servers: str | Servers, api_key: str, embedded:
         endpoint = Endpoint(base_url, concurrency, RetryPolicy(attempts=settings.retries, timeout=settings.timeout),
                             secrets=[api_key], server=server)
         lanes.append(Lane(chat, Wire.for_chat(chat, own_client=True), endpoint))
-    first = lanes[0]
-    llm = LLM(chat=first.chat, model_name=settings.model, structured_mode=structured,
-              max_concurrency=concurrency, max_tokens=settings.max_tokens, endpoint=first.endpoint, cache=cache,
-              wire=first.wire, lanes=lanes, cache_endpoint=f"embedded:{settings.model}" if embedded else None)
+    # the cache key's endpoint: the embedded model's name (its ports change every run), or with several
+    # servers the first one's URL (which of them answers does not change the reply)
+    cache_endpoint = f"embedded:{settings.model}" if embedded else servers[0][0] if len(servers) > 1 else None
+    llm = LLM(chat=lanes[0].chat, model_name=settings.model, structured_mode=structured,
+              max_concurrency=concurrency, max_tokens=settings.max_tokens, cache=cache, lanes=lanes,
+              cache_endpoint=cache_endpoint)
     if settings.judge_model:
         llm.judge = make_judge(settings, llm, api_key, cache)
     return llm
@@ -265,9 +267,9 @@ def make_judge(settings: Settings, generator: LLM, api_key: str, cache: Response
     return LLM(chat=lanes[0].chat, model_name=settings.judge_model,
                structured_mode=settings.judge_structured or generator.structured_mode,
                max_concurrency=settings.concurrency if own else generator.max_concurrency,
-               max_tokens=settings.max_tokens, endpoint=lanes[0].endpoint, cache=cache, usage=generator.usage,
-               wire=lanes[0].wire, lanes=lanes,
-               cache_endpoint=f"embedded:{settings.judge_model}" if generator.cache_endpoint and not own else None)
+               max_tokens=settings.max_tokens, cache=cache, usage=generator.usage, lanes=lanes,
+               # on the generator's servers, keyed as its calls are (the judge's model is in the body)
+               cache_endpoint=None if own else generator.cache_endpoint)
 
 
 def run_meter(registry: Registry, run_id: str, settings: Settings) -> Meter:

@@ -164,9 +164,9 @@ class Lane:
 
 @dataclass
 class LLM:
-    """A chat model plus the policies teachgraph applies to every call. `chat`, `wire` and `endpoint`
-    are its first lane; `lanes` lists every server of the same model (one unless given), and a call
-    takes lane LANE % len(lanes)."""
+    """A chat model plus the policies teachgraph applies to every call. `lanes` lists every server of the
+    same model (one unless given), and a call takes lane LANE % len(lanes); `chat`, `wire` and `endpoint`
+    are the first lane's (taken from `lanes` when it is given)."""
 
     chat: BaseChatModel
     model_name: str
@@ -182,14 +182,18 @@ class LLM:
     meter: Meter | None = None                   # the run's spend and budget (client/budget.py)
     judge: "LLM | None" = None                   # the model checks ask (`--judge-model`); None: this one
     lanes: list[Lane] = field(default_factory=list)
-    # what the response cache's key calls the endpoint instead of its URL: the embedded model's servers
-    # get a new port every run, and a reply cached by one run must serve the next
+    # what the response cache's key calls the endpoint instead of its URL: one name for all the lanes
+    # (which server answers does not change the reply), and the embedded model's servers get a new port
+    # every run, while a reply cached by one run must serve the next
     cache_endpoint: str | None = None
 
     def __post_init__(self) -> None:
-        if self.endpoint is None:
-            self.endpoint = Endpoint(self.model_name, self.max_concurrency)
-        if not self.lanes:
+        if self.lanes:
+            first = self.lanes[0]
+            self.chat, self.wire, self.endpoint = first.chat, first.wire, first.endpoint
+        else:
+            if self.endpoint is None:
+                self.endpoint = Endpoint(self.model_name, self.max_concurrency)
             self.lanes = [Lane(self.chat, self.wire, self.endpoint)]
         self.metered(self.meter)
 
@@ -244,11 +248,8 @@ class LLM:
         key = None
         if self.cache is not None:
             rendered = request.rendered()
-            # which of the model's servers answers does not change the reply: keyed by one name for all
             if self.cache_endpoint:
                 rendered["endpoint"] = self.cache_endpoint
-            elif lane is not self.lanes[0]:
-                rendered = ChatRequest(self.lanes[0].chat, messages, kwargs).rendered()
             key = request_key(rendered)
         reply = self.cache.get(key) if key and read_cache else None
         if reply is not None:
