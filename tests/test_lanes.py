@@ -49,8 +49,8 @@ def test_each_seeds_calls_go_to_one_server_and_the_seeds_in_flight_spread_over_b
 
 
 def test_a_reply_cached_from_one_server_is_served_to_a_call_on_the_other(tmp_path):
-    """Two HTTP servers (make_llm's lanes, as the embedded model's): the cache key is the first lane's,
-    so which server answered does not split the cache."""
+    """Two HTTP servers (make_llm's lanes, as the embedded model's): the cache key names the first one's URL
+    for both, so which server answered does not split the cache."""
     from pydantic import BaseModel
 
     from checkpoints.cache import ResponseCache
